@@ -1,0 +1,132 @@
+//! `[accounts]` configuration: password hashing, session lifetime and contact rules.
+
+use serde::Deserialize;
+
+/// Settings for the accounts service, embedded in the main config as `[accounts]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Offer the seed's `sha256` password hash. Off by default: salted SHA-256 is fast to brute-force.
+    pub allow_sha256: bool,
+    /// How long a session token is accepted after it is issued, in seconds.
+    pub session_ttl_secs: u64,
+    /// Only contacts (an accepted invite) may send each other `message` frames.
+    pub require_contacts: bool,
+    /// Most frames held for one offline user; further ones are refused.
+    pub max_pending_messages: u32,
+    /// Largest `nonce` + `message` payload of a seed-002 `message` frame, in bytes.
+    pub max_message_bytes: usize,
+    /// Argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id time cost (passes).
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            allow_sha256: false,
+            session_ttl_secs: 30 * 24 * 60 * 60,
+            require_contacts: true,
+            max_pending_messages: 1000,
+            max_message_bytes: 64 * 1024,
+            // OWASP's suggested argon2id minimum (19 MiB, 2 passes, 1 lane).
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+/// A setting in `[accounts]` that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("accounts.{field}: {reason}")]
+pub struct ConfigError {
+    /// The offending key.
+    pub field: &'static str,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+impl AccountsConfig {
+    /// Checks the values deserialization cannot: ranges and the argon2 parameter rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.session_ttl_secs == 0 {
+            return err("session_ttl_secs", "must be at least 1");
+        }
+        // Millisecond timestamps are i64; a TTL that overflows them would never expire.
+        if self.session_ttl_secs > (i64::MAX as u64) / 1000 / 4 {
+            return err("session_ttl_secs", "is too large");
+        }
+        if self.max_pending_messages == 0 {
+            return err("max_pending_messages", "must be at least 1");
+        }
+        if self.max_message_bytes == 0 {
+            return err("max_message_bytes", "must be at least 1");
+        }
+        argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| ConfigError {
+            field: "argon2_*",
+            reason: e.to_string(),
+        })
+    }
+
+    /// The session lifetime in milliseconds.
+    pub fn session_ttl_millis(&self) -> i64 {
+        i64::try_from(self.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_conservative() {
+        let c = AccountsConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!c.allow_sha256);
+        assert!(c.require_contacts);
+    }
+
+    #[test]
+    fn partial_table_keeps_defaults_and_unknown_keys_fail() {
+        let c: AccountsConfig =
+            toml::from_str("allow_sha256 = true\nsession_ttl_secs = 60").unwrap();
+        assert!(c.allow_sha256);
+        assert_eq!(c.session_ttl_secs, 60);
+        assert_eq!(
+            c.max_pending_messages,
+            AccountsConfig::default().max_pending_messages
+        );
+        assert!(toml::from_str::<AccountsConfig>("allow_md5 = true").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let c = AccountsConfig {
+            session_ttl_secs: 0,
+            ..AccountsConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "session_ttl_secs");
+        let c = AccountsConfig {
+            argon2_memory_kib: 1,
+            ..AccountsConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "argon2_*");
+    }
+}

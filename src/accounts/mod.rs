@@ -1,0 +1,521 @@
+//! Accounts (seed 002): users, passwords, sessions, devices, invites/contacts and the
+//! pending-delivery queue for offline users, plus the transport-free JSON protocol state machine.
+//!
+//! This layer owns the rules (validation, hashing, expiry, who may message whom). It reaches
+//! the database only through `crate::store` query functions and never touches sockets or HTTP;
+//! transports call [`Accounts`] or drive a [`JsonProtocolSession`].
+
+mod clock;
+mod config;
+mod error;
+pub mod json_protocol;
+pub mod password;
+pub mod standards;
+mod token;
+pub mod validate;
+
+use std::sync::Arc;
+
+use crate::store::{self, Store, StoreError};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{AccountsConfig, ConfigError};
+pub use error::{AccountError, RespCode};
+pub use json_protocol::{Effect, JsonProtocolSession, Outcome};
+pub use password::HashAlgorithm;
+pub use token::SessionToken;
+
+/// A verified session: who holds the token and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The owner's stable id.
+    pub user_id: String,
+    /// The owner's username (the seed's `eid`).
+    pub username: String,
+    /// The device the session is bound to, if any.
+    pub device_id: Option<String>,
+    /// When the token stops being accepted (ms since the epoch).
+    pub expires_at: i64,
+}
+
+/// An unanswered invite addressed to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInvite {
+    /// Username of the requester.
+    pub from: String,
+    /// When the request was made (ms since the epoch).
+    pub created_at: i64,
+    /// When it was first handed out before, if it was (a client may have shown it already).
+    pub previously_delivered_at: Option<i64>,
+}
+
+/// The accounts service: cheap to clone, shares the store, config and clock.
+#[derive(Clone)]
+pub struct Accounts {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: AccountsConfig,
+    argon2: argon2::Params,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("store", &self.inner.store)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs CPU-heavy work (argon2) on the blocking pool so async workers stay responsive.
+async fn off_thread<T, F>(f: F) -> Result<T, AccountError>
+where
+    F: FnOnce() -> Result<T, AccountError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AccountError::Hashing(format!("hashing task failed: {e}")))?
+}
+
+/// Resolves a username to its id inside a store closure; `Ok(Err(NoSuchUser))` when absent.
+fn user_id(
+    conn: &mut store::DbConnection,
+    username: &str,
+) -> Result<Result<String, AccountError>, StoreError> {
+    Ok(store::users::id_of(conn, username)?.ok_or(AccountError::NoSuchUser))
+}
+
+impl Accounts {
+    /// A service on the wall clock; fails when `config` does not validate.
+    pub fn new(store: Store, config: AccountsConfig) -> Result<Accounts, ConfigError> {
+        Accounts::with_clock(store, config, Arc::new(SystemClock))
+    }
+
+    /// A service reading time from `clock` (tests pass a [`ManualClock`]).
+    pub fn with_clock(
+        store: Store,
+        config: AccountsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Accounts, ConfigError> {
+        config.validate()?;
+        let argon2 = argon2::Params::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            config.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| ConfigError {
+            field: "argon2_*",
+            reason: e.to_string(),
+        })?;
+        Ok(Accounts {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                argon2,
+                clock,
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AccountsConfig {
+        &self.inner.config
+    }
+
+    /// Now, by this service's clock (ms since the epoch).
+    pub fn now_millis(&self) -> i64 {
+        self.inner.clock.now_millis()
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Creates an account and returns a session for it.
+    pub async fn signup(
+        &self,
+        username: &str,
+        password: &str,
+        hash: HashAlgorithm,
+    ) -> Result<SessionToken, AccountError> {
+        let username = validate::username(username)?;
+        validate::password(password)?;
+        if hash == HashAlgorithm::Sha256 && !self.inner.config.allow_sha256 {
+            return Err(AccountError::HashNotAvailable(hash.name().to_owned()));
+        }
+        // Checked before hashing so a taken name costs no argon2 work; the insert below still
+        // catches the race where two signups pick the same free name.
+        if self.user_exists(&username).await? {
+            return Err(AccountError::UserInUse);
+        }
+        let params = self.inner.argon2.clone();
+        let pw = password.to_owned();
+        let password_hash = off_thread(move || password::hash(hash, &pw, &params)).await?;
+
+        let now = self.now_millis();
+        let user = store::users::UserRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            username,
+            password_hash,
+            created_at: now,
+        };
+        let (token, session) = self.new_session(&user.id, now);
+        let result = self
+            .store()
+            .write(move |conn| {
+                store::users::insert(conn, &user)?;
+                store::sessions::insert(conn, &session)
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(token),
+            Err(StoreError::AlreadyExists) => Err(AccountError::UserInUse),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks a username and password and returns a new session.
+    pub async fn signin(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<SessionToken, AccountError> {
+        let username = validate::username(username)?;
+        validate::password(password)?;
+        let user = self
+            .store()
+            .run(move |conn| store::users::find_by_username(conn, &username))
+            .await?
+            .ok_or(AccountError::NoSuchUser)?;
+        let stored = user.password_hash.clone();
+        let pw = password.to_owned();
+        if !off_thread(move || password::verify(&stored, &pw)).await? {
+            return Err(AccountError::WrongPassword);
+        }
+        let (token, session) = self.new_session(&user.id, self.now_millis());
+        self.store()
+            .run(move |conn| store::sessions::insert(conn, &session))
+            .await?;
+        Ok(token)
+    }
+
+    fn new_session(&self, user_id: &str, now: i64) -> (SessionToken, store::sessions::SessionRow) {
+        let token = SessionToken::generate();
+        let row = store::sessions::SessionRow {
+            token_hash: token::digest(token.as_str()),
+            user_id: user_id.to_owned(),
+            device_id: None,
+            created_at: now,
+            expires_at: now.saturating_add(self.inner.config.session_ttl_millis()),
+            revoked_at: None,
+        };
+        (token, row)
+    }
+
+    /// Looks a token up and says whose it is; unknown, expired and revoked are distinct errors.
+    pub async fn verify_session(&self, token: &str) -> Result<SessionInfo, AccountError> {
+        // Real tokens are 36-character UUIDs; anything far longer is not worth a lookup.
+        if token.is_empty() || token.len() > 128 {
+            return Err(AccountError::BadToken);
+        }
+        let digest = token::digest(token);
+        let found = self
+            .store()
+            .run(move |conn| store::sessions::find(conn, &digest))
+            .await?;
+        let (row, username) = found.ok_or(AccountError::BadToken)?;
+        if row.revoked_at.is_some() {
+            return Err(AccountError::SessionRevoked);
+        }
+        if self.now_millis() >= row.expires_at {
+            return Err(AccountError::SessionExpired);
+        }
+        Ok(SessionInfo {
+            user_id: row.user_id,
+            username,
+            device_id: row.device_id,
+            expires_at: row.expires_at,
+        })
+    }
+
+    /// Revokes a live session (sign out); the token is refused from then on.
+    pub async fn signout(&self, token: &str) -> Result<(), AccountError> {
+        self.verify_session(token).await?;
+        let digest = token::digest(token);
+        let now = self.now_millis();
+        let revoked = self
+            .store()
+            .run(move |conn| store::sessions::revoke(conn, &digest, now))
+            .await?;
+        // Lost a race with a concurrent sign-out of the same token.
+        if !revoked {
+            return Err(AccountError::SessionRevoked);
+        }
+        Ok(())
+    }
+
+    /// Registers `device_id` for `username` (or refreshes when it was last seen).
+    pub async fn register_device(
+        &self,
+        username: &str,
+        device_id: &str,
+    ) -> Result<(), AccountError> {
+        let username = validate::username(username)?;
+        validate::device_id(device_id)?;
+        let device = device_id.to_owned();
+        let now = self.now_millis();
+        self.store()
+            .run(move |conn| {
+                let id = match user_id(conn, &username)? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                store::devices::upsert(conn, &id, &device, now).map(Ok)
+            })
+            .await?
+    }
+
+    /// Verifies `token`, registers `device_id` for its user and records it on the session.
+    pub async fn bind_device(
+        &self,
+        token: &str,
+        device_id: &str,
+    ) -> Result<SessionInfo, AccountError> {
+        validate::device_id(device_id)?;
+        let mut info = self.verify_session(token).await?;
+        let digest = token::digest(token);
+        let (uid, device) = (info.user_id.clone(), device_id.to_owned());
+        let now = self.now_millis();
+        self.store()
+            .write(move |conn| {
+                store::devices::upsert(conn, &uid, &device, now)?;
+                store::sessions::set_device(conn, &digest, &device)
+            })
+            .await?;
+        info.device_id = Some(device_id.to_owned());
+        Ok(info)
+    }
+
+    /// The device ids registered for `username`, oldest first.
+    pub async fn devices(&self, username: &str) -> Result<Vec<String>, AccountError> {
+        let username = validate::username(username)?;
+        self.store()
+            .run(move |conn| {
+                let id = match user_id(conn, &username)? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let rows = store::devices::list(conn, &id)?;
+                Ok(Ok(rows.into_iter().map(|d| d.device_id).collect()))
+            })
+            .await?
+    }
+
+    /// Whether an account has this username (a name that breaks the rules cannot exist).
+    pub async fn user_exists(&self, username: &str) -> Result<bool, AccountError> {
+        let Ok(username) = validate::username(username) else {
+            return Ok(false);
+        };
+        Ok(self
+            .store()
+            .run(move |conn| store::users::exists(conn, &username))
+            .await?)
+    }
+
+    /// Records an invite from `from` to `to` (re-sending re-opens an answered one).
+    pub async fn invite_request(&self, from: &str, to: &str) -> Result<(), AccountError> {
+        let from = validate::username(from)?;
+        let to = validate::username(to)?;
+        if from == to {
+            return Err(AccountError::invalid("dest", "cannot invite yourself"));
+        }
+        let now = self.now_millis();
+        self.store()
+            .run(move |conn| {
+                let (from_id, to_id) = match (user_id(conn, &from)?, user_id(conn, &to)?) {
+                    (Ok(f), Ok(t)) => (f, t),
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                };
+                if store::invites::are_contacts(conn, &from_id, &to_id)? {
+                    return Ok(Err(AccountError::AlreadyContacts));
+                }
+                store::invites::upsert_pending(conn, &from_id, &to_id, now).map(Ok)
+            })
+            .await?
+    }
+
+    /// `by` accepts the pending invite from `from`; the two become contacts.
+    pub async fn invite_accept(&self, by: &str, from: &str) -> Result<(), AccountError> {
+        self.invite_respond(by, from, true).await
+    }
+
+    /// `by` rejects the pending invite from `from`.
+    pub async fn invite_reject(&self, by: &str, from: &str) -> Result<(), AccountError> {
+        self.invite_respond(by, from, false).await
+    }
+
+    async fn invite_respond(&self, by: &str, from: &str, accept: bool) -> Result<(), AccountError> {
+        let by = validate::username(by)?;
+        let from = validate::username(from)?;
+        let now = self.now_millis();
+        self.store()
+            .run(move |conn| {
+                let (by_id, from_id) = match (user_id(conn, &by)?, user_id(conn, &from)?) {
+                    (Ok(b), Ok(f)) => (b, f),
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                };
+                let answered = store::invites::respond(conn, &from_id, &by_id, accept, now)?;
+                Ok(if answered {
+                    Ok(())
+                } else {
+                    Err(AccountError::NoSuchInvite)
+                })
+            })
+            .await?
+    }
+
+    /// Every unanswered invite to `username`, oldest first; marks them delivered.
+    ///
+    /// Unanswered invites are returned on every call (a client may not have kept one it saw),
+    /// with `previously_delivered_at` telling which ones it was already given.
+    pub async fn pending_invites(
+        &self,
+        username: &str,
+    ) -> Result<Vec<PendingInvite>, AccountError> {
+        let username = validate::username(username)?;
+        let now = self.now_millis();
+        let rows = self
+            .store()
+            .run(move |conn| {
+                let id = match user_id(conn, &username)? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                store::invites::take_pending_for(conn, &id, now).map(Ok)
+            })
+            .await??;
+        Ok(rows
+            .into_iter()
+            .map(|r| PendingInvite {
+                from: r.from_username,
+                created_at: r.created_at,
+                previously_delivered_at: r.delivered_at,
+            })
+            .collect())
+    }
+
+    /// Whether `a` and `b` are contacts.
+    pub async fn are_contacts(&self, a: &str, b: &str) -> Result<bool, AccountError> {
+        let a = validate::username(a)?;
+        let b = validate::username(b)?;
+        self.store()
+            .run(move |conn| {
+                let (a_id, b_id) = match (user_id(conn, &a)?, user_id(conn, &b)?) {
+                    (Ok(x), Ok(y)) => (x, y),
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                };
+                store::invites::are_contacts(conn, &a_id, &b_id).map(Ok)
+            })
+            .await?
+    }
+
+    /// Usernames of `username`'s contacts, sorted.
+    pub async fn contacts(&self, username: &str) -> Result<Vec<String>, AccountError> {
+        let username = validate::username(username)?;
+        self.store()
+            .run(move |conn| {
+                let id = match user_id(conn, &username)? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                store::invites::contacts_of(conn, &id).map(Ok)
+            })
+            .await?
+    }
+
+    /// Checks `from` may send a `message` to `to`: `to` exists and, when required, is a contact.
+    pub async fn authorize_message(&self, from: &str, to: &str) -> Result<(), AccountError> {
+        let from = validate::username(from)?;
+        let to = validate::username(to)?;
+        let require_contacts = self.inner.config.require_contacts;
+        self.store()
+            .run(move |conn| {
+                let (from_id, to_id) = match (user_id(conn, &from)?, user_id(conn, &to)?) {
+                    (Ok(f), Ok(t)) => (f, t),
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                };
+                if require_contacts && !store::invites::are_contacts(conn, &from_id, &to_id)? {
+                    return Ok(Err(AccountError::NotContacts));
+                }
+                Ok(Ok(()))
+            })
+            .await?
+    }
+
+    /// Holds `frame_json` for `to` until they subscribe; refused when their queue is full.
+    pub async fn queue_message(&self, to: &str, frame_json: &str) -> Result<(), AccountError> {
+        let to = validate::username(to)?;
+        // The frame is whatever the protocol layer built around a size-checked payload; this
+        // bound only stops a caller from parking unbounded blobs in the database.
+        if frame_json.len()
+            > self
+                .inner
+                .config
+                .max_message_bytes
+                .saturating_mul(2)
+                .saturating_add(4096)
+        {
+            return Err(AccountError::invalid(
+                "message",
+                "frame is too large to queue",
+            ));
+        }
+        let frame = frame_json.to_owned();
+        let now = self.now_millis();
+        let limit = i64::from(self.inner.config.max_pending_messages);
+        self.store()
+            .run(move |conn| {
+                let id = match user_id(conn, &to)? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let queued = store::pending::push(conn, &id, &frame, now, limit)?;
+                Ok(if queued {
+                    Ok(())
+                } else {
+                    Err(AccountError::QueueFull)
+                })
+            })
+            .await?
+    }
+
+    /// Removes and returns the frames queued for `username`, oldest first.
+    pub async fn take_pending(&self, username: &str) -> Result<Vec<String>, AccountError> {
+        let username = validate::username(username)?;
+        self.store()
+            .run(move |conn| {
+                let id = match user_id(conn, &username)? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                store::pending::take_all(conn, &id).map(Ok)
+            })
+            .await?
+    }
+
+    /// Deletes sessions that ended (expired or revoked) more than `grace_secs` ago; returns how many.
+    pub async fn purge_sessions(&self, grace_secs: u64) -> Result<usize, AccountError> {
+        let grace = i64::try_from(grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let before = self.now_millis().saturating_sub(grace);
+        Ok(self
+            .store()
+            .run(move |conn| store::sessions::purge(conn, before))
+            .await?)
+    }
+}

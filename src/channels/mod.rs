@@ -1,0 +1,244 @@
+//! Channel behaviour: what happens when a client joins a topic, pushes to it, and leaves.
+//!
+//! A channel lives inside its socket's actor (no process per channel as in Phoenix): the socket
+//! routes each frame to the [`Channel`] joined on that topic, and turns the [`HandleIn`] it gets
+//! back into replies, pushes, `phx_close` or `phx_error`. Channel families are registered on a
+//! [`Router`] by topic pattern (`room:*`), each with a [`ChannelFactory`] that performs joins.
+
+pub mod room;
+pub mod socket;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::future::LocalBoxFuture;
+
+use crate::protocol::Payload;
+use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+pub use socket::{AnonymousSockets, ConnectError, ConnectRequest, SocketAuthenticator, SocketIdentity, SocketInfo};
+
+/// A reply to a client push: `{"status": status, "response": response}`.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// `ok`, `error`, or any status string the channel chooses.
+    pub status: String,
+    /// The response body.
+    pub response: Payload,
+}
+
+impl Reply {
+    /// An `ok` reply with this body.
+    pub fn ok(response: Payload) -> Self {
+        Reply { status: "ok".into(), response }
+    }
+
+    /// An `ok` reply with `{}`.
+    pub fn ok_empty() -> Self {
+        Reply::ok(Payload::empty())
+    }
+
+    /// An `error` reply with `{"reason": reason}`.
+    pub fn error(reason: &str) -> Self {
+        Reply { status: "error".into(), response: Payload::reason(reason) }
+    }
+}
+
+/// How a channel ends when it stops itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// A graceful end: the client gets `phx_close` and does not rejoin.
+    Normal,
+    /// A failure: the client gets `phx_error` and rejoins.
+    Crash(String),
+}
+
+/// What a channel does with one client push.
+pub enum HandleIn {
+    /// Reply now.
+    Reply(Reply),
+    /// Send no reply (the client's push times out, as in Phoenix's `{:noreply, socket}`).
+    NoReply,
+    /// Reply when the future completes (storage, other actors); other frames keep flowing.
+    Later(LocalBoxFuture<'static, Reply>),
+    /// Stop the channel, after an optional final reply.
+    Stop {
+        /// Sent before `phx_close`/`phx_error`.
+        reply: Option<Reply>,
+        /// Decides between `phx_close` and `phx_error`.
+        reason: StopReason,
+    },
+}
+
+/// Why a channel's `terminate` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The client sent `phx_leave`.
+    Leave,
+    /// A new join on the same topic replaced this channel.
+    Replaced,
+    /// The channel stopped itself or crashed.
+    Stopped,
+    /// The socket closed.
+    SocketClosed,
+}
+
+/// What a channel callback may use: its topic, its socket, pub/sub, and pushes to its client.
+pub struct ChannelContext<'a> {
+    /// The joined topic.
+    pub topic: &'a str,
+    /// This channel's join_ref.
+    pub join_ref: &'a str,
+    /// The socket the channel belongs to.
+    pub socket: &'a SocketInfo,
+    /// The pub/sub layer.
+    pub pubsub: &'a PubSub,
+    pushes: &'a mut Vec<(String, Payload)>,
+}
+
+impl<'a> ChannelContext<'a> {
+    /// Builds a context; pushes collect into `pushes` and are sent before the callback's reply.
+    pub fn new(
+        topic: &'a str,
+        join_ref: &'a str,
+        socket: &'a SocketInfo,
+        pubsub: &'a PubSub,
+        pushes: &'a mut Vec<(String, Payload)>,
+    ) -> Self {
+        ChannelContext { topic, join_ref, socket, pubsub, pushes }
+    }
+
+    /// Pushes an event to this channel's client only (`[join_ref, null, topic, event, payload]`).
+    pub fn push(&mut self, event: impl Into<String>, payload: Payload) {
+        self.pushes.push((event.into(), payload));
+    }
+
+    /// Broadcasts to every subscriber of this topic, this client included.
+    pub fn broadcast(&self, event: &str, payload: Payload) {
+        self.pubsub.broadcast(self.topic, event, payload);
+    }
+
+    /// Broadcasts to every subscriber of this topic except this client.
+    pub fn broadcast_from(&self, event: &str, payload: Payload) {
+        self.pubsub.broadcast_from(self.subscriber(), self.topic, event, payload);
+    }
+
+    /// This socket's subscriber id in the registry.
+    pub fn subscriber(&self) -> SubscriberId {
+        self.socket.connection_id
+    }
+}
+
+/// One joined channel.
+pub trait Channel: 'static {
+    /// Runs right after the join reply was sent (Phoenix's `:after_join`), e.g. to push state.
+    fn after_join(&mut self, _ctx: &mut ChannelContext<'_>) {}
+
+    /// Handles a client push of a non-reserved event.
+    fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> HandleIn;
+
+    /// Decides whether a broadcast on this topic goes to the client (Phoenix's `intercept`).
+    fn handle_out(&mut self, _broadcast: &Broadcast, _ctx: &mut ChannelContext<'_>) -> bool {
+        true
+    }
+
+    /// Runs once when the channel ends, whatever the reason.
+    fn terminate(&mut self, _reason: LeaveReason, _ctx: &mut ChannelContext<'_>) {}
+}
+
+/// A join request for one topic.
+pub struct JoinRequest {
+    /// The topic being joined.
+    pub topic: String,
+    /// The join payload (channel params).
+    pub payload: Payload,
+    /// The joining socket.
+    pub socket: Rc<SocketInfo>,
+    /// The pub/sub layer.
+    pub pubsub: PubSub,
+}
+
+/// A successful join: the channel and the body of the ok reply.
+pub struct Joined {
+    /// The channel that will handle this topic's pushes.
+    pub channel: Box<dyn Channel>,
+    /// The join reply's `response`.
+    pub response: Payload,
+}
+
+/// A join outcome: the channel, or the body of the error reply (by convention `{"reason": ...}`).
+pub type JoinResult = Result<Joined, Payload>;
+
+/// Performs joins for one family of topics.
+pub trait ChannelFactory: Send + Sync + 'static {
+    /// Decides a join; may do I/O (accounts, storage) before answering.
+    fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult>;
+}
+
+/// A topic pattern: `room:*` matches every topic starting with `room:`; anything else is exact.
+#[derive(Debug, Clone)]
+enum TopicPattern {
+    Prefix(String),
+    Exact(String),
+}
+
+impl TopicPattern {
+    fn parse(pattern: &str) -> Self {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => TopicPattern::Prefix(prefix.to_owned()),
+            None => TopicPattern::Exact(pattern.to_owned()),
+        }
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicPattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
+            TopicPattern::Exact(exact) => topic == exact,
+        }
+    }
+}
+
+/// Maps topics to channel factories; the first matching pattern wins.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Vec<(TopicPattern, Arc<dyn ChannelFactory>)>,
+}
+
+impl Router {
+    /// An empty router: every join is an "unmatched topic".
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Routes topics matching `pattern` to `factory`.
+    pub fn channel(mut self, pattern: &str, factory: impl ChannelFactory) -> Self {
+        self.routes.push((TopicPattern::parse(pattern), Arc::new(factory)));
+        self
+    }
+
+    /// The factory for `topic`, if any pattern matches.
+    pub fn route(&self, topic: &str) -> Option<&Arc<dyn ChannelFactory>> {
+        self.routes.iter().find(|(pattern, _)| pattern.matches(topic)).map(|(_, factory)| factory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl ChannelFactory for Nothing {
+        fn join(&self, _: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
+            Box::pin(async { Err(Payload::reason("no")) })
+        }
+    }
+
+    #[test]
+    fn router_matches_prefix_and_exact_patterns() {
+        let router = Router::new().channel("room:*", Nothing).channel("lobby", Nothing);
+        assert!(router.route("room:lobby").is_some());
+        assert!(router.route("room:").is_some());
+        assert!(router.route("lobby").is_some());
+        assert!(router.route("lobby:x").is_none());
+        assert!(router.route("rooms").is_none());
+    }
+}

@@ -1,0 +1,71 @@
+//! Socket-level identity: who is connecting (Phoenix's `connect/3` and `id/1`).
+//!
+//! The transport parses connect params and the `authToken` subprotocol, then asks a
+//! [`SocketAuthenticator`] whether to accept the socket and who it is.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use futures_util::future::LocalBoxFuture;
+
+use crate::pubsub::SubscriberId;
+
+/// What a connecting client presented.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectRequest {
+    /// The query-string params (`vsn` included), as Phoenix passes them to `connect/3`.
+    pub params: HashMap<String, String>,
+    /// The token from the `base64url.bearer.phx.*` subprotocol, decoded.
+    pub auth_token: Option<String>,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Who an accepted socket is.
+#[derive(Debug, Clone, Default)]
+pub struct SocketIdentity {
+    /// The socket id (Phoenix's `id/1`): a `disconnect` broadcast on this topic closes the socket.
+    pub socket_id: Option<String>,
+    /// The authenticated user (`eid`), or `None` for an anonymous socket.
+    pub user: Option<String>,
+    /// The device (`connection_resource_id`) the socket speaks for.
+    pub device: Option<String>,
+}
+
+/// Why a connect was refused (answered with HTTP 403).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials were missing, wrong or expired.
+    #[error("{0}")]
+    Refused(String),
+    /// Authentication could not be decided (e.g. the database is down).
+    #[error("authentication unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Decides whether a socket may connect, and who it is.
+pub trait SocketAuthenticator: Send + Sync + 'static {
+    /// Accepts or refuses a connect.
+    fn connect(&self, request: &ConnectRequest) -> LocalBoxFuture<'static, Result<SocketIdentity, ConnectError>>;
+}
+
+/// Accepts every socket as anonymous.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnonymousSockets;
+
+impl SocketAuthenticator for AnonymousSockets {
+    fn connect(&self, _: &ConnectRequest) -> LocalBoxFuture<'static, Result<SocketIdentity, ConnectError>> {
+        Box::pin(async { Ok(SocketIdentity::default()) })
+    }
+}
+
+/// A connected socket, as channels see it.
+#[derive(Debug, Clone)]
+pub struct SocketInfo {
+    /// Unique per connection in this process; the socket's id in the pub/sub registry.
+    pub connection_id: SubscriberId,
+    /// Who the socket is.
+    pub identity: SocketIdentity,
+    /// The connect params (never logged: they may hold tokens).
+    pub params: HashMap<String, String>,
+}

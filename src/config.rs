@@ -1,0 +1,203 @@
+//! Typed configuration: defaults, then the TOML file, then command-line/env overrides, then
+//! [`Config::validate`]. Tests build a [`Config`] in code.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything an operator can set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on (`--bind`, `COURIER_BIND`).
+    pub bind: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// This node's name, reported in identities.
+    pub node: String,
+    /// WebSocket and channel limits.
+    pub socket: SocketConfig,
+    /// Pub/sub registry settings.
+    pub pubsub: PubSubConfig,
+    /// Admin HTTP routes.
+    pub admin: AdminConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:4000".into(),
+            workers: 0,
+            node: "courier@localhost".into(),
+            socket: SocketConfig::default(),
+            pubsub: PubSubConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// Per-socket limits and timings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// A socket that sends nothing for this long is closed (Phoenix: 60 s).
+    pub idle_timeout_ms: u64,
+    /// Largest accepted WebSocket message; bigger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Channels one socket may join at once (Phoenix: 100).
+    pub max_channels: usize,
+    /// Longest accepted topic name, in bytes.
+    pub max_topic_bytes: usize,
+    /// Longest accepted event name, in bytes.
+    pub max_event_bytes: usize,
+    /// Frames queued for a socket before it counts as too slow and is closed.
+    pub outbound_queue: usize,
+    /// Sustained frames per second a socket may send.
+    pub rate_per_sec: u32,
+    /// Frames a socket may send in a burst above the sustained rate.
+    pub rate_burst: u32,
+    /// How long shutdown waits for sockets to finish in-flight work and close.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            idle_timeout_ms: 60_000,
+            max_frame_bytes: 1024 * 1024,
+            max_channels: 100,
+            max_topic_bytes: 255,
+            max_event_bytes: 255,
+            outbound_queue: 1024,
+            rate_per_sec: 200,
+            rate_burst: 400,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl SocketConfig {
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The shutdown grace period as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Pub/sub registry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubSubConfig {
+    /// Registry shards, each on its own thread.
+    pub shards: usize,
+}
+
+impl Default for PubSubConfig {
+    fn default() -> Self {
+        PubSubConfig { shards: 2 }
+    }
+}
+
+/// Admin routes are off unless a token is set; requests must send `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin bearer token.
+    pub token: Option<String>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source })
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.socket;
+        let checks: [(&'static str, bool, &str); 7] = [
+            ("bind", self.bind.parse::<std::net::SocketAddr>().is_ok(), "must be an IP:port address"),
+            ("socket.idle_timeout_ms", s.idle_timeout_ms >= 100, "must be at least 100"),
+            ("socket.max_frame_bytes", s.max_frame_bytes >= 1024, "must be at least 1024"),
+            ("socket.max_channels", s.max_channels >= 1, "must be at least 1"),
+            ("socket.max_topic_bytes", (1..=255).contains(&s.max_topic_bytes), "must be 1..=255 (binary frames carry one length byte)"),
+            ("socket.outbound_queue", s.outbound_queue >= 8, "must be at least 8"),
+            ("socket.rate_per_sec", s.rate_per_sec >= 1 && s.rate_burst >= 1, "rate_per_sec and rate_burst must be at least 1"),
+        ];
+        for (name, ok, why) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid(name, why.into()));
+            }
+        }
+        if !(1..=255).contains(&s.max_event_bytes) {
+            return Err(ConfigError::Invalid("socket.max_event_bytes", "must be 1..=255".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_phoenix() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.bind, "127.0.0.1:4000");
+        assert_eq!(c.socket.idle_timeout_ms, 60_000);
+        assert_eq!(c.socket.max_channels, 100);
+        assert_eq!(c.socket.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_are_refused() {
+        let c: Config = toml::from_str("bind = \"0.0.0.0:9\"\n[socket]\nmax_channels = 3\n").unwrap();
+        assert_eq!(c.bind, "0.0.0.0:9");
+        assert_eq!(c.socket.max_channels, 3);
+        assert_eq!(c.socket.idle_timeout_ms, 60_000);
+        let err = toml::from_str::<Config>("[socket]\nmax_chanels = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_chanels"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        let mut c = Config::default();
+        c.bind = "nope".into();
+        assert!(c.validate().unwrap_err().to_string().contains("bind"));
+        let mut c = Config::default();
+        c.socket.max_topic_bytes = 300;
+        assert!(c.validate().unwrap_err().to_string().contains("max_topic_bytes"));
+    }
+}

@@ -1,0 +1,87 @@
+//! Operator routes under `/admin` (bearer-token protected) and the public `/health` check.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::protocol::Payload;
+use crate::pubsub::PubSub;
+use crate::transport::Sockets;
+use crate::transport::socket::DISCONNECT_EVENT;
+
+/// What the admin routes need.
+pub struct AdminState {
+    /// The bearer token; `None` disables the admin routes.
+    pub token: Option<String>,
+    /// The pub/sub layer, for disconnect broadcasts.
+    pub pubsub: PubSub,
+    /// Live sockets.
+    pub sockets: Arc<Sockets>,
+    /// This node's name.
+    pub node: String,
+}
+
+/// Mounts `/health` and `/admin/*`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/admin/stats", web::get().to(stats))
+        .route("/admin/sockets/disconnect", web::post().to(disconnect));
+}
+
+async fn health(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok", "node": state.node }))
+}
+
+fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> {
+    let Some(expected) = state.token.as_deref() else {
+        return Err(HttpResponse::Forbidden()
+            .json(json!({ "error": "admin_disabled", "reason": "set admin.token in the config to enable /admin" })));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared without an early exit so the time taken does not reveal a matching prefix.
+    let matches = presented.is_some_and(|p| {
+        p.len() == expected.len() && p.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(HttpResponse::Unauthorized().json(json!({ "error": "unauthorized", "reason": "bad or missing admin token" })))
+    }
+}
+
+async fn stats(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    HttpResponse::Ok().json(json!({ "sockets": state.sockets.live(), "node": state.node }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    id: String,
+}
+
+/// Closes every socket whose socket id is `id` (code 1001), on every node.
+async fn disconnect(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    body: web::Json<DisconnectRequest>,
+) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    if body.id.is_empty() {
+        return HttpResponse::BadRequest().json(json!({ "error": "bad_request", "reason": "id must not be empty" }));
+    }
+    state.pubsub.broadcast(&body.id, DISCONNECT_EVENT, Payload::empty());
+    tracing::info!(socket_id = body.id, "disconnect broadcast");
+    HttpResponse::Accepted().json(json!({ "disconnected": body.id }))
+}

@@ -1,0 +1,198 @@
+//! The browser-facing JSON accounts API: signup, signin, signout and the advertised protocol.
+//!
+//! Routes live under `/api` (see [`configure`]) and expect `web::Data<Accounts>` in app data.
+//! Every error, including unreadable JSON, is a JSON body `{"error", "reason", "resp_code"}`
+//! whose codes come from [`AccountError`]'s one mapping table.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::accounts::standards::{self, CIPHERS, PROTOCOL_VERSION, SERVER_NAME};
+use crate::accounts::{AccountError, Accounts, HashAlgorithm, RespCode};
+
+/// Largest request body accepted, in bytes; the biggest legitimate one is a 1 KiB password.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// Mounts the routes under `/api`; needs `web::Data<Accounts>` registered on the app.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(BODY_LIMIT)
+                    .error_handler(json_error),
+            )
+            .app_data(web::PayloadConfig::new(BODY_LIMIT))
+            .route("/signup", web::post().to(signup))
+            .route("/signin", web::post().to(signin))
+            .route("/signout", web::post().to(signout))
+            .route("/protocol", web::get().to(protocol)),
+    );
+}
+
+/// An error body ready to send.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    reason: String,
+    resp_code: RespCode,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.reason)
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        if err.is_internal() {
+            tracing::error!(error = %err, "accounts API request failed");
+        }
+        ApiError {
+            status: StatusCode::from_u16(err.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: err.code(),
+            reason: err.public_reason(),
+            resp_code: err.resp_code(),
+        }
+    }
+}
+
+impl ApiError {
+    fn bad_request(code: &'static str, reason: String) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            reason,
+            resp_code: RespCode::InvalidInput,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({
+            "error": self.code,
+            "reason": self.reason,
+            "resp_code": self.resp_code.as_u8(),
+        }))
+    }
+}
+
+fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let api = match &err {
+        E::ContentType => ApiError::bad_request(
+            "invalid_json",
+            "expected Content-Type: application/json".into(),
+        ),
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "body_too_large",
+            reason: format!("request body exceeds {BODY_LIMIT} bytes"),
+            resp_code: RespCode::InvalidInput,
+        },
+        other => ApiError::bad_request(
+            "invalid_json",
+            format!("request body is not valid JSON for this route: {other}"),
+        ),
+    };
+    actix_web::error::InternalError::from_response(err, api.error_response()).into()
+}
+
+/// `POST /api/signup` body.
+#[derive(Debug, Deserialize)]
+struct SignupBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    hash: Option<String>,
+}
+
+/// `POST /api/signin` body.
+#[derive(Debug, Deserialize)]
+struct SigninBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /api/signout` body, when the token is not in `Authorization`.
+#[derive(Debug, Deserialize)]
+struct SignoutBody {
+    session: String,
+}
+
+async fn signup(
+    accounts: web::Data<Accounts>,
+    body: web::Json<SignupBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let algorithm = HashAlgorithm::parse(body.hash.as_deref().unwrap_or("argon2id"))?;
+    let token = accounts
+        .signup(&body.username, &body.password, algorithm)
+        .await?;
+    Ok(HttpResponse::Created()
+        .json(json!({ "session": token.as_str(), "username": body.username.trim() })))
+}
+
+async fn signin(
+    accounts: web::Data<Accounts>,
+    body: web::Json<SigninBody>,
+) -> Result<HttpResponse, ApiError> {
+    let token = accounts.signin(&body.username, &body.password).await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({ "session": token.as_str(), "username": body.username.trim() })))
+}
+
+/// The token from `Authorization: Bearer <token>`, if that header is present and well-formed.
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+async fn signout(
+    accounts: web::Data<Accounts>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let token = match bearer(&req) {
+        Some(token) => token,
+        None if body.iter().all(u8::is_ascii_whitespace) => {
+            return Err(AccountError::BadToken.into());
+        }
+        None => {
+            serde_json::from_slice::<SignoutBody>(&body)
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_json",
+                        format!("request body is not valid JSON for this route: {e}"),
+                    )
+                })?
+                .session
+        }
+    };
+    accounts.signout(&token).await?;
+    Ok(HttpResponse::Ok().json(json!({ "signed_out": true })))
+}
+
+async fn protocol(accounts: web::Data<Accounts>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "version": PROTOCOL_VERSION,
+        "server": SERVER_NAME,
+        "invitations": true,
+        "ciphers": CIPHERS,
+        "hashes": standards::hashes(accounts.config()),
+    }))
+}

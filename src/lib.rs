@@ -1,0 +1,19 @@
+//! Courier: a real-time messaging server speaking the Phoenix Channels protocol on actix.
+//!
+//! Data flows inward: `transport` (WebSocket framing, one actor per socket) → `protocol` (wire
+//! codecs) → `channels` (per-topic behaviour) → `pubsub` (topic registry, broker). `server` wires
+//! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
+//! `accounts` the users, sessions and invites built on it.
+
+pub mod accounts;
+pub mod channels;
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod pubsub;
+pub mod server;
+pub mod store;
+pub mod transport;
+
+pub use config::Config;
+pub use server::{Courier, RunningServer};

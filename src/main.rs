@@ -1,0 +1,44 @@
+//! The `courier` binary: command line → config → tracing → server.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use courier::{Config, Courier};
+
+/// Courier: Phoenix Channels messaging server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on, e.g. 127.0.0.1:4000.
+    #[arg(long, env = "COURIER_BIND")]
+    bind: Option<String>,
+    /// A TOML config file; its values override the defaults.
+    #[arg(long, env = "COURIER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(bind) = cli.bind {
+        config.bind = bind;
+    }
+    config.validate()?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    actix_web::rt::System::new().block_on(async move {
+        let server = Courier::new(config).start().await.context("starting the server")?;
+        server.run_until_signal().await.context("running the server")
+    })
+}

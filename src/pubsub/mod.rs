@@ -1,0 +1,181 @@
+//! Publish/subscribe: the topic registry that fans broadcasts out to local sockets, and the
+//! [`Broker`] seam that carries broadcasts to other nodes.
+//!
+//! Local fan-out always stays local (Phoenix's fastlane: a broadcast is encoded once per
+//! serializer and the same bytes go to every subscriber). A [`Broker`] only moves broadcasts
+//! between nodes; [`LocalBroker`] is the single-node implementation and a Redis or NATS one plugs
+//! in behind the same trait.
+
+mod registry;
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock};
+
+use actix::{Actor, Addr, ArbiterHandle, MailboxError, Message, Recipient};
+
+use crate::protocol::{Outgoing, Payload, Serializer, WireFrame};
+pub use registry::RegistryShard;
+use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
+
+/// Identifies one subscriber (one socket connection) across the registry.
+pub type SubscriberId = u64;
+
+/// One broadcast on a topic, shared by every subscriber that receives it.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// The topic.
+    pub topic: String,
+    /// The event name.
+    pub event: String,
+    /// The payload.
+    pub payload: Payload,
+    /// Encoded once per serializer on first use; `None` when a serializer cannot carry it.
+    encoded: [OnceLock<Option<WireFrame>>; 2],
+}
+
+impl Broadcast {
+    /// Creates a broadcast, ready to share.
+    pub fn new(topic: impl Into<String>, event: impl Into<String>, payload: Payload) -> Arc<Self> {
+        Arc::new(Broadcast {
+            topic: topic.into(),
+            event: event.into(),
+            payload,
+            encoded: [OnceLock::new(), OnceLock::new()],
+        })
+    }
+
+    /// The frame for sockets using `serializer` (`[null, null, topic, event, payload]` in V2).
+    pub fn encoded(&self, serializer: Serializer) -> Option<&WireFrame> {
+        let slot = match serializer {
+            Serializer::V1 => &self.encoded[0],
+            Serializer::V2 => &self.encoded[1],
+        };
+        slot.get_or_init(|| {
+            let frame = Outgoing::Broadcast { topic: &self.topic, event: &self.event, payload: &self.payload };
+            serializer.encode(&frame).ok()
+        })
+        .as_ref()
+    }
+}
+
+/// What the registry hands a subscriber for each broadcast on one of its topics.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Arc<Broadcast>);
+
+/// Carries broadcasts between nodes. Implementations must be cheap to call on every broadcast.
+pub trait Broker: Send + Sync + 'static {
+    /// The name of this node, as reported in identities.
+    fn node(&self) -> &str;
+    /// Sends a broadcast that was just fanned out locally to every other node.
+    fn publish(&self, broadcast: &Arc<Broadcast>);
+}
+
+/// The single-node broker: there are no other nodes to tell.
+#[derive(Debug, Clone)]
+pub struct LocalBroker {
+    node: String,
+}
+
+impl LocalBroker {
+    /// A broker for a node with this name.
+    pub fn new(node: impl Into<String>) -> Self {
+        LocalBroker { node: node.into() }
+    }
+}
+
+impl Broker for LocalBroker {
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn publish(&self, _broadcast: &Arc<Broadcast>) {}
+}
+
+/// Errors talking to the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum PubSubError {
+    /// The registry shard is gone (the server is shutting down).
+    #[error("pubsub registry unavailable")]
+    Unavailable(#[from] MailboxError),
+}
+
+/// A cheap, cloneable handle to the registry shards and the broker.
+#[derive(Clone)]
+pub struct PubSub {
+    shards: Arc<[Addr<RegistryShard>]>,
+    arbiters: Arc<[ArbiterHandle]>,
+    hasher: RandomState,
+    broker: Arc<dyn Broker>,
+}
+
+impl PubSub {
+    /// Starts `shards` registry shards, each on its own arbiter thread.
+    pub fn start(shards: usize, broker: Arc<dyn Broker>) -> Self {
+        let (addrs, arbiters): (Vec<_>, Vec<_>) = (0..shards.max(1))
+            .map(|_| {
+                let arbiter = actix::Arbiter::new().handle();
+                (RegistryShard::start_in_arbiter(&arbiter, |_| RegistryShard::default()), arbiter)
+            })
+            .unzip();
+        PubSub { shards: addrs.into(), arbiters: arbiters.into(), hasher: RandomState::new(), broker }
+    }
+
+    /// The name of this node.
+    pub fn node(&self) -> &str {
+        self.broker.node()
+    }
+
+    fn shard(&self, topic: &str) -> &Addr<RegistryShard> {
+        let index = self.hasher.hash_one(topic) as usize % self.shards.len();
+        &self.shards[index]
+    }
+
+    /// Subscribes `recipient` to `topic`; resolves once the registry has recorded it, so a
+    /// broadcast made after this returns reaches the subscriber.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        subscriber: SubscriberId,
+        recipient: Recipient<Deliver>,
+    ) -> Result<(), PubSubError> {
+        let msg = Subscribe { topic: topic.to_owned(), subscriber, recipient };
+        Ok(self.shard(topic).send(msg).await?)
+    }
+
+    /// Removes a subscription; a no-op if there is none.
+    pub fn unsubscribe(&self, topic: &str, subscriber: SubscriberId) {
+        self.shard(topic).do_send(Unsubscribe { topic: topic.to_owned(), subscriber });
+    }
+
+    /// Broadcasts to every subscriber of `topic`, on every node.
+    pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) {
+        self.publish(Broadcast::new(topic, event, payload), None);
+    }
+
+    /// Broadcasts to every subscriber of `topic` except `from` (Phoenix's `broadcast_from`).
+    pub fn broadcast_from(&self, from: SubscriberId, topic: &str, event: &str, payload: Payload) {
+        self.publish(Broadcast::new(topic, event, payload), Some(from));
+    }
+
+    fn publish(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
+        self.broker.publish(&broadcast);
+        self.deliver_local(broadcast, exclude);
+    }
+
+    /// Fans a broadcast out to this node's subscribers only; brokers call it for remote traffic.
+    pub fn deliver_local(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
+        self.shard(&broadcast.topic).do_send(Publish { broadcast, exclude });
+    }
+
+    /// How many live subscribers `topic` has on this node.
+    pub async fn subscriber_count(&self, topic: &str) -> Result<usize, PubSubError> {
+        Ok(self.shard(topic).send(SubscriberCount { topic: topic.to_owned() }).await?)
+    }
+
+    /// Stops the registry arbiters (at server shutdown).
+    pub fn stop(&self) {
+        for arbiter in self.arbiters.iter() {
+            arbiter.stop();
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Everything that differs between SQLite and PostgreSQL: per-connection settings, how a write
+//! transaction begins, and the macro that compiles one statement per backend where the derived
+//! multi-backend cannot express it (upserts in particular).
+
+use std::time::Duration;
+
+use diesel::QueryResult;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+
+use super::DbConnection;
+
+/// Settings every new SQLite connection gets.
+///
+/// busy_timeout goes first so that switching to WAL waits for other openers instead of
+/// failing. foreign_keys is per connection in SQLite, so it must be set each time;
+/// synchronous=NORMAL is the durable-enough setting WAL is designed for.
+pub(crate) fn sqlite_pragmas(busy_timeout: Duration) -> String {
+    let millis = busy_timeout.as_millis().min(i32::MAX as u128);
+    format!(
+        "PRAGMA busy_timeout = {millis};
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;"
+    )
+}
+
+/// Begins a transaction that holds the write lock from its first statement.
+///
+/// SQLite's default deferred transaction starts as a reader; upgrading it to a writer after a
+/// concurrent commit fails at once with SQLITE_BUSY (the busy timeout does not apply), so the
+/// outermost write transaction there is `BEGIN IMMEDIATE`. PostgreSQL's row locks need no such
+/// care. Nested calls become savepoints on both.
+pub(crate) fn begin_write(conn: &mut DbConnection) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let depth =
+                AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()?;
+            if depth.is_some() {
+                AnsiTransactionManager::begin_transaction(c)
+            } else {
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+            }
+        }
+        DbConnection::Pg(c) => AnsiTransactionManager::begin_transaction(c),
+    }
+}
+
+/// Expands `$body` once per concrete connection type, with `$c` bound to the inner connection.
+macro_rules! per_backend {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::DbConnection::Sqlite($c) => $body,
+            $crate::store::DbConnection::Pg($c) => $body,
+        }
+    };
+}
+
+pub(crate) use per_backend;

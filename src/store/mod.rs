@@ -1,0 +1,170 @@
+//! Storage: the only place that knows Diesel, SQL, the schema and the connection pool.
+//!
+//! It owns connections (`DbConnection`, SQLite or PostgreSQL by URL), the embedded migrations,
+//! and one query module per table family (`users`, `sessions`, `devices`, `invites`,
+//! `pending`). It must not know about protocols, HTTP or password rules: callers hand it plain
+//! values and get plain rows back. Diesel is blocking, so every query runs on the blocking
+//! thread pool through [`Store::run`] / [`Store::write`], never on an async worker.
+
+mod connection;
+mod dialect;
+mod error;
+pub mod migrations;
+pub mod schema;
+
+pub mod devices;
+pub mod invites;
+pub mod pending;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::r2d2::Pool;
+
+pub use connection::{Backend, DbConnection};
+pub use error::StoreError;
+
+use connection::Manager;
+
+/// How to open a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `postgres://...` for PostgreSQL; anything else is a SQLite file path (`sqlite://` optional).
+    pub url: String,
+    /// Most connections the pool keeps open.
+    pub pool_size: u32,
+    /// How long a caller waits for a free connection (and a new connection for its server).
+    pub connect_timeout: Duration,
+    /// How long SQLite waits on a locked database before giving up.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            url: "./courier.db".to_owned(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Default options for the given URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            ..StoreOptions::default()
+        }
+    }
+}
+
+/// Handle to the database: cheap to clone, shares one connection pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<Manager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    // The URL may carry a password, so only the backend is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens `url` with default options and applies pending migrations (blocking; call at start-up).
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(&StoreOptions::new(url))
+    }
+
+    /// Opens a store with explicit options and applies pending migrations (blocking).
+    pub fn open_with(options: &StoreOptions) -> Result<Store, StoreError> {
+        let backend = Backend::from_url(&options.url);
+        // One direct connection first: a bad URL or a down server then fails at once with the
+        // driver's own message, instead of after the pool's timeout with a generic one.
+        let mut first = connection::establish(&options.url, options.busy_timeout)?;
+        let applied = migrations::run_pending(&mut first)?;
+        if !applied.is_empty() {
+            tracing::info!(
+                backend = backend.name(),
+                ?applied,
+                "applied database migrations"
+            );
+        }
+        drop(first);
+
+        let manager = Manager {
+            url: options.url.clone(),
+            busy_timeout: options.busy_timeout,
+        };
+        let pool = Pool::builder()
+            .max_size(options.pool_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(options.connect_timeout)
+            // A local SQLite file does not go stale; a server connection can, so check it.
+            .test_on_check_out(backend == Backend::Postgres)
+            .build(manager)?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Which engine this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool, outside any transaction.
+    pub async fn run<F, T>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::TaskFailed(e.to_string()))?
+    }
+
+    /// Runs `f` inside a write transaction on the blocking pool; commits on `Ok`, rolls back on `Err`.
+    pub async fn write<F, T>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |conn| write_transaction(conn, f)).await
+    }
+}
+
+/// Runs `f` in a write transaction (`BEGIN IMMEDIATE` on SQLite); commits on `Ok`, rolls back on `Err`.
+pub fn write_transaction<F, T>(conn: &mut DbConnection, f: F) -> Result<T, StoreError>
+where
+    F: FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+{
+    dialect::begin_write(conn)?;
+    let result = f(conn);
+    let end = match (&result, &mut *conn) {
+        (Ok(_), DbConnection::Sqlite(c)) => AnsiTransactionManager::commit_transaction(c),
+        (Ok(_), DbConnection::Pg(c)) => AnsiTransactionManager::commit_transaction(c),
+        (Err(_), DbConnection::Sqlite(c)) => AnsiTransactionManager::rollback_transaction(c),
+        (Err(_), DbConnection::Pg(c)) => AnsiTransactionManager::rollback_transaction(c),
+    };
+    match (result, end) {
+        (Ok(value), Ok(())) => Ok(value),
+        (Ok(_), Err(commit_err)) => Err(commit_err.into()),
+        // The caller's error explains more than a failed rollback; a connection whose rollback
+        // failed is reported broken by the manager and leaves the pool.
+        (Err(err), _) => Err(err),
+    }
+}
+
+/// Milliseconds since the Unix epoch, as stored in every time column.
+pub type Millis = i64;

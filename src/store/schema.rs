@@ -1,0 +1,72 @@
+//! Diesel table definitions, written by hand to match `migrations/sqlite` and
+//! `migrations/postgres` (both dialects share these portable types).
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        username -> Text,
+        password_hash -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    devices (user_id, device_id) {
+        user_id -> Text,
+        device_id -> Text,
+        created_at -> BigInt,
+        last_seen_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Binary,
+        user_id -> Text,
+        device_id -> Nullable<Text>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    invites (from_user, to_user) {
+        from_user -> Text,
+        to_user -> Text,
+        status -> Text,
+        created_at -> BigInt,
+        delivered_at -> Nullable<BigInt>,
+        responded_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    contacts (user_id, contact_id) {
+        user_id -> Text,
+        contact_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    pending_messages (id) {
+        id -> BigInt,
+        user_id -> Text,
+        frame -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(devices -> users (user_id));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(pending_messages -> users (user_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    devices,
+    sessions,
+    invites,
+    contacts,
+    pending_messages,
+);

@@ -1,0 +1,550 @@
+//! The socket actor: one per WebSocket connection.
+//!
+//! It owns the connection's joined channels, its heartbeat deadline, its rate limit and its
+//! bounded outbound queue, and implements Phoenix's socket rules: join/leave/duplicate-join,
+//! join_ref checks, the unmatched-topic reply, the channel limit, socket-id disconnects and
+//! graceful drain. Channel behaviour itself is delegated to [`crate::channels`].
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError, Session};
+use futures_util::{FutureExt, Stream};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::writer::{Outbound, QueueError};
+use super::{Sockets, TransportState};
+use crate::channels::{
+    Channel, ChannelContext, HandleIn, JoinRequest, Joined, LeaveReason, Reply, Router, SocketInfo, StopReason,
+};
+use crate::config::SocketConfig;
+use crate::protocol::{
+    DecodeError, HEARTBEAT, Message, Outgoing, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE, Payload,
+    Serializer, WireFrame, is_reserved_event,
+};
+use crate::pubsub::{Deliver, PubSub};
+
+/// After the server sends a close frame, how long it waits for the client's before dropping.
+const CLOSE_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+/// The event on a socket-id topic that force-closes the socket (Phoenix's `disconnect`).
+pub const DISCONNECT_EVENT: &str = "disconnect";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Shutting down: no new frames are taken; the socket closes once in-flight work is done.
+    Draining,
+    /// A close frame is queued; nothing more is sent.
+    Closing,
+}
+
+struct JoinedChannel {
+    join_ref: String,
+    channel: Box<dyn Channel>,
+}
+
+enum JoinFailure {
+    Refused(Payload),
+    Crashed,
+}
+
+/// The actor behind one WebSocket connection.
+pub struct SocketSession {
+    info: Rc<SocketInfo>,
+    serializer: Serializer,
+    settings: Arc<SocketConfig>,
+    router: Arc<Router>,
+    pubsub: PubSub,
+    sockets: Arc<Sockets>,
+    channels: HashMap<String, JoinedChannel>,
+    outbound: Outbound,
+    last_received: Instant,
+    limiter: DefaultDirectRateLimiter,
+    in_flight: usize,
+    phase: Phase,
+    close_reason: &'static str,
+}
+
+impl SocketSession {
+    /// Prepares the actor for an upgraded connection.
+    pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, session: Session) -> Self {
+        let settings = Arc::clone(&state.settings);
+        let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.rate_burst).unwrap_or(NonZeroU32::MIN);
+        SocketSession {
+            info,
+            serializer,
+            outbound: Outbound::start(session, settings.outbound_queue),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            settings,
+            router: Arc::clone(&state.router),
+            pubsub: state.pubsub.clone(),
+            sockets: Arc::clone(&state.sockets),
+            channels: HashMap::new(),
+            last_received: Instant::now(),
+            in_flight: 0,
+            phase: Phase::Open,
+            close_reason: "connection closed",
+        }
+    }
+
+    /// Starts the actor, reading client frames from `stream`.
+    pub fn start_with<S>(self, stream: S)
+    where
+        S: Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
+    {
+        SocketSession::create(move |ctx| {
+            ctx.add_stream(stream);
+            self
+        });
+    }
+
+    fn conn(&self) -> u64 {
+        self.info.connection_id
+    }
+
+    fn recipient(ctx: &mut Context<Self>) -> Recipient<Deliver> {
+        ctx.address().recipient()
+    }
+
+    // ---- outbound -------------------------------------------------------------------------
+
+    fn enqueue(&mut self, ctx: &mut Context<Self>, frame: WireFrame) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        match self.outbound.send(frame) {
+            Ok(()) => {}
+            Err(QueueError::Full) => {
+                tracing::warn!(conn = self.conn(), queue = self.settings.outbound_queue, "closing slow socket");
+                self.close(ctx, CloseCode::Away, "slow consumer: outbound queue full");
+            }
+            Err(QueueError::Closed) => ctx.stop(),
+        }
+    }
+
+    fn send(&mut self, ctx: &mut Context<Self>, frame: Outgoing<'_>) {
+        match self.serializer.encode(&frame) {
+            Ok(wire) => self.enqueue(ctx, wire),
+            Err(e) => tracing::debug!(conn = self.conn(), error = %e, "frame not sent"),
+        }
+    }
+
+    fn reply(&mut self, ctx: &mut Context<Self>, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, reply: &Reply) {
+        let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: &reply.status, response: &reply.response };
+        match self.serializer.encode(&frame) {
+            Ok(wire) => self.enqueue(ctx, wire),
+            Err(e) => {
+                // The client still gets an answer it can read instead of a timeout.
+                let fallback = Payload::reason(&e.to_string());
+                let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: "error", response: &fallback };
+                self.send(ctx, frame);
+            }
+        }
+    }
+
+    fn lifecycle(&mut self, ctx: &mut Context<Self>, join_ref: &str, topic: &str, event: &str) {
+        let payload = if event == PHX_ERROR { Payload::reason("channel_crash") } else { Payload::empty() };
+        self.send(ctx, Outgoing::Lifecycle { join_ref, topic, event, payload: &payload });
+    }
+
+    fn flush_pushes(&mut self, ctx: &mut Context<Self>, topic: &str, join_ref: &str, pushes: Vec<(String, Payload)>) {
+        for (event, payload) in pushes {
+            self.send(ctx, Outgoing::Push { join_ref: Some(join_ref), topic, event: &event, payload: &payload });
+        }
+    }
+
+    /// Queues a close frame after everything already queued, then stops shortly after.
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.phase = Phase::Closing;
+        self.close_reason = reason;
+        self.outbound.close(code, reason);
+        ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
+    }
+
+    // ---- inbound --------------------------------------------------------------------------
+
+    fn inbound(&mut self, ctx: &mut Context<Self>, decoded: Result<Message, DecodeError>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let msg = match decoded {
+            Ok(msg) => msg,
+            Err(DecodeError::BinaryNotSupported) => {
+                return self.close(ctx, CloseCode::Unsupported, "binary frames need vsn 2.0.0");
+            }
+            Err(e) => {
+                tracing::info!(conn = self.conn(), error = %e, "closing socket on malformed frame");
+                return self.close(ctx, CloseCode::Error, "malformed frame");
+            }
+        };
+        if self.limiter.check().is_err() {
+            let reply = Reply::error("rate limited");
+            return self.reply(ctx, msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, &reply);
+        }
+        self.handle_message(ctx, msg);
+    }
+
+    fn handle_message(&mut self, ctx: &mut Context<Self>, msg: Message) {
+        let Message { join_ref, msg_ref, topic, event, payload } = msg;
+        if topic == PHOENIX_TOPIC && event == HEARTBEAT {
+            return self.reply(ctx, None, msg_ref.as_deref(), &topic, &Reply::ok_empty());
+        }
+        if event == PHX_JOIN {
+            return self.join(ctx, join_ref, msg_ref, topic, payload);
+        }
+        let Some(channel_join_ref) = self.channels.get(&topic).map(|c| c.join_ref.clone()) else {
+            // Phoenix answers a leave of an unknown topic with ok, and anything else with an error.
+            let (jr, reply) = if event == PHX_LEAVE {
+                (join_ref.as_deref(), Reply::ok_empty())
+            } else {
+                (None, Reply::error("unmatched topic"))
+            };
+            return self.reply(ctx, jr, msg_ref.as_deref(), &topic, &reply);
+        };
+        if join_ref.as_deref().is_some_and(|jr| jr != channel_join_ref) {
+            // A push for an earlier join of this topic: Phoenix drops it without a reply.
+            tracing::debug!(conn = self.conn(), topic, event, "dropping message with stale join_ref");
+            return;
+        }
+        let reject = if event == PHX_LEAVE {
+            self.reply(ctx, Some(&channel_join_ref), msg_ref.as_deref(), &topic, &Reply::ok_empty());
+            return self.end_channel(ctx, &topic, LeaveReason::Leave, PHX_CLOSE);
+        } else if is_reserved_event(&event) {
+            Some("reserved event")
+        } else if event.is_empty() {
+            Some("event name must not be empty")
+        } else if event.len() > self.settings.max_event_bytes {
+            Some("event name too long")
+        } else {
+            None
+        };
+        if let Some(reason) = reject {
+            return self.reply(ctx, Some(&channel_join_ref), msg_ref.as_deref(), &topic, &Reply::error(reason));
+        }
+        self.dispatch(ctx, topic, channel_join_ref, msg_ref, event, payload);
+    }
+
+    fn dispatch(
+        &mut self,
+        ctx: &mut Context<Self>,
+        topic: String,
+        join_ref: String,
+        msg_ref: Option<String>,
+        event: String,
+        payload: Payload,
+    ) {
+        let SocketSession { channels, info, pubsub, .. } = self;
+        let Some(joined) = channels.get_mut(&topic) else { return };
+        let mut pushes = Vec::new();
+        let outcome = {
+            let mut cctx = ChannelContext::new(&topic, &join_ref, info, pubsub, &mut pushes);
+            std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.handle_in(&event, payload, &mut cctx)))
+        };
+        self.flush_pushes(ctx, &topic, &join_ref, pushes);
+        match outcome {
+            Err(_) => self.crash_channel(ctx, &topic, "handle_in panicked"),
+            Ok(HandleIn::Reply(reply)) => self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply),
+            Ok(HandleIn::NoReply) => {}
+            Ok(HandleIn::Later(future)) => {
+                self.in_flight += 1;
+                let future = AssertUnwindSafe(future).catch_unwind().into_actor(self);
+                ctx.spawn(future.map(move |result, act, ctx| {
+                    act.in_flight -= 1;
+                    match result {
+                        Ok(reply) => act.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply),
+                        Err(_) if act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref) => {
+                            act.crash_channel(ctx, &topic, "handle_in future panicked");
+                        }
+                        Err(_) => {}
+                    }
+                    act.finish_drain_if_idle(ctx);
+                }));
+            }
+            Ok(HandleIn::Stop { reply, reason }) => {
+                if let Some(reply) = reply {
+                    self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
+                }
+                match reason {
+                    StopReason::Normal => self.end_channel(ctx, &topic, LeaveReason::Stopped, PHX_CLOSE),
+                    StopReason::Crash(why) => {
+                        tracing::warn!(conn = self.conn(), topic, reason = %why, "channel stopped with an error");
+                        self.end_channel(ctx, &topic, LeaveReason::Stopped, PHX_ERROR);
+                    }
+                }
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        ctx: &mut Context<Self>,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        topic: String,
+        payload: Payload,
+    ) {
+        let Some(channel_join_ref) = join_ref.clone().or_else(|| msg_ref.clone()) else {
+            return self.reply(ctx, None, None, &topic, &Reply::error("join needs a ref"));
+        };
+        if topic.len() > self.settings.max_topic_bytes {
+            return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &Reply::error("topic too long"));
+        }
+        let Some(factory) = self.router.route(&topic).cloned() else {
+            tracing::info!(conn = self.conn(), topic, "join refused: unmatched topic");
+            return self.reply(ctx, None, msg_ref.as_deref(), &topic, &Reply::error("unmatched topic"));
+        };
+        if !self.channels.contains_key(&topic) && self.channels.len() >= self.settings.max_channels {
+            let reply = Reply::error("too many channels joined");
+            return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &reply);
+        }
+        // A duplicate join replaces the old channel first; its phx_close goes out after the new
+        // join's reply, so the client (which already tracks the new join_ref) ignores it.
+        let replaced = self.channels.remove(&topic).map(|mut old| {
+            self.terminate(&topic, &mut old, LeaveReason::Replaced);
+            old.join_ref
+        });
+
+        let request = JoinRequest {
+            topic: topic.clone(),
+            payload,
+            socket: Rc::clone(&self.info),
+            pubsub: self.pubsub.clone(),
+        };
+        let joining = std::panic::catch_unwind(AssertUnwindSafe(|| factory.join(request)));
+        let (pubsub, recipient, subscriber, sub_topic) =
+            (self.pubsub.clone(), Self::recipient(ctx), self.conn(), topic.clone());
+        let joined = async move {
+            let future = joining.map_err(|_| JoinFailure::Crashed)?;
+            let joined = match AssertUnwindSafe(future).catch_unwind().await {
+                Err(_) => return Err(JoinFailure::Crashed),
+                Ok(Err(reason)) => return Err(JoinFailure::Refused(reason)),
+                Ok(Ok(joined)) => joined,
+            };
+            // Subscribed before the reply, so no broadcast after the ok is missed.
+            pubsub.subscribe(&sub_topic, subscriber, recipient).await.map_err(|_| JoinFailure::Crashed)?;
+            Ok::<Joined, JoinFailure>(joined)
+        };
+        // Like Phoenix, the socket handles nothing else until the join is decided, so frames and
+        // broadcasts that arrive meanwhile are written after the join reply.
+        ctx.wait(joined.into_actor(self).map(move |result, act, ctx| {
+            let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
+            match result {
+                Ok(joined) => {
+                    tracing::info!(conn = act.conn(), topic, join_ref = channel_join_ref, "joined");
+                    act.channels.insert(
+                        topic.clone(),
+                        JoinedChannel { join_ref: channel_join_ref, channel: joined.channel },
+                    );
+                    act.reply(ctx, jr, mr, &topic, &Reply::ok(joined.response));
+                    if let Some(old) = replaced {
+                        act.lifecycle(ctx, &old, &topic, PHX_CLOSE);
+                    }
+                    act.after_join(ctx, &topic);
+                }
+                Err(failure) => {
+                    if replaced.is_some() {
+                        act.pubsub.unsubscribe(&topic, act.conn());
+                    }
+                    let reply = match failure {
+                        JoinFailure::Refused(response) => Reply { status: "error".into(), response },
+                        JoinFailure::Crashed => Reply::error("join crashed"),
+                    };
+                    tracing::info!(
+                        conn = act.conn(),
+                        topic,
+                        reason = reply.response.as_json_str().unwrap_or("binary"),
+                        "join refused"
+                    );
+                    act.reply(ctx, jr, mr, &topic, &reply);
+                    if let Some(old) = replaced {
+                        act.lifecycle(ctx, &old, &topic, PHX_CLOSE);
+                    }
+                }
+            }
+        }));
+    }
+
+    fn after_join(&mut self, ctx: &mut Context<Self>, topic: &str) {
+        let SocketSession { channels, info, pubsub, .. } = self;
+        let Some(joined) = channels.get_mut(topic) else { return };
+        let join_ref = joined.join_ref.clone();
+        let mut pushes = Vec::new();
+        let outcome = {
+            let mut cctx = ChannelContext::new(topic, &join_ref, info, pubsub, &mut pushes);
+            std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.after_join(&mut cctx)))
+        };
+        self.flush_pushes(ctx, topic, &join_ref, pushes);
+        if outcome.is_err() {
+            self.crash_channel(ctx, topic, "after_join panicked");
+        }
+    }
+
+    fn terminate(&self, topic: &str, joined: &mut JoinedChannel, reason: LeaveReason) {
+        let mut pushes = Vec::new();
+        let mut cctx = ChannelContext::new(topic, &joined.join_ref, &self.info, &self.pubsub, &mut pushes);
+        // A channel that panics while terminating is gone either way.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.terminate(reason, &mut cctx)));
+    }
+
+    /// Removes a channel and tells the client with `phx_close` (graceful) or `phx_error` (crash).
+    fn end_channel(&mut self, ctx: &mut Context<Self>, topic: &str, reason: LeaveReason, event: &str) {
+        let Some(mut joined) = self.channels.remove(topic) else { return };
+        self.terminate(topic, &mut joined, reason);
+        self.pubsub.unsubscribe(topic, self.conn());
+        tracing::info!(conn = self.conn(), topic, reason = ?reason, event, "channel ended");
+        self.lifecycle(ctx, &joined.join_ref, topic, event);
+    }
+
+    fn crash_channel(&mut self, ctx: &mut Context<Self>, topic: &str, why: &str) {
+        tracing::error!(conn = self.conn(), topic, why, "channel crashed");
+        self.end_channel(ctx, topic, LeaveReason::Stopped, PHX_ERROR);
+    }
+
+    // ---- shutdown -------------------------------------------------------------------------
+
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::Draining;
+            self.finish_drain_if_idle(ctx);
+        }
+    }
+
+    fn finish_drain_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Draining && self.in_flight == 0 {
+            self.close(ctx, CloseCode::Away, "server shutting down");
+        }
+    }
+}
+
+impl Actor for SocketSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sockets.opened();
+        let idle = self.settings.idle_timeout();
+        let check_every = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5));
+        ctx.run_interval(check_every, move |act, ctx| {
+            if act.phase != Phase::Closing && act.last_received.elapsed() >= idle {
+                tracing::info!(conn = act.conn(), "closing idle socket");
+                act.close(ctx, CloseCode::Away, "idle timeout");
+            }
+        });
+        if let Some(socket_id) = self.info.identity.socket_id.clone() {
+            let (pubsub, recipient, conn) = (self.pubsub.clone(), Self::recipient(ctx), self.conn());
+            // Waited on, so a disconnect broadcast right after connect is not missed.
+            ctx.wait(
+                async move {
+                    if let Err(e) = pubsub.subscribe(&socket_id, conn, recipient).await {
+                        tracing::warn!(conn, error = %e, "socket id subscription failed");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        let mut shutdown = self.sockets.shutdown_signal();
+        ctx.spawn(
+            async move {
+                let _ = shutdown.wait_for(|down| *down).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.drain(ctx)),
+        );
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            if let Some(mut joined) = self.channels.remove(&topic) {
+                self.terminate(&topic, &mut joined, LeaveReason::SocketClosed);
+                self.pubsub.unsubscribe(&topic, self.conn());
+            }
+        }
+        if let Some(socket_id) = &self.info.identity.socket_id {
+            self.pubsub.unsubscribe(socket_id, self.conn());
+        }
+        self.sockets.closed();
+        tracing::info!(conn = self.conn(), reason = self.close_reason, "socket closed");
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SocketSession {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        let msg = match item {
+            Ok(msg) => msg,
+            Err(ProtocolError::Overflow) => return self.close(ctx, CloseCode::Size, "frame too large"),
+            Err(e) => {
+                tracing::info!(conn = self.conn(), error = %e, "websocket protocol error");
+                return self.close(ctx, CloseCode::Protocol, "websocket protocol error");
+            }
+        };
+        self.last_received = Instant::now();
+        match msg {
+            AggregatedMessage::Text(text) => {
+                let decoded = self.serializer.decode_text(&text);
+                self.inbound(ctx, decoded);
+            }
+            AggregatedMessage::Binary(data) => {
+                let decoded = self.serializer.decode_binary(data);
+                self.inbound(ctx, decoded);
+            }
+            AggregatedMessage::Ping(data) => {
+                let _ = self.outbound.pong(data);
+            }
+            AggregatedMessage::Pong(_) => {}
+            AggregatedMessage::Close(reason) => {
+                if self.phase != Phase::Closing {
+                    // Answer the client's close with its own code, as RFC 6455 asks.
+                    self.phase = Phase::Closing;
+                    self.close_reason = "client closed";
+                    let code = reason.map_or(CloseCode::Normal, |r| r.code);
+                    self.outbound.close(code, "");
+                }
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<Deliver> for SocketSession {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(broadcast): Deliver, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        if self.info.identity.socket_id.as_deref() == Some(broadcast.topic.as_str()) {
+            if broadcast.event == DISCONNECT_EVENT {
+                tracing::info!(conn = self.conn(), "disconnect requested for socket id");
+                self.close(ctx, CloseCode::Away, "disconnected");
+            }
+            return;
+        }
+        let SocketSession { channels, info, pubsub, .. } = self;
+        let Some(joined) = channels.get_mut(&broadcast.topic) else { return };
+        let join_ref = joined.join_ref.clone();
+        let mut pushes = Vec::new();
+        let forward = {
+            let mut cctx = ChannelContext::new(&broadcast.topic, &join_ref, info, pubsub, &mut pushes);
+            std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.handle_out(&broadcast, &mut cctx)))
+        };
+        self.flush_pushes(ctx, &broadcast.topic, &join_ref, pushes);
+        match forward {
+            Ok(true) => {
+                if let Some(frame) = broadcast.encoded(self.serializer) {
+                    self.enqueue(ctx, frame.clone());
+                }
+            }
+            Ok(false) => {}
+            Err(_) => self.crash_channel(ctx, &broadcast.topic, "handle_out panicked"),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The bounded outbound queue of one socket and the task that drains it into the WebSocket.
+//!
+//! The socket actor never awaits a write: it `try_send`s into this queue. A client that does
+//! not read fills the queue, and the socket is then closed as too slow instead of buffering
+//! without bound or slowing the broadcasts to everyone else.
+
+use std::time::Duration;
+
+use actix_ws::{CloseCode, CloseReason, Session};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::WireFrame;
+
+/// How long a close frame may wait behind frames a slow client has not read yet.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Item {
+    Frame(WireFrame),
+    Pong(Bytes),
+    Close(CloseReason),
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// The queue is full: the client is not keeping up.
+    Full,
+    /// The writer has stopped (the connection is gone or closing).
+    Closed,
+}
+
+/// The sending side, owned by the socket actor.
+pub struct Outbound {
+    tx: mpsc::Sender<Item>,
+    abort: Option<oneshot::Sender<CloseReason>>,
+}
+
+impl Outbound {
+    /// Starts the writer task for `session` with room for `capacity` queued frames.
+    pub fn start(session: Session, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (abort_tx, abort_rx) = oneshot::channel();
+        actix_web::rt::spawn(drain(session, rx, abort_rx));
+        Outbound { tx, abort: Some(abort_tx) }
+    }
+
+    /// Queues a frame without waiting.
+    pub fn send(&self, frame: WireFrame) -> Result<(), QueueError> {
+        self.try_send(Item::Frame(frame))
+    }
+
+    /// Queues a pong for a client ping.
+    pub fn pong(&self, data: Bytes) -> Result<(), QueueError> {
+        self.try_send(Item::Pong(data))
+    }
+
+    fn try_send(&self, item: Item) -> Result<(), QueueError> {
+        self.tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    /// Closes after the frames already queued; a full queue is skipped so the close still goes out.
+    pub fn close(&mut self, code: CloseCode, description: &str) {
+        let reason = CloseReason { code, description: Some(description.to_owned()) };
+        if let Err(mpsc::error::TrySendError::Full(Item::Close(reason))) = self.tx.try_send(Item::Close(reason)) {
+            if let Some(abort) = self.abort.take() {
+                let _ = abort.send(reason);
+            }
+        }
+    }
+}
+
+async fn drain(mut session: Session, mut rx: mpsc::Receiver<Item>, abort: oneshot::Receiver<CloseReason>) {
+    // Dropping the sender without aborting (the actor stopped) must not cut the queue short.
+    let mut abort = Some(abort);
+    loop {
+        let item = tokio::select! {
+            biased;
+            reason = wait_abort(&mut abort) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
+                return;
+            }
+            item = rx.recv() => item,
+        };
+        let written = match item {
+            // The actor is gone without closing: the peer went away first.
+            None => return,
+            Some(Item::Close(reason)) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
+                return;
+            }
+            Some(Item::Frame(WireFrame::Text(text))) => write(&mut abort, session.text(text)).await,
+            Some(Item::Frame(WireFrame::Binary(data))) => write(&mut abort, session.binary(data)).await,
+            Some(Item::Pong(data)) => write(&mut abort, session.pong(&data)).await,
+        };
+        match written {
+            Written::Ok => {}
+            Written::Gone => return,
+            Written::Aborted(reason) => {
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves with the abort reason; never resolves once the sender is gone without one.
+async fn wait_abort(abort: &mut Option<oneshot::Receiver<CloseReason>>) -> CloseReason {
+    if let Some(rx) = abort.as_mut() {
+        if let Ok(reason) = rx.await {
+            return reason;
+        }
+        *abort = None;
+    }
+    std::future::pending().await
+}
+
+enum Written {
+    Ok,
+    Gone,
+    Aborted(CloseReason),
+}
+
+/// Waits for one write, unless an abort arrives first (a write can block on a client that stopped reading).
+async fn write<F>(abort: &mut Option<oneshot::Receiver<CloseReason>>, write: F) -> Written
+where
+    F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
+{
+    tokio::select! {
+        biased;
+        reason = wait_abort(abort) => Written::Aborted(reason),
+        result = write => if result.is_ok() { Written::Ok } else { Written::Gone },
+    }
+}

@@ -1,0 +1,110 @@
+//! Connect: vsn negotiation, the authenticator, the authToken subprotocol, socket ids, admin.
+
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+use crate::support::channels::TestAuth;
+use crate::support::{Client, TestServer, http, ok_reply, test_config};
+
+fn auth_server() -> TestServer {
+    let mut config = test_config();
+    config.admin.token = Some("admin-secret".into());
+    TestServer::start_with(config, |c| c.authenticator(TestAuth))
+}
+
+async fn refused_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+    match Client::try_connect(url, headers).await {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected the connect to be refused"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_vsn_is_refused_with_403() {
+    let server = TestServer::start();
+    assert_eq!(refused_status(&server.url("vsn=3.0.0"), &[]).await, 403);
+    assert_eq!(refused_status(&server.url("vsn=garbage"), &[]).await, 403);
+}
+
+#[tokio::test]
+async fn refused_connect_is_403_and_params_reach_the_authenticator() {
+    let server = auth_server();
+    assert_eq!(refused_status(&server.url("vsn=2.0.0&reject=1"), &[]).await, 403);
+    let mut c = Client::connect(&server.url("vsn=2.0.0&user_id=alice")).await;
+    c.join_ok("room:x", "1").await;
+}
+
+#[tokio::test]
+async fn auth_token_subprotocol_is_decoded_and_phoenix_is_echoed() {
+    let server = auth_server();
+    // phoenix.js: btoa("s3cret") without padding.
+    let offer = "phoenix, base64url.bearer.phx.czNjcmV0";
+    let (mut c, response) = Client::try_connect(&server.url("vsn=2.0.0"), &[("Sec-WebSocket-Protocol", offer)])
+        .await
+        .expect("token accepted");
+    assert_eq!(response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()), Some("phoenix"));
+    c.join_ok("room:t", "1").await;
+
+    let bad = "phoenix, base64url.bearer.phx.d3Jvbmc";
+    assert_eq!(refused_status(&server.url("vsn=2.0.0"), &[("Sec-WebSocket-Protocol", bad)]).await, 403);
+    assert_eq!(refused_status(&server.url("vsn=2.0.0"), &[("Sec-WebSocket-Protocol", "graphql-ws")]).await, 403);
+}
+
+#[tokio::test]
+async fn disconnect_on_a_socket_id_closes_every_socket_of_that_id_with_1001() {
+    let server = auth_server();
+    let mut alice1 = Client::connect(&server.url("vsn=2.0.0&user_id=alice")).await;
+    let mut alice2 = Client::connect(&server.url("vsn=2.0.0&user_id=alice")).await;
+    let mut bob = Client::connect(&server.url("vsn=2.0.0&user_id=bob")).await;
+    alice1.join_ok("room:d", "1").await;
+    bob.join_ok("room:d", "1").await;
+
+    let auth = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
+    let (status, body) = http(server.addr, "POST", "/admin/sockets/disconnect", &auth, r#"{"id":"user_socket:alice"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(alice1.recv_close().await.0, 1001);
+    assert_eq!(alice2.recv_close().await.0, 1001);
+    bob.send(json!([null, "2", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(bob.recv_json().await, ok_reply(None, "2", "phoenix", json!({})));
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_and_bad_bodies_get_json_errors() {
+    let server = auth_server();
+    let (status, body) = http(server.addr, "GET", "/admin/stats", &[], "").await;
+    assert_eq!(status, 401);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "unauthorized");
+
+    let _c = server.client().await;
+    let (status, body) = http(server.addr, "GET", "/admin/stats", &[("Authorization", "Bearer admin-secret")], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sockets"], 1);
+
+    let headers = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
+    let (status, body) = http(server.addr, "POST", "/admin/sockets/disconnect", &headers, "{nope").await;
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "invalid_json");
+
+    let (status, body) = http(server.addr, "GET", "/no/such/route", &[], "").await;
+    assert_eq!(status, 404);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "not_found");
+}
+
+#[tokio::test]
+async fn admin_is_disabled_without_a_token_and_health_answers() {
+    let server = TestServer::start();
+    let (status, _) = http(server.addr, "GET", "/admin/stats", &[("Authorization", "Bearer x")], "").await;
+    assert_eq!(status, 403);
+    let (status, body) = http(server.addr, "GET", "/health", &[], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "ok");
+}
+
+#[tokio::test]
+async fn a_plain_get_on_the_socket_path_is_a_400_with_a_reason() {
+    let server = TestServer::start();
+    let (status, body) = http(server.addr, "GET", "/socket/websocket?vsn=2.0.0", &[], "").await;
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "bad_handshake");
+}

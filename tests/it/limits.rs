@@ -1,0 +1,134 @@
+//! Limits: idle timeout, frame size, malformed frames, rate limits, slow consumers.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Client, TestServer, error_reply, ok_reply, test_config};
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_with_1001_but_heartbeats_keep_it_open() {
+    let mut config = test_config();
+    config.socket.idle_timeout_ms = 400;
+    let server = TestServer::start_with(config, |c| c);
+    let mut quiet = server.client().await;
+    let mut chatty = server.client().await;
+    for n in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        chatty.send(json!([null, format!("{n}"), "phoenix", "heartbeat", {}])).await;
+        assert_eq!(chatty.recv_json().await[4]["status"], "ok");
+    }
+    // 900 ms have passed: the quiet socket is gone, the chatty one is not.
+    assert_eq!(quiet.recv_close().await, (1001, "idle timeout".into()));
+    chatty.send(json!([null, "x", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(chatty.recv_json().await, ok_reply(None, "x", "phoenix", json!({})));
+}
+
+#[tokio::test]
+async fn frames_over_the_limit_close_with_1009() {
+    let mut config = test_config();
+    config.socket.max_frame_bytes = 4096;
+    let server = TestServer::start_with(config, |c| c);
+    let mut c = server.client().await;
+    let mut other = server.client().await;
+    c.join_ok("room:big", "1").await;
+    let big = "x".repeat(5000);
+    c.send(json!(["1", "2", "room:big", "ping", {"big": big}])).await;
+    assert_eq!(c.recv_close().await.0, 1009);
+    other.send(json!([null, "1", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(other.recv_json().await[4]["status"], "ok");
+}
+
+#[tokio::test]
+async fn default_limit_accepts_frames_just_under_one_mib() {
+    let server = TestServer::start();
+    let mut c = server.client().await;
+    c.join_ok("room:big", "1").await;
+    let big = "y".repeat(1_000_000);
+    c.send(json!(["1", "2", "room:big", "ping", {"big": big}])).await;
+    assert_eq!(c.recv_json().await[4]["response"]["big"].as_str().map(str::len), Some(1_000_000));
+}
+
+#[tokio::test]
+async fn malformed_frames_close_with_1011_and_a_reason() {
+    let server = TestServer::start();
+    for bad in ["not json", r#"["1","1","room:a","phx_join"]"#, r#"[1,"1","room:a","phx_join",{}]"#, r#"{"a":1}"#] {
+        let mut c = server.client().await;
+        c.send_text(bad).await;
+        assert_eq!(c.recv_close().await, (1011, "malformed frame".into()), "for {bad}");
+    }
+    let mut v1 = Client::connect(&server.url("vsn=1.0.0")).await;
+    v1.send_binary(vec![0, 0, 0, 0, 0]).await;
+    assert_eq!(v1.recv_close().await.0, 1003);
+    let mut v2 = server.client().await;
+    v2.send_binary(vec![0, 9, 9, 9, 9]).await;
+    assert_eq!(v2.recv_close().await.0, 1011);
+}
+
+#[tokio::test]
+async fn a_flooding_socket_is_rate_limited_and_others_are_not() {
+    let mut config = test_config();
+    config.socket.rate_per_sec = 5;
+    config.socket.rate_burst = 5;
+    let server = TestServer::start_with(config, |c| c);
+    let mut flood = server.client().await;
+    let mut calm = server.client().await;
+    flood.join_ok("room:f", "1").await;
+    for n in 0..30 {
+        flood.send(json!(["1", format!("p{n}"), "room:f", "ping", {}])).await;
+    }
+    let mut limited = 0;
+    for n in 0..30 {
+        let reply = flood.recv_json().await;
+        assert_eq!(reply[1], format!("p{n}"));
+        if reply == error_reply(Some("1"), &format!("p{n}"), "room:f", "rate limited") {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 30 were limited");
+    calm.join_ok("room:f", "1").await;
+    calm.send(json!(["1", "2", "room:f", "ping", {}])).await;
+    assert_eq!(calm.recv_json().await, ok_reply(Some("1"), "2", "room:f", json!({})));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_the_others_get_everything() {
+    let mut config = test_config();
+    config.socket.outbound_queue = 16;
+    config.socket.rate_per_sec = 10_000;
+    config.socket.rate_burst = 10_000;
+    let server = TestServer::start_with(config, |c| c);
+    let mut slow = server.client().await;
+    let mut fast = server.client().await;
+    let mut sender = server.client().await;
+    slow.join_ok("room:slow", "1").await;
+    fast.join_ok("room:slow", "1").await;
+    sender.join_ok("room:slow", "1").await;
+
+    let chunk = "z".repeat(64 * 1024);
+    let total = 400; // ~26 MB: far beyond the socket buffers of a reader that never reads
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < total {
+            let frame = fast.recv_json().await;
+            assert_eq!(frame[3], "blob");
+            assert_eq!(frame[4]["n"], got);
+            got += 1;
+        }
+        got
+    });
+    for n in 0..total {
+        sender.send(json!(["1", format!("{n}"), "room:slow", "blob", {"n": n, "data": chunk}])).await;
+        assert_eq!(sender.recv_json().await[4]["status"], "ok");
+    }
+    assert_eq!(reader.await.unwrap(), total);
+    // The server gives up on the slow socket: it ends early, with a 1001 close frame when the
+    // frame can still get through the full buffers, or with the connection dropped.
+    let (closed, received) = slow.drain_until_close(Duration::from_secs(15)).await.expect("slow socket ends");
+    match closed {
+        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
+        (1006, _) => {}
+        other => panic!("unexpected close {other:?}"),
+    }
+    assert!(received < total as usize, "the slow socket got everything ({received})");
+}

@@ -1,0 +1,9 @@
+//! Integration tests: a real server on an ephemeral port, driven over real WebSockets.
+
+mod support;
+
+mod channel_lifecycle;
+mod connect;
+mod limits;
+mod rooms;
+mod shutdown;

@@ -1,0 +1,76 @@
+//! Graceful shutdown: in-process and for the real binary on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::channels::CrashChannels;
+use crate::support::{Client, TestServer, ok_reply, test_config};
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
+    let mut server = TestServer::start_with(test_config(), |c| c.channel("crash:*", CrashChannels));
+    let mut c = server.client().await;
+    let mut idle = server.client().await;
+    c.send(json!(["1", "1", "crash:sd", "phx_join", {}])).await;
+    c.recv_json().await;
+    c.recv_json().await;
+    c.send(json!(["1", "2", "crash:sd", "slow", {"kept": true}])).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.begin_shutdown();
+    assert_eq!(c.recv_json().await, ok_reply(Some("1"), "2", "crash:sd", json!({"kept": true})));
+    assert_eq!(c.recv_close().await, (1001, "server shutting down".into()));
+    assert_eq!(idle.recv_close().await, (1001, "server shutting down".into()));
+    server.shutdown().await;
+}
+
+/// Starts the real binary on an ephemeral port and returns it with its address.
+fn spawn_binary(extra_env: &[(&str, &str)]) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args(["--bind", "127.0.0.1:0"]).stdout(Stdio::null()).stderr(Stdio::piped()).env("NO_COLOR", "1");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("binary logs its address");
+        if let Some((_, rest)) = line.split_once("listening on ") {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    (child, addr, rx)
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_exits_cleanly_and_never_logs_tokens() {
+    let (mut child, addr, logs) = spawn_binary(&[("RUST_LOG", "debug")]);
+    let url = format!("ws://{addr}/socket/websocket?token=query-secret-123&vsn=2.0.0");
+    let offer = "phoenix, base64url.bearer.phx.c3VicHJvdG9jb2wtc2VjcmV0LTQ1Ng";
+    let (mut c, _) = Client::try_connect(&url, &[("Sec-WebSocket-Protocol", offer)]).await.expect("connects");
+    c.join_ok("room:bin", "1").await;
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    assert_eq!(c.recv_close().await, (1001, "server shutting down".into()));
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().expect("binary exits");
+    assert!(exit.success(), "exit status {exit}");
+
+    let all: Vec<String> = logs.try_iter().collect();
+    let text = all.join("\n");
+    assert!(text.contains("socket connected"), "{text}");
+    assert!(text.contains("joined"), "{text}");
+    assert!(text.contains("server stopped"), "{text}");
+    assert!(!text.contains("query-secret-123"), "query token leaked into logs");
+    assert!(!text.contains("subprotocol-secret-456") && !text.contains("c3VicHJvdG9jb2wtc2VjcmV0LTQ1Ng"), "auth token leaked");
+}

@@ -1,0 +1,12 @@
+//! Storage and accounts integration tests. Every test runs on SQLite (a temp file) and, when
+//! `COURIER_TEST_PG` is set (e.g. `postgres://postgres@127.0.0.1/test`), on PostgreSQL in a
+//! schema of its own; without it the PostgreSQL variants print a notice and pass.
+
+#[macro_use]
+mod support;
+
+mod accounts;
+mod http_api;
+mod invites;
+mod restart;
+mod schema;
