@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::accounts::AccountsConfig;
+
 /// Everything an operator can set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,12 +18,19 @@ pub struct Config {
     pub workers: usize,
     /// This node's name, reported in identities.
     pub node: String,
+    /// `postgres://...` for PostgreSQL, anything else is a SQLite file path
+    /// (`--database-url`, `DATABASE_URL`).
+    pub database_url: String,
+    /// Database connections in the pool.
+    pub database_pool: u32,
     /// WebSocket and channel limits.
     pub socket: SocketConfig,
     /// Pub/sub registry settings.
     pub pubsub: PubSubConfig,
     /// Admin HTTP routes.
     pub admin: AdminConfig,
+    /// Accounts, sessions and contacts.
+    pub accounts: AccountsConfig,
 }
 
 impl Default for Config {
@@ -30,9 +39,12 @@ impl Default for Config {
             bind: "127.0.0.1:4000".into(),
             workers: 0,
             node: "courier@localhost".into(),
+            database_url: "courier.db".into(),
+            database_pool: 8,
             socket: SocketConfig::default(),
             pubsub: PubSubConfig::default(),
             admin: AdminConfig::default(),
+            accounts: AccountsConfig::default(),
         }
     }
 }
@@ -163,7 +175,10 @@ impl Config {
         if !(1..=255).contains(&s.max_event_bytes) {
             return Err(ConfigError::Invalid("socket.max_event_bytes", "must be 1..=255".into()));
         }
-        Ok(())
+        if self.database_url.is_empty() || self.database_pool == 0 {
+            return Err(ConfigError::Invalid("database_url", "needs a URL or path and a pool of at least 1".into()));
+        }
+        self.accounts.validate().map_err(|e| ConfigError::Invalid("accounts", e.to_string()))
     }
 }
 

@@ -14,6 +14,9 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:4000.
     #[arg(long, env = "COURIER_BIND")]
     bind: Option<String>,
+    /// Database: `postgres://...` or a SQLite file path (default `courier.db`).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
     /// A TOML config file; its values override the defaults.
     #[arg(long, env = "COURIER_CONFIG")]
     config: Option<PathBuf>,
@@ -27,6 +30,9 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(bind) = cli.bind {
         config.bind = bind;
+    }
+    if let Some(url) = cli.database_url {
+        config.database_url = url;
     }
     config.validate()?;
     tracing_subscriber::fmt()

@@ -9,41 +9,46 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
+use crate::accounts::Accounts;
+use crate::channels::auth::SessionAuthenticator;
 use crate::channels::room::RoomChannels;
-use crate::channels::{AnonymousSockets, ChannelFactory, Router, SocketAuthenticator};
+use crate::channels::user::UserChannels;
+use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
 use crate::pubsub::{Broker, LocalBroker, PubSub};
+use crate::store::{Store, StoreOptions};
+use crate::transport::json_socket::{self, JsonEndpoint};
 use crate::transport::{Sockets, TransportState, websocket};
 
 /// The channel families every Courier serves.
-pub fn default_router() -> Router {
-    Router::new().channel("room:*", RoomChannels)
+pub fn default_router(accounts: &Accounts) -> Router {
+    Router::new().channel("room:*", RoomChannels).channel("user:*", UserChannels::new(accounts.clone()))
 }
 
 /// A server being assembled: configuration plus the pluggable parts.
 pub struct Courier {
     config: Config,
-    router: Router,
-    authenticator: Arc<dyn SocketAuthenticator>,
+    extra_channels: Router,
+    authenticator: Option<Arc<dyn SocketAuthenticator>>,
     broker: Option<Arc<dyn Broker>>,
 }
 
 impl Courier {
-    /// A server with the default channels, anonymous sockets and the single-node broker.
+    /// A server with the default channels, session-token sockets and the single-node broker.
     pub fn new(config: Config) -> Self {
-        Courier { config, router: default_router(), authenticator: Arc::new(AnonymousSockets), broker: None }
+        Courier { config, extra_channels: Router::new(), authenticator: None, broker: None }
     }
 
-    /// Replaces the socket authenticator.
+    /// Replaces the session-token socket authenticator.
     pub fn authenticator(mut self, authenticator: impl SocketAuthenticator) -> Self {
-        self.authenticator = Arc::new(authenticator);
+        self.authenticator = Some(Arc::new(authenticator));
         self
     }
 
-    /// Adds a channel family (checked after the ones already routed).
+    /// Adds a channel family (checked after the built-in ones).
     pub fn channel(mut self, pattern: &str, factory: impl ChannelFactory) -> Self {
-        self.router = self.router.channel(pattern, factory);
+        self.extra_channels = self.extra_channels.channel(pattern, factory);
         self
     }
 
@@ -55,7 +60,17 @@ impl Courier {
 
     /// Binds and starts serving. Must run inside an actix system.
     pub async fn start(self) -> io::Result<RunningServer> {
-        let Courier { config, router, authenticator, broker } = self;
+        let Courier { config, extra_channels, authenticator, broker } = self;
+        let options = StoreOptions { url: config.database_url.clone(), pool_size: config.database_pool, ..StoreOptions::default() };
+        // Opening runs the migrations; it blocks, so it runs off the async thread.
+        let store = web::block(move || Store::open_with(&options))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|e| io::Error::other(format!("opening the database: {e}")))?;
+        tracing::info!(backend = ?store.backend(), "database ready");
+        let accounts = Accounts::new(store, config.accounts.clone()).map_err(io::Error::other)?;
+        let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
+        let router = default_router(&accounts).merge(extra_channels);
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         let sockets = Arc::new(Sockets::default());
@@ -72,6 +87,14 @@ impl Courier {
             sockets: Arc::clone(&sockets),
             node: config.node.clone(),
         });
+        let json = web::Data::new(JsonEndpoint {
+            accounts: accounts.clone(),
+            pubsub: pubsub.clone(),
+            sockets: Arc::clone(&sockets),
+            max_frame_bytes: config.socket.max_frame_bytes,
+            outbound_queue: config.socket.outbound_queue,
+        });
+        let accounts = web::Data::new(accounts);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -80,9 +103,13 @@ impl Courier {
             App::new()
                 .app_data(transport.clone())
                 .app_data(admin.clone())
+                .app_data(json.clone())
+                .app_data(accounts.clone())
                 .app_data(crate::http::json_config())
                 .route("/socket/websocket", web::get().to(websocket::upgrade))
+                .route("/json/websocket", web::get().to(json_socket::upgrade))
                 .configure(admin::configure)
+                .configure(crate::http::api::configure)
                 .default_service(web::to(crate::http::not_found))
         })
         .workers(workers)

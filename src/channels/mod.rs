@@ -5,8 +5,10 @@
 //! back into replies, pushes, `phx_close` or `phx_error`. Channel families are registered on a
 //! [`Router`] by topic pattern (`room:*`), each with a [`ChannelFactory`] that performs joins.
 
+pub mod auth;
 pub mod room;
 pub mod socket;
+pub mod user;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -212,6 +214,12 @@ impl Router {
     /// Routes topics matching `pattern` to `factory`.
     pub fn channel(mut self, pattern: &str, factory: impl ChannelFactory) -> Self {
         self.routes.push((TopicPattern::parse(pattern), Arc::new(factory)));
+        self
+    }
+
+    /// Appends `other`'s routes after this router's.
+    pub fn merge(mut self, other: Router) -> Self {
+        self.routes.extend(other.routes);
         self
     }
 

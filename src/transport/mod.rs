@@ -2,6 +2,7 @@
 //! connections, authenticates them, and runs one [`socket::SocketSession`] actor per connection.
 //! No SQL and no channel rules live here.
 
+pub mod json_socket;
 pub mod socket;
 pub mod websocket;
 pub mod writer;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod accounts;
 mod channel_lifecycle;
 mod connect;
 mod limits;

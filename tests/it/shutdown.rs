@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::channels::CrashChannels;
-use crate::support::{Client, TestServer, ok_reply, test_config};
+use crate::support::{Client, TestServer, http, ok_reply, test_config};
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
@@ -27,9 +27,13 @@ async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
 }
 
 /// Starts the real binary on an ephemeral port and returns it with its address.
-fn spawn_binary(extra_env: &[(&str, &str)]) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
+fn spawn_binary(
+    database: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
-    cmd.args(["--bind", "127.0.0.1:0"]).stdout(Stdio::null()).stderr(Stdio::piped()).env("NO_COLOR", "1");
+    cmd.args(["--bind", "127.0.0.1:0", "--database-url"])
+        .arg(database).stdout(Stdio::null()).stderr(Stdio::piped()).env("NO_COLOR", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -54,11 +58,24 @@ fn spawn_binary(extra_env: &[(&str, &str)]) -> (std::process::Child, String, std
 
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_exits_cleanly_and_never_logs_tokens() {
-    let (mut child, addr, logs) = spawn_binary(&[("RUST_LOG", "debug")]);
-    let url = format!("ws://{addr}/socket/websocket?token=query-secret-123&vsn=2.0.0");
-    let offer = "phoenix, base64url.bearer.phx.c3VicHJvdG9jb2wtc2VjcmV0LTQ1Ng";
-    let (mut c, _) = Client::try_connect(&url, &[("Sec-WebSocket-Protocol", offer)]).await.expect("connects");
-    c.join_ok("room:bin", "1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, logs) = spawn_binary(&dir.path().join("courier.db"), &[("RUST_LOG", "debug")]);
+    let addr_parsed = addr.parse().unwrap();
+    let body = json!({"username": "ivy", "password": "a long enough password"}).to_string();
+    let (status, body) = http(addr_parsed, "POST", "/api/signup", &[("Content-Type", "application/json")], &body).await;
+    assert_eq!(status, 201, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["session"].as_str().unwrap().to_owned();
+
+    // Once in the query string (what most clients do) ...
+    let url = format!("ws://{addr}/socket/websocket?token={token}&vsn=2.0.0");
+    let mut by_query = Client::connect(&url).await;
+    by_query.join_ok("room:bin", "1").await;
+    // ... and once as phoenix.js's authToken subprotocol.
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD_NO_PAD, &token);
+    let offer = format!("phoenix, base64url.bearer.phx.{encoded}");
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
+    let (mut c, _) = Client::try_connect(&url, &[("Sec-WebSocket-Protocol", &offer)]).await.expect("connects");
+    assert_eq!(c.join("user:ivy", "1").await[4]["status"], "ok");
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
     assert!(status.success());
@@ -71,6 +88,8 @@ async fn sigterm_closes_sockets_with_1001_exits_cleanly_and_never_logs_tokens() 
     assert!(text.contains("socket connected"), "{text}");
     assert!(text.contains("joined"), "{text}");
     assert!(text.contains("server stopped"), "{text}");
-    assert!(!text.contains("query-secret-123"), "query token leaked into logs");
-    assert!(!text.contains("subprotocol-secret-456") && !text.contains("c3VicHJvdG9jb2wtc2VjcmV0LTQ1Ng"), "auth token leaked");
+    assert!(text.contains("user=\"ivy\"") || text.contains("user=ivy"), "{text}");
+    assert!(!text.contains(&token), "the session token leaked into the logs");
+    assert!(!text.contains(&encoded), "the encoded auth token leaked into the logs");
+    assert_eq!(by_query.recv_close().await.0, 1001);
 }

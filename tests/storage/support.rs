@@ -117,6 +117,8 @@ pub fn config() -> AccountsConfig {
     AccountsConfig {
         argon2_memory_kib: 64,
         argon2_iterations: 1,
+        // The strict rule is the one with paths to test; it is off by default.
+        require_contacts: true,
         ..AccountsConfig::default()
     }
 }

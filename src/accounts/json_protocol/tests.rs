@@ -16,6 +16,8 @@ fn config() -> AccountsConfig {
     AccountsConfig {
         argon2_memory_kib: 64,
         argon2_iterations: 1,
+        // The strict rule is the one with paths to test; it is off by default.
+        require_contacts: true,
         ..AccountsConfig::default()
     }
 }
@@ -329,7 +331,7 @@ async fn invite_request_accept_then_message() {
         ]
     );
 
-    // Before accepting, messages are refused (require_contacts is on by default).
+    // Before accepting, messages are refused (these tests turn require_contacts on).
     let out = alice
         .handle_frame(json!({"type": "message", "session": alice_token, "source": "alice", "dest": "bob", "nonce": "n", "message": "m"}))
         .await;

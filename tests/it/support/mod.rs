@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod channels;
+pub mod db;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,17 +26,22 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Courier server running on its own thread.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The database URL the server uses (to restart on the same data).
+    pub database_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    _db: Option<std::sync::Arc<db::TestDb>>,
 }
 
-/// A config for tests: ephemeral port, one worker, one registry shard.
+/// A config for tests: ephemeral port, one worker, one registry shard, cheap password hashing.
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.bind = "127.0.0.1:0".into();
     config.workers = 1;
     config.pubsub.shards = 1;
     config.socket.shutdown_grace_ms = 3_000;
+    config.accounts.argon2_memory_kib = 64;
+    config.accounts.argon2_iterations = 1;
     config
 }
 
@@ -45,8 +51,20 @@ impl TestServer {
         Self::start_with(test_config(), |c| c)
     }
 
-    /// Starts a server with `config`, letting `build` plug in authenticators or channels.
+    /// Starts a server with `config` on a fresh SQLite file, letting `build` plug in
+    /// authenticators or channels.
     pub fn start_with(config: Config, build: impl FnOnce(Courier) -> Courier + Send + 'static) -> Self {
+        Self::start_on(std::sync::Arc::new(db::TestDb::sqlite()), config, build)
+    }
+
+    /// Starts a server with `config` on `db`.
+    pub fn start_on(
+        db: std::sync::Arc<db::TestDb>,
+        mut config: Config,
+        build: impl FnOnce(Courier) -> Courier + Send + 'static,
+    ) -> Self {
+        config.database_url = db.url.clone();
+        let database_url = config.database_url.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -58,7 +76,7 @@ impl TestServer {
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server reports its address");
-        TestServer { addr, stop: Some(stop_tx), thread: Some(thread) }
+        TestServer { addr, database_url, stop: Some(stop_tx), thread: Some(thread), _db: Some(db) }
     }
 
     /// The WebSocket URL with this query string.

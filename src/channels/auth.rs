@@ -1,0 +1,52 @@
+//! The production socket authenticator: a session token (from `token=` or phoenix.js's
+//! `authToken` subprotocol) and an optional `device` param identify the user and device.
+
+use futures_util::future::LocalBoxFuture;
+
+use super::socket::{ConnectError, ConnectRequest, SocketAuthenticator, SocketIdentity};
+use crate::accounts::Accounts;
+
+/// The socket id every socket of `username` shares; a `disconnect` on it closes them all.
+pub fn user_socket_id(username: &str) -> String {
+    format!("users_socket:{username}")
+}
+
+/// Accepts anonymous sockets and sockets with a live session token; refuses bad tokens.
+#[derive(Clone)]
+pub struct SessionAuthenticator {
+    accounts: Accounts,
+}
+
+impl SessionAuthenticator {
+    /// Authenticates against these accounts.
+    pub fn new(accounts: Accounts) -> Self {
+        SessionAuthenticator { accounts }
+    }
+}
+
+impl SocketAuthenticator for SessionAuthenticator {
+    fn connect(&self, request: &ConnectRequest) -> LocalBoxFuture<'static, Result<SocketIdentity, ConnectError>> {
+        let token = request.auth_token.clone().or_else(|| request.params.get("token").cloned());
+        let device = request.params.get("device").cloned();
+        let accounts = self.accounts.clone();
+        Box::pin(async move {
+            let Some(token) = token.filter(|t| !t.is_empty()) else {
+                // No credentials: an anonymous socket, limited to public topics by the channels.
+                return Ok(SocketIdentity::default());
+            };
+            let session = match &device {
+                Some(device) => accounts.bind_device(&token, device).await,
+                None => accounts.verify_session(&token).await,
+            };
+            match session {
+                Ok(info) => Ok(SocketIdentity {
+                    socket_id: Some(user_socket_id(&info.username)),
+                    user: Some(info.username),
+                    device: info.device_id,
+                }),
+                Err(e) if e.http_status() >= 500 => Err(ConnectError::Unavailable(e.code().to_owned())),
+                Err(e) => Err(ConnectError::Refused(e.code().to_owned())),
+            }
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! `GET /json/websocket`: the seed-002 JSON account protocol, one actor per connection.
+//!
+//! Frames are handled one at a time by an [`JsonProtocolSession`]; this actor only moves text
+//! in and out, subscribes the connection to its user's `json:<eid>` topic after `subscribe`,
+//! and carries out deliveries to other users through pub/sub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+use bytestring::ByteString;
+
+use super::Sockets;
+use super::writer::{Outbound, QueueError};
+use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
+use crate::accounts::Accounts;
+use crate::channels::user::{json_topic, notify_account_event};
+use crate::protocol::WireFrame;
+use crate::pubsub::{Deliver, PubSub};
+
+/// What the JSON endpoint needs, shared by all workers.
+pub struct JsonEndpoint {
+    /// The accounts service.
+    pub accounts: Accounts,
+    /// The pub/sub layer.
+    pub pubsub: PubSub,
+    /// Live sockets and shutdown.
+    pub sockets: Arc<Sockets>,
+    /// Largest accepted frame.
+    pub max_frame_bytes: usize,
+    /// Frames queued before the connection counts as too slow.
+    pub outbound_queue: usize,
+}
+
+/// Handles the WebSocket upgrade for seed-002 JSON clients.
+pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<JsonEndpoint>) -> HttpResponse {
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => return e.error_response(),
+    };
+    let stream = stream
+        .max_frame_size(state.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(state.max_frame_bytes);
+    let connection = JsonConnection {
+        id: state.sockets.next_connection_id(),
+        protocol: Some(JsonProtocolSession::new(state.accounts.clone())),
+        accounts: state.accounts.clone(),
+        pubsub: state.pubsub.clone(),
+        sockets: Arc::clone(&state.sockets),
+        outbound: Outbound::start(session, state.outbound_queue),
+        subscribed: None,
+        closing: false,
+    };
+    tracing::info!(conn = connection.id, peer = ?req.peer_addr(), "json socket connected");
+    JsonConnection::create(move |ctx| {
+        ctx.add_stream(stream);
+        connection
+    });
+    response
+}
+
+struct JsonConnection {
+    id: u64,
+    /// Taken out while a frame is being handled, so frames are handled strictly in order.
+    protocol: Option<JsonProtocolSession>,
+    accounts: Accounts,
+    pubsub: PubSub,
+    sockets: Arc<Sockets>,
+    outbound: Outbound,
+    subscribed: Option<String>,
+    closing: bool,
+}
+
+impl JsonConnection {
+    fn send(&mut self, ctx: &mut Context<Self>, text: String) {
+        if self.closing {
+            return;
+        }
+        match self.outbound.send(WireFrame::Text(ByteString::from(text))) {
+            Ok(()) => {}
+            Err(QueueError::Full) => self.close(ctx, CloseCode::Away, "slow consumer: outbound queue full"),
+            Err(QueueError::Closed) => ctx.stop(),
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        if !self.closing {
+            self.closing = true;
+            self.outbound.close(code, reason);
+            ctx.run_later(Duration::from_secs(2), |_, ctx| ctx.stop());
+        }
+    }
+
+    fn handle_text(&mut self, ctx: &mut Context<Self>, text: ByteString) {
+        let Some(mut protocol) = self.protocol.take() else { return };
+        let handled = async move {
+            let outcome = protocol.handle_text(&text).await;
+            (protocol, outcome)
+        };
+        // Waited on: the next frame is not read until this one's replies are out.
+        ctx.wait(handled.into_actor(self).map(|(protocol, outcome), act, ctx| {
+            act.protocol = Some(protocol);
+            act.apply(ctx, outcome);
+        }));
+    }
+
+    fn apply(&mut self, ctx: &mut Context<Self>, outcome: Outcome) {
+        for reply in &outcome.replies {
+            self.send(ctx, reply.to_string());
+        }
+        for effect in outcome.effects {
+            match effect {
+                Effect::Subscribed { username, .. } => self.subscribe(ctx, username),
+                Effect::Deliver { to, frame, queue_if_offline } => self.deliver(ctx, to, frame, queue_if_offline),
+                Effect::Disconnect => self.close(ctx, CloseCode::Policy, "bad session token"),
+            }
+        }
+    }
+
+    fn subscribe(&mut self, ctx: &mut Context<Self>, username: String) {
+        if let Some(previous) = self.subscribed.replace(username.clone()) {
+            self.pubsub.unsubscribe(&json_topic(&previous), self.id);
+        }
+        let (pubsub, recipient, id) = (self.pubsub.clone(), ctx.address().recipient::<Deliver>(), self.id);
+        ctx.wait(
+            async move {
+                if let Err(e) = pubsub.subscribe(&json_topic(&username), id, recipient).await {
+                    tracing::warn!(conn = id, error = %e, "json subscribe failed");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn deliver(&mut self, ctx: &mut Context<Self>, to: String, frame: serde_json::Value, queue_if_offline: bool) {
+        let (pubsub, accounts, id) = (self.pubsub.clone(), self.accounts.clone(), self.id);
+        ctx.spawn(
+            async move {
+                let online = pubsub.subscriber_count(&json_topic(&to)).await.unwrap_or(0) > 0;
+                if !online && queue_if_offline {
+                    if let Err(e) = accounts.queue_message(&to, &frame.to_string()).await {
+                        tracing::warn!(conn = id, error = %e, "could not queue a frame for an offline user");
+                    }
+                }
+                notify_account_event(&pubsub, &to, &frame);
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for JsonConnection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sockets.opened();
+        let mut shutdown = self.sockets.shutdown_signal();
+        ctx.spawn(
+            async move {
+                let _ = shutdown.wait_for(|down| *down).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.close(ctx, CloseCode::Away, "server shutting down")),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(username) = &self.subscribed {
+            self.pubsub.unsubscribe(&json_topic(username), self.id);
+        }
+        self.sockets.closed();
+        tracing::info!(conn = self.id, "json socket closed");
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for JsonConnection {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.handle_text(ctx, text),
+            Ok(AggregatedMessage::Binary(_)) => {
+                self.send(ctx, error_frame("binary frames are not part of this protocol").to_string());
+            }
+            Ok(AggregatedMessage::Ping(data)) => {
+                let _ = self.outbound.pong(data);
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                self.closing = true;
+                self.outbound.close(reason.map_or(CloseCode::Normal, |r| r.code), "");
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::Size, "frame too large"),
+            Err(_) => self.close(ctx, CloseCode::Protocol, "websocket protocol error"),
+        }
+    }
+}
+
+impl Handler<Deliver> for JsonConnection {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(broadcast): Deliver, ctx: &mut Context<Self>) {
+        if let Some(text) = broadcast.payload.as_json_str() {
+            self.send(ctx, text.to_owned());
+        }
+    }
+}
