@@ -179,3 +179,97 @@ impl PubSub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use actix::{Actor, Context, Handler};
+
+    use super::*;
+
+    /// Records what it is delivered.
+    struct Probe(Arc<Mutex<Vec<String>>>);
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for Probe {
+        type Result = ();
+        fn handle(&mut self, Deliver(b): Deliver, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(format!("{}:{}", b.topic, b.event));
+        }
+    }
+
+    /// Counts what it is asked to send to other nodes.
+    struct CountingBroker(Mutex<Vec<String>>);
+
+    impl Broker for CountingBroker {
+        fn node(&self) -> &str {
+            "test@node"
+        }
+        fn publish(&self, b: &Arc<Broadcast>) {
+            self.0.lock().unwrap().push(b.event.clone());
+        }
+    }
+
+    async fn settle() {
+        actix::clock::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    #[actix::test]
+    async fn fans_out_once_per_subscriber_honours_exclusion_and_drops_dead_subscribers() {
+        let broker = Arc::new(CountingBroker(Mutex::new(Vec::new())));
+        let pubsub = PubSub::start(2, broker.clone());
+        let (seen_a, seen_b) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+        let a = Probe(Arc::clone(&seen_a)).start();
+        let b = Probe(Arc::clone(&seen_b)).start();
+        pubsub.subscribe("room:x", 1, a.clone().recipient()).await.unwrap();
+        // Subscribing twice is one subscription.
+        pubsub.subscribe("room:x", 1, a.clone().recipient()).await.unwrap();
+        pubsub.subscribe("room:x", 2, b.clone().recipient()).await.unwrap();
+        pubsub.subscribe("room:y", 2, b.clone().recipient()).await.unwrap();
+
+        pubsub.broadcast("room:x", "one", Payload::empty());
+        pubsub.broadcast_from(1, "room:x", "two", Payload::empty());
+        pubsub.broadcast("room:y", "three", Payload::empty());
+        settle().await;
+        assert_eq!(*seen_a.lock().unwrap(), vec!["room:x:one"]);
+        assert_eq!(*seen_b.lock().unwrap(), vec!["room:x:one", "room:x:two", "room:y:three"]);
+        assert_eq!(*broker.0.lock().unwrap(), vec!["one", "two", "three"]);
+        assert_eq!(pubsub.node(), "test@node");
+
+        pubsub.unsubscribe("room:x", 2);
+        // A subscriber whose actor stopped without unsubscribing is dropped at the next broadcast.
+        a.do_send(StopProbe);
+        settle().await;
+        assert_eq!(pubsub.subscriber_count("room:x").await.unwrap(), 0);
+        pubsub.broadcast("room:x", "four", Payload::empty());
+        settle().await;
+        assert_eq!(seen_b.lock().unwrap().len(), 3);
+        pubsub.stop();
+    }
+
+    #[derive(actix::Message)]
+    #[rtype(result = "()")]
+    struct StopProbe;
+
+    impl Handler<StopProbe> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: StopProbe, ctx: &mut Context<Self>) {
+            actix::ActorContext::stop(ctx);
+        }
+    }
+
+    #[test]
+    fn broadcasts_encode_once_per_serializer() {
+        let b = Broadcast::new("room:a", "e", Payload::json(&serde_json::json!({"k": 1})));
+        let first = b.encoded(Serializer::V2).cloned();
+        assert_eq!(first, Some(WireFrame::Text(r#"[null,null,"room:a","e",{"k":1}]"#.into())));
+        assert!(std::ptr::eq(b.encoded(Serializer::V2).unwrap(), b.encoded(Serializer::V2).unwrap()));
+        let binary = Broadcast::new("room:a", "e", Payload::Binary(bytes::Bytes::from_static(b"x")));
+        assert!(binary.encoded(Serializer::V1).is_none());
+        assert!(binary.encoded(Serializer::V2).is_some());
+    }
+}

@@ -93,3 +93,28 @@ async fn sigterm_closes_sockets_with_1001_exits_cleanly_and_never_logs_tokens() 
     assert!(!text.contains(&encoded), "the encoded auth token leaked into the logs");
     assert_eq!(by_query.recv_close().await.0, 1001);
 }
+
+#[tokio::test]
+async fn the_binary_reads_a_config_file_and_refuses_unknown_keys_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("courier.toml");
+    std::fs::write(&config, "node = \"courier@test\"\n[admin]\ntoken = \"from-file\"\n").unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let (mut child, addr, _logs) =
+        spawn_binary(&dir.path().join("courier.db"), &[("COURIER_CONFIG", config_arg.as_str())]);
+    let (status, body) = http(addr.parse().unwrap(), "GET", "/admin/stats", &[("Authorization", "Bearer from-file")], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("courier@test"), "{body}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+
+    std::fs::write(&config, "[socket]\nmax_chanels = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["--bind", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_chanels"), "{stderr}");
+}

@@ -14,11 +14,13 @@ function recordingTransport(frames) {
   return class WebSocketTransport extends WebSocket {
     constructor(url, protocols) {
       super(url, protocols);
-      this.on("message", (data, isBinary) => frames.push({ dir: "in", ...describe(data, isBinary) }));
+      this.on("open", () => frames.push({ dir: "open", at: Date.now() }));
+      this.on("close", (code) => frames.push({ dir: "close", code, at: Date.now() }));
+      this.on("message", (data, isBinary) => frames.push({ dir: "in", at: Date.now(), ...describe(data, isBinary) }));
     }
 
     send(data, ...rest) {
-      frames.push({ dir: "out", ...describe(data, typeof data !== "string") });
+      frames.push({ dir: "out", at: Date.now(), ...describe(data, typeof data !== "string") });
       return super.send(data, ...rest);
     }
   };
@@ -141,13 +143,17 @@ export async function waitUntil(predicate, ms, what) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Frames a socket sent or received, as text, for assertion messages. */
+/** Frames a socket sent or received, with milliseconds since the first one, for assertion messages. */
 export function transcript(socket) {
+  const start = socket.frames[0]?.at ?? 0;
   return socket.frames
     .map((f) => {
+      const at = `[${String(f.at - start).padStart(5)} ms]`;
+      if (f.dir === "open") return `${at} open`;
+      if (f.dir === "close") return `${at} close ${f.code}`;
       const arrow = f.dir === "out" ? "->" : "<-";
-      if (f.binary) return `${arrow} binary [${Array.from(f.binary).join(",")}]`;
-      return `${arrow} ${f.json ? JSON.stringify(f.json) : f.text}`;
+      if (f.binary) return `${at} ${arrow} binary [${Array.from(f.binary).join(",")}]`;
+      return `${at} ${arrow} ${f.json ? JSON.stringify(f.json) : f.text}`;
     })
     .join("\n");
 }
