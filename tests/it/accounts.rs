@@ -180,3 +180,32 @@ async fn the_json_socket_answers_bad_frames_with_error_frames() {
     // A wrong token also disconnects, as the seed says.
     assert!(matches!(c.recv().await, Frame::Close(..)));
 }
+
+#[tokio::test]
+async fn invalid_utf8_is_refused_cleanly_everywhere() {
+    let server = TestServer::start();
+    let body = b"{\"username\":\"\xff\xfe\",\"password\":\"correct horse battery\"}";
+    let (status, reply) =
+        crate::support::http_bytes(server.addr, "POST", "/api/signup", &[("Content-Type", "application/json")], body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(serde_json::from_str::<Value>(&reply).unwrap()["reason"].is_string(), "{reply}");
+
+    let (status, reply) = http(server.addr, "GET", "/socket/websocket?vsn=2.0.0&token=%FF%FE", &[
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ], "").await;
+    assert_eq!(status, 400, "{reply}");
+
+    let mut json_socket = json_client(&server).await;
+    json_socket.send_invalid_text(b"{\"type\":\"\xff\"}".to_vec()).await;
+    assert!(matches!(json_socket.recv().await, Frame::Close(code, _) if code != 1000));
+
+    let mut phoenix = server.client().await;
+    phoenix.send_invalid_text(b"[null,\"1\",\"phoenix\",\"\xff\",{}]".to_vec()).await;
+    assert!(matches!(phoenix.recv().await, Frame::Close(code, _) if code != 1000));
+    // Nothing else was disturbed.
+    let token = signup(&server, "valid").await;
+    assert!(!token.is_empty());
+}

@@ -16,7 +16,11 @@ after(async () => {
 });
 
 test("a socket with authToken connects, negotiates the phoenix subprotocol and joins", async () => {
-  const socket = await connected(server.url, { authToken: "some-token" });
+  // A refused handshake only shows up as "Unexpected server response: 403" on the client; the
+  // server's log says why, so attach it.
+  const socket = await connected(server.url, { authToken: "some-token" }).catch((err) => {
+    throw new Error(`${err.message}\nserver log:\n${server.log()}`);
+  });
   // `ws` fails the handshake itself when no subprotocol is echoed; this names the one agreed on.
   assert.equal(socket.conn.protocol, "phoenix");
 

@@ -170,6 +170,13 @@ impl Client {
         self.ws.send(Message::binary(data)).await.expect("send binary");
     }
 
+    /// Sends a text frame whose bytes are not valid UTF-8 (a broken client).
+    pub async fn send_invalid_text(&mut self, data: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::{Frame as RawFrame, coding::{Data, OpCode}};
+        let frame = RawFrame::message(data, OpCode::Data(Data::Text), true);
+        self.ws.send(Message::Frame(frame)).await.expect("send raw frame");
+    }
+
     /// Sends a client close frame.
     pub async fn close(&mut self) {
         let _ = self.ws.close(None).await;
@@ -268,13 +275,26 @@ pub fn error_reply(join_ref: Option<&str>, msg_ref: &str, topic: &str, reason: &
 
 /// Sends one HTTP/1.1 request and returns the status and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    http_bytes(addr, method, path, headers, body.as_bytes()).await
+}
+
+/// Like [`http`], with a body that need not be UTF-8.
+pub async fn http_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).await.expect("write request");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).await.expect("write request");
     let mut response = Vec::new();
     tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response)).await.expect("response in time").expect("read");
     let text = String::from_utf8_lossy(&response).to_string();
