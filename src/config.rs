@@ -163,9 +163,17 @@ impl Config {
             ("socket.idle_timeout_ms", s.idle_timeout_ms >= 100, "must be at least 100"),
             ("socket.max_frame_bytes", s.max_frame_bytes >= 1024, "must be at least 1024"),
             ("socket.max_channels", s.max_channels >= 1, "must be at least 1"),
-            ("socket.max_topic_bytes", (1..=255).contains(&s.max_topic_bytes), "must be 1..=255 (binary frames carry one length byte)"),
+            (
+                "socket.max_topic_bytes",
+                (1..=255).contains(&s.max_topic_bytes),
+                "must be 1..=255 (binary frames carry one length byte)",
+            ),
             ("socket.outbound_queue", s.outbound_queue >= 8, "must be at least 8"),
-            ("socket.rate_per_sec", s.rate_per_sec >= 1 && s.rate_burst >= 1, "rate_per_sec and rate_burst must be at least 1"),
+            (
+                "socket.rate_per_sec",
+                s.rate_per_sec >= 1 && s.rate_burst >= 1,
+                "rate_per_sec and rate_burst must be at least 1",
+            ),
         ];
         for (name, ok, why) in checks {
             if !ok {

@@ -61,7 +61,11 @@ impl Courier {
     /// Binds and starts serving. Must run inside an actix system.
     pub async fn start(self) -> io::Result<RunningServer> {
         let Courier { config, extra_channels, authenticator, broker } = self;
-        let options = StoreOptions { url: config.database_url.clone(), pool_size: config.database_pool, ..StoreOptions::default() };
+        let options = StoreOptions {
+            url: config.database_url.clone(),
+            pool_size: config.database_pool,
+            ..StoreOptions::default()
+        };
         // Opening runs the migrations; it blocks, so it runs off the async thread.
         let store = web::block(move || Store::open_with(&options))
             .await
@@ -113,6 +117,9 @@ impl Courier {
                 .default_service(web::to(crate::http::not_found))
         })
         .workers(workers)
+        // Chat frames are small and latency-bound: without this, a frame written right after
+        // another waits for the client's delayed ACK (~40 ms).
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(2)
         .bind(&config.bind)?;

@@ -53,12 +53,7 @@ pub struct ConfigError {
 impl AccountsConfig {
     /// Checks the values deserialization cannot: ranges and the argon2 parameter rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |field, reason: &str| {
-            Err(ConfigError {
-                field,
-                reason: reason.to_owned(),
-            })
-        };
+        let err = |field, reason: &str| Err(ConfigError { field, reason: reason.to_owned() });
         if self.session_ttl_secs == 0 {
             return err("session_ttl_secs", "must be at least 1");
         }
@@ -72,17 +67,9 @@ impl AccountsConfig {
         if self.max_message_bytes == 0 {
             return err("max_message_bytes", "must be at least 1");
         }
-        argon2::Params::new(
-            self.argon2_memory_kib,
-            self.argon2_iterations,
-            self.argon2_parallelism,
-            None,
-        )
-        .map(|_| ())
-        .map_err(|e| ConfigError {
-            field: "argon2_*",
-            reason: e.to_string(),
-        })
+        argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism, None)
+            .map(|_| ())
+            .map_err(|e| ConfigError { field: "argon2_*", reason: e.to_string() })
     }
 
     /// The session lifetime in milliseconds.
@@ -105,28 +92,18 @@ mod tests {
 
     #[test]
     fn partial_table_keeps_defaults_and_unknown_keys_fail() {
-        let c: AccountsConfig =
-            toml::from_str("allow_sha256 = true\nsession_ttl_secs = 60").unwrap();
+        let c: AccountsConfig = toml::from_str("allow_sha256 = true\nsession_ttl_secs = 60").unwrap();
         assert!(c.allow_sha256);
         assert_eq!(c.session_ttl_secs, 60);
-        assert_eq!(
-            c.max_pending_messages,
-            AccountsConfig::default().max_pending_messages
-        );
+        assert_eq!(c.max_pending_messages, AccountsConfig::default().max_pending_messages);
         assert!(toml::from_str::<AccountsConfig>("allow_md5 = true").is_err());
     }
 
     #[test]
     fn bad_values_are_refused() {
-        let c = AccountsConfig {
-            session_ttl_secs: 0,
-            ..AccountsConfig::default()
-        };
+        let c = AccountsConfig { session_ttl_secs: 0, ..AccountsConfig::default() };
         assert_eq!(c.validate().unwrap_err().field, "session_ttl_secs");
-        let c = AccountsConfig {
-            argon2_memory_kib: 1,
-            ..AccountsConfig::default()
-        };
+        let c = AccountsConfig { argon2_memory_kib: 1, ..AccountsConfig::default() };
         assert_eq!(c.validate().unwrap_err().field, "argon2_*");
     }
 }

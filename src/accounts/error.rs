@@ -108,10 +108,7 @@ pub enum AccountError {
 impl AccountError {
     /// Shorthand for an `InvalidInput` error.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        AccountError::InvalidInput {
-            field,
-            reason: reason.into(),
-        }
+        AccountError::InvalidInput { field, reason: reason.into() }
     }
 
     /// The seed-002 `resp_code` for this error.
@@ -175,18 +172,8 @@ mod tests {
         assert_eq!(AccountError::SessionExpired.resp_code().as_u8(), 1);
         assert_eq!(AccountError::SessionRevoked.resp_code().as_u8(), 1);
         assert_eq!(AccountError::UserInUse.resp_code().as_u8(), 2);
-        assert_eq!(
-            AccountError::HashNotAvailable("md5".into())
-                .resp_code()
-                .as_u8(),
-            3
-        );
-        assert_eq!(
-            AccountError::CipherNotAvailable("rot13".into())
-                .resp_code()
-                .as_u8(),
-            4
-        );
+        assert_eq!(AccountError::HashNotAvailable("md5".into()).resp_code().as_u8(), 3);
+        assert_eq!(AccountError::CipherNotAvailable("rot13".into()).resp_code().as_u8(), 4);
         assert_eq!(AccountError::NoSuchUser.resp_code().as_u8(), 5);
         assert_eq!(AccountError::WrongPassword.resp_code().as_u8(), 6);
         assert_eq!(RespCode::Success.as_u8(), 0);
@@ -194,10 +181,7 @@ mod tests {
 
     #[test]
     fn http_statuses() {
-        assert_eq!(
-            AccountError::invalid("username", "empty").http_status(),
-            400
-        );
+        assert_eq!(AccountError::invalid("username", "empty").http_status(), 400);
         assert_eq!(AccountError::WrongPassword.http_status(), 401);
         assert_eq!(AccountError::BadToken.http_status(), 401);
         assert_eq!(AccountError::NoSuchUser.http_status(), 404);
@@ -209,11 +193,8 @@ mod tests {
 
     #[test]
     fn token_failures_are_distinct_codes() {
-        let codes = [
-            AccountError::BadToken.code(),
-            AccountError::SessionExpired.code(),
-            AccountError::SessionRevoked.code(),
-        ];
+        let codes =
+            [AccountError::BadToken.code(), AccountError::SessionExpired.code(), AccountError::SessionRevoked.code()];
         assert_eq!(codes, ["bad_token", "session_expired", "session_revoked"]);
     }
 }

@@ -47,10 +47,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn reply(frame: Value) -> Outcome {
-        Outcome {
-            replies: vec![frame],
-            effects: Vec::new(),
-        }
+        Outcome { replies: vec![frame], effects: Vec::new() }
     }
 
     fn error(reason: impl Into<String>) -> Outcome {
@@ -160,11 +157,7 @@ pub struct JsonProtocolSession {
 impl JsonProtocolSession {
     /// A fresh session for a new connection.
     pub fn new(accounts: Accounts) -> JsonProtocolSession {
-        JsonProtocolSession {
-            accounts,
-            identified: false,
-            subscription: None,
-        }
+        JsonProtocolSession { accounts, identified: false, subscription: None }
     }
 
     /// Whether `identification` has succeeded.
@@ -207,25 +200,15 @@ impl JsonProtocolSession {
         match inbound {
             Inbound::Identification { version, .. } => self.identification(&version),
             Inbound::ProtocolStandard { standards } => self.protocol_standard(standards.as_deref()),
-            Inbound::Signup {
-                username,
-                password,
-                hash,
-                cipher,
-            } => {
-                self.signup(&username, &password, hash.as_deref(), cipher.as_deref())
-                    .await
+            Inbound::Signup { username, password, hash, cipher } => {
+                self.signup(&username, &password, hash.as_deref(), cipher.as_deref()).await
             }
             Inbound::Signin { username, password } => self.signin(&username, &password).await,
             Inbound::Subscribe { session } => self.subscribe(&session).await,
             Inbound::InviteRequest(r) => self.invite("invite.request", r).await,
             Inbound::InviteAccept(r) => self.invite("invite.accept", r).await,
             Inbound::InviteReject(r) => self.invite("invite.reject", r).await,
-            Inbound::Message {
-                routed,
-                nonce,
-                message,
-            } => self.message(routed, nonce, message).await,
+            Inbound::Message { routed, nonce, message } => self.message(routed, nonce, message).await,
         }
     }
 
@@ -249,21 +232,14 @@ impl JsonProtocolSession {
     fn protocol_standard(&self, requested: Option<&str>) -> Outcome {
         let wanted: Vec<&str> = match requested {
             None => vec!["ciphers", "hashes"],
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect(),
+            Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
         };
         let mut m = status_frame("protocol.standard", None);
         if wanted.contains(&"ciphers") {
             m.insert("ciphers".into(), json!(CIPHERS));
         }
         if wanted.contains(&"hashes") {
-            m.insert(
-                "hashes".into(),
-                json!(standards::hashes(self.accounts.config())),
-            );
+            m.insert("hashes".into(), json!(standards::hashes(self.accounts.config())));
         }
         if !m.contains_key("ciphers") && !m.contains_key("hashes") {
             return Outcome::error("`standards` must name `ciphers` and/or `hashes`");
@@ -271,18 +247,10 @@ impl JsonProtocolSession {
         Outcome::reply(Value::Object(m))
     }
 
-    async fn signup(
-        &self,
-        username: &str,
-        password: &str,
-        hash: Option<&str>,
-        cipher: Option<&str>,
-    ) -> Outcome {
+    async fn signup(&self, username: &str, password: &str, hash: Option<&str>, cipher: Option<&str>) -> Outcome {
         let result = async {
             if let Some(cipher) = cipher.filter(|c| !CIPHERS.contains(c)) {
-                return Err(AccountError::CipherNotAvailable(
-                    cipher.chars().take(32).collect(),
-                ));
+                return Err(AccountError::CipherNotAvailable(cipher.chars().take(32).collect()));
             }
             let algorithm = HashAlgorithm::parse(hash.unwrap_or("argon2id"))?;
             self.accounts.signup(username, password, algorithm).await
@@ -313,10 +281,7 @@ impl JsonProtocolSession {
             }
         };
         let mut out = Outcome::reply(Value::Object(status_frame("subscribe", None)));
-        out.effects.push(Effect::Subscribed {
-            user_id: info.user_id.clone(),
-            username: info.username.clone(),
-        });
+        out.effects.push(Effect::Subscribed { user_id: info.user_id.clone(), username: info.username.clone() });
         out.replies.extend(self.backlog(&info.username).await);
         self.subscription = Some(info);
         out
@@ -328,11 +293,9 @@ impl JsonProtocolSession {
         // A failure here leaves the backlog in the database for the next subscribe, so the
         // subscription itself still stands.
         match self.accounts.pending_invites(username).await {
-            Ok(invites) => {
-                frames.extend(invites.into_iter().map(
-                    |i| json!({ "type": "invite.request", "source": i.from, "dest": username }),
-                ))
-            }
+            Ok(invites) => frames.extend(
+                invites.into_iter().map(|i| json!({ "type": "invite.request", "source": i.from, "dest": username })),
+            ),
             Err(e) => tracing::error!(error = %e, "could not load pending invites"),
         }
         match self.accounts.take_pending(username).await {
@@ -354,9 +317,7 @@ impl JsonProtocolSession {
     /// Checks an authenticated frame: subscribed, token valid and the subscriber's, `source` is them.
     async fn authorize(&mut self, kind: &str, routed: &Routed) -> Result<(), Outcome> {
         let Some(subscribed) = &self.subscription else {
-            return Err(Outcome::error(format!(
-                "`{kind}` needs a subscribed session; send `subscribe` first"
-            )));
+            return Err(Outcome::error(format!("`{kind}` needs a subscribed session; send `subscribe` first")));
         };
         // Re-checked on every frame so a sign-out or expiry takes effect mid-connection.
         let verified = match self.accounts.verify_session(&routed.session).await {
@@ -374,10 +335,7 @@ impl JsonProtocolSession {
             return Err(out);
         }
         if routed.source != subscribed.username {
-            return Err(Outcome::reply(Value::Object(status_frame(
-                kind,
-                Some(&AccountError::SourceMismatch),
-            ))));
+            return Err(Outcome::reply(Value::Object(status_frame(kind, Some(&AccountError::SourceMismatch)))));
         }
         Ok(())
     }
@@ -418,8 +376,7 @@ impl JsonProtocolSession {
         }
         let limit = self.accounts.config().max_message_bytes;
         if nonce.len().saturating_add(message.len()) > limit {
-            let e =
-                AccountError::invalid("message", format!("nonce and message exceed {limit} bytes"));
+            let e = AccountError::invalid("message", format!("nonce and message exceed {limit} bytes"));
             return Outcome::reply(Value::Object(status_frame(KIND, Some(&e))));
         }
         let dest = match validate::username(&routed.dest) {

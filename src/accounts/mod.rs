@@ -77,50 +77,41 @@ where
     F: FnOnce() -> Result<T, AccountError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AccountError::Hashing(format!("hashing task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| AccountError::Hashing(format!("hashing task failed: {e}")))?
 }
 
 /// Resolves a username to its id inside a store closure; `Ok(Err(NoSuchUser))` when absent.
-fn user_id(
-    conn: &mut store::DbConnection,
-    username: &str,
-) -> Result<Result<String, AccountError>, StoreError> {
+fn user_id(conn: &mut store::DbConnection, username: &str) -> Result<Result<String, AccountError>, StoreError> {
     Ok(store::users::id_of(conn, username)?.ok_or(AccountError::NoSuchUser))
 }
 
 impl Accounts {
+    /// Runs `f` on a blocking thread with the id of `username`; an unknown user is `NoSuchUser`.
+    async fn with_user_id<T, F>(&self, username: String, f: F) -> Result<T, AccountError>
+    where
+        F: FnOnce(&mut store::DbConnection, &str) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.store()
+            .run(move |conn| match user_id(conn, &username)? {
+                Ok(id) => f(conn, &id).map(Ok),
+                Err(e) => Ok(Err(e)),
+            })
+            .await?
+    }
+
     /// A service on the wall clock; fails when `config` does not validate.
     pub fn new(store: Store, config: AccountsConfig) -> Result<Accounts, ConfigError> {
         Accounts::with_clock(store, config, Arc::new(SystemClock))
     }
 
     /// A service reading time from `clock` (tests pass a [`ManualClock`]).
-    pub fn with_clock(
-        store: Store,
-        config: AccountsConfig,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Accounts, ConfigError> {
+    pub fn with_clock(store: Store, config: AccountsConfig, clock: Arc<dyn Clock>) -> Result<Accounts, ConfigError> {
         config.validate()?;
-        let argon2 = argon2::Params::new(
-            config.argon2_memory_kib,
-            config.argon2_iterations,
-            config.argon2_parallelism,
-            None,
-        )
-        .map_err(|e| ConfigError {
-            field: "argon2_*",
-            reason: e.to_string(),
-        })?;
-        Ok(Accounts {
-            inner: Arc::new(Inner {
-                store,
-                config,
-                argon2,
-                clock,
-            }),
-        })
+        let argon2 =
+            argon2::Params::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism, None)
+                .map_err(|e| ConfigError { field: "argon2_*", reason: e.to_string() })?;
+        Ok(Accounts { inner: Arc::new(Inner { store, config, argon2, clock }) })
     }
 
     /// The configuration in force.
@@ -159,12 +150,8 @@ impl Accounts {
         let password_hash = off_thread(move || password::hash(hash, &pw, &params)).await?;
 
         let now = self.now_millis();
-        let user = store::users::UserRow {
-            id: uuid::Uuid::new_v4().to_string(),
-            username,
-            password_hash,
-            created_at: now,
-        };
+        let user =
+            store::users::UserRow { id: uuid::Uuid::new_v4().to_string(), username, password_hash, created_at: now };
         let (token, session) = self.new_session(&user.id, now);
         let result = self
             .store()
@@ -181,11 +168,7 @@ impl Accounts {
     }
 
     /// Checks a username and password and returns a new session.
-    pub async fn signin(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<SessionToken, AccountError> {
+    pub async fn signin(&self, username: &str, password: &str) -> Result<SessionToken, AccountError> {
         let username = validate::username(username)?;
         validate::password(password)?;
         let user = self
@@ -199,9 +182,7 @@ impl Accounts {
             return Err(AccountError::WrongPassword);
         }
         let (token, session) = self.new_session(&user.id, self.now_millis());
-        self.store()
-            .run(move |conn| store::sessions::insert(conn, &session))
-            .await?;
+        self.store().run(move |conn| store::sessions::insert(conn, &session)).await?;
         Ok(token)
     }
 
@@ -225,10 +206,7 @@ impl Accounts {
             return Err(AccountError::BadToken);
         }
         let digest = token::digest(token);
-        let found = self
-            .store()
-            .run(move |conn| store::sessions::find(conn, &digest))
-            .await?;
+        let found = self.store().run(move |conn| store::sessions::find(conn, &digest)).await?;
         let (row, username) = found.ok_or(AccountError::BadToken)?;
         if row.revoked_at.is_some() {
             return Err(AccountError::SessionRevoked);
@@ -236,12 +214,7 @@ impl Accounts {
         if self.now_millis() >= row.expires_at {
             return Err(AccountError::SessionExpired);
         }
-        Ok(SessionInfo {
-            user_id: row.user_id,
-            username,
-            device_id: row.device_id,
-            expires_at: row.expires_at,
-        })
+        Ok(SessionInfo { user_id: row.user_id, username, device_id: row.device_id, expires_at: row.expires_at })
     }
 
     /// Revokes a live session (sign out); the token is refused from then on.
@@ -249,10 +222,7 @@ impl Accounts {
         self.verify_session(token).await?;
         let digest = token::digest(token);
         let now = self.now_millis();
-        let revoked = self
-            .store()
-            .run(move |conn| store::sessions::revoke(conn, &digest, now))
-            .await?;
+        let revoked = self.store().run(move |conn| store::sessions::revoke(conn, &digest, now)).await?;
         // Lost a race with a concurrent sign-out of the same token.
         if !revoked {
             return Err(AccountError::SessionRevoked);
@@ -261,32 +231,16 @@ impl Accounts {
     }
 
     /// Registers `device_id` for `username` (or refreshes when it was last seen).
-    pub async fn register_device(
-        &self,
-        username: &str,
-        device_id: &str,
-    ) -> Result<(), AccountError> {
+    pub async fn register_device(&self, username: &str, device_id: &str) -> Result<(), AccountError> {
         let username = validate::username(username)?;
         validate::device_id(device_id)?;
         let device = device_id.to_owned();
         let now = self.now_millis();
-        self.store()
-            .run(move |conn| {
-                let id = match user_id(conn, &username)? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                store::devices::upsert(conn, &id, &device, now).map(Ok)
-            })
-            .await?
+        self.with_user_id(username, move |conn, id| store::devices::upsert(conn, id, &device, now)).await
     }
 
     /// Verifies `token`, registers `device_id` for its user and records it on the session.
-    pub async fn bind_device(
-        &self,
-        token: &str,
-        device_id: &str,
-    ) -> Result<SessionInfo, AccountError> {
+    pub async fn bind_device(&self, token: &str, device_id: &str) -> Result<SessionInfo, AccountError> {
         validate::device_id(device_id)?;
         let mut info = self.verify_session(token).await?;
         let digest = token::digest(token);
@@ -305,16 +259,8 @@ impl Accounts {
     /// The device ids registered for `username`, oldest first.
     pub async fn devices(&self, username: &str) -> Result<Vec<String>, AccountError> {
         let username = validate::username(username)?;
-        self.store()
-            .run(move |conn| {
-                let id = match user_id(conn, &username)? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let rows = store::devices::list(conn, &id)?;
-                Ok(Ok(rows.into_iter().map(|d| d.device_id).collect()))
-            })
-            .await?
+        let rows = self.with_user_id(username, |conn, id| store::devices::list(conn, id)).await?;
+        Ok(rows.into_iter().map(|d| d.device_id).collect())
     }
 
     /// Whether an account has this username (a name that breaks the rules cannot exist).
@@ -322,10 +268,7 @@ impl Accounts {
         let Ok(username) = validate::username(username) else {
             return Ok(false);
         };
-        Ok(self
-            .store()
-            .run(move |conn| store::users::exists(conn, &username))
-            .await?)
+        Ok(self.store().run(move |conn| store::users::exists(conn, &username)).await?)
     }
 
     /// Records an invite from `from` to `to` (re-sending re-opens an answered one).
@@ -371,11 +314,7 @@ impl Accounts {
                     (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
                 };
                 let answered = store::invites::respond(conn, &from_id, &by_id, accept, now)?;
-                Ok(if answered {
-                    Ok(())
-                } else {
-                    Err(AccountError::NoSuchInvite)
-                })
+                Ok(if answered { Ok(()) } else { Err(AccountError::NoSuchInvite) })
             })
             .await?
     }
@@ -384,22 +323,10 @@ impl Accounts {
     ///
     /// Unanswered invites are returned on every call (a client may not have kept one it saw),
     /// with `previously_delivered_at` telling which ones it was already given.
-    pub async fn pending_invites(
-        &self,
-        username: &str,
-    ) -> Result<Vec<PendingInvite>, AccountError> {
+    pub async fn pending_invites(&self, username: &str) -> Result<Vec<PendingInvite>, AccountError> {
         let username = validate::username(username)?;
         let now = self.now_millis();
-        let rows = self
-            .store()
-            .run(move |conn| {
-                let id = match user_id(conn, &username)? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                store::invites::take_pending_for(conn, &id, now).map(Ok)
-            })
-            .await??;
+        let rows = self.with_user_id(username, move |conn, id| store::invites::take_pending_for(conn, id, now)).await?;
         Ok(rows
             .into_iter()
             .map(|r| PendingInvite {
@@ -428,15 +355,7 @@ impl Accounts {
     /// Usernames of `username`'s contacts, sorted.
     pub async fn contacts(&self, username: &str) -> Result<Vec<String>, AccountError> {
         let username = validate::username(username)?;
-        self.store()
-            .run(move |conn| {
-                let id = match user_id(conn, &username)? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                store::invites::contacts_of(conn, &id).map(Ok)
-            })
-            .await?
+        self.with_user_id(username, |conn, id| store::invites::contacts_of(conn, id)).await
     }
 
     /// Checks `from` may send a `message` to `to`: `to` exists and, when required, is a contact.
@@ -463,59 +382,26 @@ impl Accounts {
         let to = validate::username(to)?;
         // The frame is whatever the protocol layer built around a size-checked payload; this
         // bound only stops a caller from parking unbounded blobs in the database.
-        if frame_json.len()
-            > self
-                .inner
-                .config
-                .max_message_bytes
-                .saturating_mul(2)
-                .saturating_add(4096)
-        {
-            return Err(AccountError::invalid(
-                "message",
-                "frame is too large to queue",
-            ));
+        if frame_json.len() > self.inner.config.max_message_bytes.saturating_mul(2).saturating_add(4096) {
+            return Err(AccountError::invalid("message", "frame is too large to queue"));
         }
         let frame = frame_json.to_owned();
         let now = self.now_millis();
         let limit = i64::from(self.inner.config.max_pending_messages);
-        self.store()
-            .run(move |conn| {
-                let id = match user_id(conn, &to)? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let queued = store::pending::push(conn, &id, &frame, now, limit)?;
-                Ok(if queued {
-                    Ok(())
-                } else {
-                    Err(AccountError::QueueFull)
-                })
-            })
-            .await?
+        let queued = self.with_user_id(to, move |conn, id| store::pending::push(conn, id, &frame, now, limit)).await?;
+        if queued { Ok(()) } else { Err(AccountError::QueueFull) }
     }
 
     /// Removes and returns the frames queued for `username`, oldest first.
     pub async fn take_pending(&self, username: &str) -> Result<Vec<String>, AccountError> {
         let username = validate::username(username)?;
-        self.store()
-            .run(move |conn| {
-                let id = match user_id(conn, &username)? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                store::pending::take_all(conn, &id).map(Ok)
-            })
-            .await?
+        self.with_user_id(username, |conn, id| store::pending::take_all(conn, id)).await
     }
 
     /// Deletes sessions that ended (expired or revoked) more than `grace_secs` ago; returns how many.
     pub async fn purge_sessions(&self, grace_secs: u64) -> Result<usize, AccountError> {
         let grace = i64::try_from(grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let before = self.now_millis().saturating_sub(grace);
-        Ok(self
-            .store()
-            .run(move |conn| store::sessions::purge(conn, before))
-            .await?)
+        Ok(self.store().run(move |conn| store::sessions::purge(conn, before)).await?)
     }
 }

@@ -34,9 +34,7 @@ impl HashAlgorithm {
         match name {
             "argon2id" => Ok(HashAlgorithm::Argon2id),
             "sha256" => Ok(HashAlgorithm::Sha256),
-            other => Err(AccountError::HashNotAvailable(
-                other.chars().take(32).collect(),
-            )),
+            other => Err(AccountError::HashNotAvailable(other.chars().take(32).collect())),
         }
     }
 }
@@ -58,16 +56,11 @@ fn salted_sha256(salt: &[u8], password: &[u8]) -> [u8; 32] {
 }
 
 /// Hashes `password` into a self-describing string (`$argon2id$...` or `$sha256$salt$digest`).
-pub fn hash(
-    algorithm: HashAlgorithm,
-    password: &str,
-    params: &Params,
-) -> Result<String, AccountError> {
+pub fn hash(algorithm: HashAlgorithm, password: &str, params: &Params) -> Result<String, AccountError> {
     let salt = random_salt();
     match algorithm {
         HashAlgorithm::Argon2id => {
-            let salt =
-                SaltString::encode_b64(&salt).map_err(|e| AccountError::Hashing(e.to_string()))?;
+            let salt = SaltString::encode_b64(&salt).map_err(|e| AccountError::Hashing(e.to_string()))?;
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
@@ -75,11 +68,7 @@ pub fn hash(
         }
         HashAlgorithm::Sha256 => {
             let digest = salted_sha256(&salt, password.as_bytes());
-            Ok(format!(
-                "{SHA256_PREFIX}{}${}",
-                STANDARD_NO_PAD.encode(salt),
-                STANDARD_NO_PAD.encode(digest)
-            ))
+            Ok(format!("{SHA256_PREFIX}{}${}", STANDARD_NO_PAD.encode(salt), STANDARD_NO_PAD.encode(digest)))
         }
     }
 }
@@ -138,13 +127,8 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(
-            HashAlgorithm::parse("argon2id").unwrap(),
-            HashAlgorithm::Argon2id
-        );
+        assert_eq!(HashAlgorithm::parse("argon2id").unwrap(), HashAlgorithm::Argon2id);
         assert_eq!(HashAlgorithm::parse("sha256").unwrap().name(), "sha256");
-        assert!(
-            matches!(HashAlgorithm::parse("md5"), Err(AccountError::HashNotAvailable(n)) if n == "md5")
-        );
+        assert!(matches!(HashAlgorithm::parse("md5"), Err(AccountError::HashNotAvailable(n)) if n == "md5"));
     }
 }

@@ -18,17 +18,11 @@ pub fn username(raw: &str) -> Result<String, AccountError> {
         return Err(AccountError::invalid("username", "must not be empty"));
     }
     if name.len() > MAX_USERNAME_BYTES {
-        return Err(AccountError::invalid(
-            "username",
-            format!("must be at most {MAX_USERNAME_BYTES} bytes"),
-        ));
+        return Err(AccountError::invalid("username", format!("must be at most {MAX_USERNAME_BYTES} bytes")));
     }
     // Letters and digits of any script (the seed's "john doe" has a space); punctuation beyond
     // `_.-@` is refused so names stay readable and unambiguous in logs and UIs.
-    if let Some(bad) = name
-        .chars()
-        .find(|&c| !(c.is_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-' | '@')))
-    {
+    if let Some(bad) = name.chars().find(|&c| !(c.is_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-' | '@'))) {
         return Err(AccountError::invalid(
             "username",
             format!("may contain letters, digits, space and _.-@ only (found {bad:?})"),
@@ -40,16 +34,10 @@ pub fn username(raw: &str) -> Result<String, AccountError> {
 /// Checks a password is 8..=1024 bytes; its content is otherwise free.
 pub fn password(raw: &str) -> Result<(), AccountError> {
     if raw.len() < MIN_PASSWORD_BYTES {
-        return Err(AccountError::invalid(
-            "password",
-            format!("must be at least {MIN_PASSWORD_BYTES} bytes"),
-        ));
+        return Err(AccountError::invalid("password", format!("must be at least {MIN_PASSWORD_BYTES} bytes")));
     }
     if raw.len() > MAX_PASSWORD_BYTES {
-        return Err(AccountError::invalid(
-            "password",
-            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
-        ));
+        return Err(AccountError::invalid("password", format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
     }
     Ok(())
 }
@@ -57,16 +45,10 @@ pub fn password(raw: &str) -> Result<(), AccountError> {
 /// Checks a device id is 1..=128 bytes with no control characters or surrounding spaces.
 pub fn device_id(raw: &str) -> Result<(), AccountError> {
     if raw.is_empty() || raw.len() > MAX_DEVICE_ID_BYTES {
-        return Err(AccountError::invalid(
-            "device",
-            format!("must be 1..={MAX_DEVICE_ID_BYTES} bytes"),
-        ));
+        return Err(AccountError::invalid("device", format!("must be 1..={MAX_DEVICE_ID_BYTES} bytes")));
     }
     if raw.trim() != raw || raw.chars().any(char::is_control) {
-        return Err(AccountError::invalid(
-            "device",
-            "must not contain control characters or surrounding spaces",
-        ));
+        return Err(AccountError::invalid("device", "must not contain control characters or surrounding spaces"));
     }
     Ok(())
 }
@@ -79,35 +61,14 @@ mod tests {
     fn seed_usernames_are_accepted_and_trimmed() {
         assert_eq!(username("john doe").unwrap(), "john doe");
         assert_eq!(username("  alice ").unwrap(), "alice");
-        assert_eq!(
-            username("bob.smith-2_x@example").unwrap(),
-            "bob.smith-2_x@example"
-        );
+        assert_eq!(username("bob.smith-2_x@example").unwrap(), "bob.smith-2_x@example");
         assert_eq!(username("Łukasz 日本").unwrap(), "Łukasz 日本");
     }
 
     #[test]
     fn bad_usernames_are_refused() {
-        for bad in [
-            "",
-            "   ",
-            "a\u{0}b",
-            "tab\there",
-            "new\nline",
-            "'; DROP TABLE users; --",
-            "a/b",
-            "emoji😀",
-        ] {
-            assert!(
-                matches!(
-                    username(bad),
-                    Err(AccountError::InvalidInput {
-                        field: "username",
-                        ..
-                    })
-                ),
-                "{bad:?}"
-            );
+        for bad in ["", "   ", "a\u{0}b", "tab\there", "new\nline", "'; DROP TABLE users; --", "a/b", "emoji😀"] {
+            assert!(matches!(username(bad), Err(AccountError::InvalidInput { field: "username", .. })), "{bad:?}");
         }
         assert!(username(&"a".repeat(64)).is_ok());
         assert!(username(&"a".repeat(65)).is_err());

@@ -40,11 +40,8 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> 
         return Err(HttpResponse::Forbidden()
             .json(json!({ "error": "admin_disabled", "reason": "set admin.token in the config to enable /admin" })));
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Compared without an early exit so the time taken does not reveal a matching prefix.
     let matches = presented.is_some_and(|p| {
         p.len() == expected.len() && p.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -52,7 +49,8 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> 
     if matches {
         Ok(())
     } else {
-        Err(HttpResponse::Unauthorized().json(json!({ "error": "unauthorized", "reason": "bad or missing admin token" })))
+        Err(HttpResponse::Unauthorized()
+            .json(json!({ "error": "unauthorized", "reason": "bad or missing admin token" })))
     }
 }
 

@@ -20,11 +20,7 @@ const BODY_LIMIT: usize = 16 * 1024;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(BODY_LIMIT)
-                    .error_handler(json_error),
-            )
+            .app_data(web::JsonConfig::default().limit(BODY_LIMIT).error_handler(json_error))
             .app_data(web::PayloadConfig::new(BODY_LIMIT))
             .route("/signup", web::post().to(signup))
             .route("/signin", web::post().to(signin))
@@ -54,8 +50,7 @@ impl From<AccountError> for ApiError {
             tracing::error!(error = %err, "accounts API request failed");
         }
         ApiError {
-            status: StatusCode::from_u16(err.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            status: StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: err.code(),
             reason: err.public_reason(),
             resp_code: err.resp_code(),
@@ -65,12 +60,7 @@ impl From<AccountError> for ApiError {
 
 impl ApiError {
     fn bad_request(code: &'static str, reason: String) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            reason,
-            resp_code: RespCode::InvalidInput,
-        }
+        ApiError { status: StatusCode::BAD_REQUEST, code, reason, resp_code: RespCode::InvalidInput }
     }
 }
 
@@ -91,20 +81,16 @@ impl ResponseError for ApiError {
 fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let api = match &err {
-        E::ContentType => ApiError::bad_request(
-            "invalid_json",
-            "expected Content-Type: application/json".into(),
-        ),
+        E::ContentType => ApiError::bad_request("invalid_json", "expected Content-Type: application/json".into()),
         E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "body_too_large",
             reason: format!("request body exceeds {BODY_LIMIT} bytes"),
             resp_code: RespCode::InvalidInput,
         },
-        other => ApiError::bad_request(
-            "invalid_json",
-            format!("request body is not valid JSON for this route: {other}"),
-        ),
+        other => {
+            ApiError::bad_request("invalid_json", format!("request body is not valid JSON for this route: {other}"))
+        }
     };
     actix_web::error::InternalError::from_response(err, api.error_response()).into()
 }
@@ -131,42 +117,26 @@ struct SignoutBody {
     session: String,
 }
 
-async fn signup(
-    accounts: web::Data<Accounts>,
-    body: web::Json<SignupBody>,
-) -> Result<HttpResponse, ApiError> {
+async fn signup(accounts: web::Data<Accounts>, body: web::Json<SignupBody>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let algorithm = HashAlgorithm::parse(body.hash.as_deref().unwrap_or("argon2id"))?;
-    let token = accounts
-        .signup(&body.username, &body.password, algorithm)
-        .await?;
-    Ok(HttpResponse::Created()
-        .json(json!({ "session": token.as_str(), "username": body.username.trim() })))
+    let token = accounts.signup(&body.username, &body.password, algorithm).await?;
+    Ok(HttpResponse::Created().json(json!({ "session": token.as_str(), "username": body.username.trim() })))
 }
 
-async fn signin(
-    accounts: web::Data<Accounts>,
-    body: web::Json<SigninBody>,
-) -> Result<HttpResponse, ApiError> {
+async fn signin(accounts: web::Data<Accounts>, body: web::Json<SigninBody>) -> Result<HttpResponse, ApiError> {
     let token = accounts.signin(&body.username, &body.password).await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "session": token.as_str(), "username": body.username.trim() })))
+    Ok(HttpResponse::Ok().json(json!({ "session": token.as_str(), "username": body.username.trim() })))
 }
 
 /// The token from `Authorization: Bearer <token>`, if that header is present and well-formed.
 fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
-async fn signout(
-    accounts: web::Data<Accounts>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
+async fn signout(accounts: web::Data<Accounts>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let token = match bearer(&req) {
         Some(token) => token,
         None if body.iter().all(u8::is_ascii_whitespace) => {
@@ -175,10 +145,7 @@ async fn signout(
         None => {
             serde_json::from_slice::<SignoutBody>(&body)
                 .map_err(|e| {
-                    ApiError::bad_request(
-                        "invalid_json",
-                        format!("request body is not valid JSON for this route: {e}"),
-                    )
+                    ApiError::bad_request("invalid_json", format!("request body is not valid JSON for this route: {e}"))
                 })?
                 .session
         }

@@ -16,8 +16,9 @@ pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default().limit(JSON_LIMIT).error_handler(|err, _req| {
         use actix_web::error::JsonPayloadError as E;
         let response = match &err {
-            E::OverflowKnownLength { .. } | E::Overflow { .. } => HttpResponse::PayloadTooLarge()
-                .json(json!({ "error": "body_too_large", "reason": format!("request body exceeds {JSON_LIMIT} bytes") })),
+            E::OverflowKnownLength { .. } | E::Overflow { .. } => HttpResponse::PayloadTooLarge().json(
+                json!({ "error": "body_too_large", "reason": format!("request body exceeds {JSON_LIMIT} bytes") }),
+            ),
             other => HttpResponse::BadRequest().json(json!({ "error": "invalid_json", "reason": other.to_string() })),
         };
         actix_web::error::InternalError::from_response(err, response).into()
@@ -26,5 +27,6 @@ pub fn json_config() -> web::JsonConfig {
 
 /// Fallback for unknown routes: a JSON 404.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    HttpResponse::NotFound().json(json!({ "error": "not_found", "reason": format!("no route for {} {}", req.method(), req.path()) }))
+    HttpResponse::NotFound()
+        .json(json!({ "error": "not_found", "reason": format!("no route for {} {}", req.method(), req.path()) }))
 }

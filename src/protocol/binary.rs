@@ -137,7 +137,8 @@ mod tests {
     #[test]
     fn encodes_reply_push_and_broadcast_layouts() {
         let body = Payload::Binary(Bytes::from_static(&[9, 8]));
-        let reply = Outgoing::Reply { join_ref: Some("1"), msg_ref: Some("22"), topic: "t", status: "ok", response: &body };
+        let reply =
+            Outgoing::Reply { join_ref: Some("1"), msg_ref: Some("22"), topic: "t", status: "ok", response: &body };
         assert_eq!(
             Serializer::V2.encode(&reply).unwrap(),
             WireFrame::Binary(Bytes::from_static(&[1, 1, 2, 1, 2, b'1', b'2', b'2', b't', b'o', b'k', 9, 8]))

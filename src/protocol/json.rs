@@ -45,9 +45,8 @@ struct V1Message {
 }
 
 pub(super) fn decode_v1(text: &str) -> Result<Message, DecodeError> {
-    let msg: V1Message = serde_json::from_str(text).map_err(|e| {
-        DecodeError::Malformed(format!("expected {{topic, event, payload, ref}}: {e}"))
-    })?;
+    let msg: V1Message = serde_json::from_str(text)
+        .map_err(|e| DecodeError::Malformed(format!("expected {{topic, event, payload, ref}}: {e}")))?;
     Ok(Message {
         join_ref: msg.join_ref,
         msg_ref: msg.msg_ref,
@@ -246,7 +245,8 @@ mod tests {
             text(Serializer::V2.encode(&broadcast).unwrap()),
             r#"[null,null,"room:lobby","new_msg",{"body":"hi \"there\""}]"#
         );
-        let push = Outgoing::Push { join_ref: Some("5"), topic: "room:lobby", event: "presence_state", payload: &response };
+        let push =
+            Outgoing::Push { join_ref: Some("5"), topic: "room:lobby", event: "presence_state", payload: &response };
         assert_eq!(text(Serializer::V2.encode(&push).unwrap()), r#"["5",null,"room:lobby","presence_state",{}]"#);
         let close = Outgoing::Lifecycle { join_ref: "3", topic: "room:raw", event: PHX_CLOSE, payload: &response };
         assert_eq!(text(Serializer::V2.encode(&close).unwrap()), r#"["3","3","room:raw","phx_close",{}]"#);

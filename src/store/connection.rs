@@ -49,10 +49,7 @@ impl Backend {
 
 /// Turns a SQLite URL into what `sqlite3_open` expects; `sqlite://` is accepted as a prefix.
 fn sqlite_path(url: &str) -> Result<&str, StoreError> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     if path.trim().is_empty() {
         return Err(StoreError::InvalidUrl("empty SQLite path".into()));
     }
@@ -86,9 +83,7 @@ impl ManageConnection for Manager {
         establish(&self.url, self.busy_timeout).map_err(|err| match err {
             StoreError::Connect(e) => diesel::r2d2::Error::ConnectionError(e),
             StoreError::Query(e) => diesel::r2d2::Error::QueryError(e),
-            other => diesel::r2d2::Error::ConnectionError(diesel::ConnectionError::BadConnection(
-                other.to_string(),
-            )),
+            other => diesel::r2d2::Error::ConnectionError(diesel::ConnectionError::BadConnection(other.to_string())),
         })
     }
 
@@ -120,9 +115,6 @@ mod tests {
         assert_eq!(sqlite_path("sqlite://a.db").ok(), Some("a.db"));
         assert_eq!(sqlite_path("sqlite:b.db").ok(), Some("b.db"));
         assert_eq!(sqlite_path("c.db").ok(), Some("c.db"));
-        assert!(matches!(
-            sqlite_path("sqlite://"),
-            Err(StoreError::InvalidUrl(_))
-        ));
+        assert!(matches!(sqlite_path("sqlite://"), Err(StoreError::InvalidUrl(_))));
     }
 }

@@ -21,18 +21,9 @@ pub struct DeviceRow {
 }
 
 /// Registers a device, or refreshes `last_seen_at` if it is already known.
-pub fn upsert(
-    conn: &mut DbConnection,
-    user_id: &str,
-    device_id: &str,
-    now: Millis,
-) -> Result<(), StoreError> {
-    let row = DeviceRow {
-        user_id: user_id.to_owned(),
-        device_id: device_id.to_owned(),
-        created_at: now,
-        last_seen_at: now,
-    };
+pub fn upsert(conn: &mut DbConnection, user_id: &str, device_id: &str, now: Millis) -> Result<(), StoreError> {
+    let row =
+        DeviceRow { user_id: user_id.to_owned(), device_id: device_id.to_owned(), created_at: now, last_seen_at: now };
     per_backend!(conn, c => diesel::insert_into(devices::table)
         .values(&row)
         .on_conflict((devices::user_id, devices::device_id))

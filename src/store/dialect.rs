@@ -33,8 +33,7 @@ pub(crate) fn sqlite_pragmas(busy_timeout: Duration) -> String {
 pub(crate) fn begin_write(conn: &mut DbConnection) -> QueryResult<()> {
     match conn {
         DbConnection::Sqlite(c) => {
-            let depth =
-                AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()?;
+            let depth = AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()?;
             if depth.is_some() {
                 AnsiTransactionManager::begin_transaction(c)
             } else {

@@ -36,9 +36,7 @@ impl From<DieselError> for StoreError {
         match err {
             // Callers decide what a duplicate means (user in use, invite exists); they need
             // to see it as a value, not as an opaque query failure.
-            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
-                StoreError::AlreadyExists
-            }
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::AlreadyExists,
             other => StoreError::Query(other),
         }
     }

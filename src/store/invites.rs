@@ -34,9 +34,7 @@ impl InviteStatus {
             "pending" => Ok(InviteStatus::Pending),
             "accepted" => Ok(InviteStatus::Accepted),
             "rejected" => Ok(InviteStatus::Rejected),
-            other => Err(StoreError::Corrupt(format!(
-                "unknown invite status `{other}`"
-            ))),
+            other => Err(StoreError::Corrupt(format!("unknown invite status `{other}`"))),
         }
     }
 }
@@ -72,12 +70,7 @@ pub struct PendingInvite {
 }
 
 /// Records a pending invite from `from_id` to `to_id`, re-opening an earlier answered one.
-pub fn upsert_pending(
-    conn: &mut DbConnection,
-    from_id: &str,
-    to_id: &str,
-    now: Millis,
-) -> Result<(), StoreError> {
+pub fn upsert_pending(conn: &mut DbConnection, from_id: &str, to_id: &str, now: Millis) -> Result<(), StoreError> {
     let row = NewInvite {
         from_user: from_id,
         to_user: to_id,
@@ -102,11 +95,7 @@ pub fn upsert_pending(
 }
 
 /// The status of the invite from `from_id` to `to_id`, if one exists.
-pub fn status(
-    conn: &mut DbConnection,
-    from_id: &str,
-    to_id: &str,
-) -> Result<Option<InviteStatus>, StoreError> {
+pub fn status(conn: &mut DbConnection, from_id: &str, to_id: &str) -> Result<Option<InviteStatus>, StoreError> {
     let raw: Option<String> = invites::table
         .filter(invites::from_user.eq(from_id))
         .filter(invites::to_user.eq(to_id))
@@ -125,11 +114,7 @@ pub fn respond(
     accept: bool,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    let new_status = if accept {
-        InviteStatus::Accepted
-    } else {
-        InviteStatus::Rejected
-    };
+    let new_status = if accept { InviteStatus::Accepted } else { InviteStatus::Rejected };
     write_transaction(conn, |conn| {
         let n = diesel::update(
             invites::table
@@ -137,26 +122,15 @@ pub fn respond(
                 .filter(invites::to_user.eq(to_id))
                 .filter(invites::status.eq(InviteStatus::Pending.as_str())),
         )
-        .set((
-            invites::status.eq(new_status.as_str()),
-            invites::responded_at.eq(Some(now)),
-        ))
+        .set((invites::status.eq(new_status.as_str()), invites::responded_at.eq(Some(now))))
         .execute(conn)?;
         if n == 0 {
             return Ok(false);
         }
         if accept {
             let rows = [
-                NewContact {
-                    user_id: from_id,
-                    contact_id: to_id,
-                    created_at: now,
-                },
-                NewContact {
-                    user_id: to_id,
-                    contact_id: from_id,
-                    created_at: now,
-                },
+                NewContact { user_id: from_id, contact_id: to_id, created_at: now },
+                NewContact { user_id: to_id, contact_id: from_id, created_at: now },
             ];
             for row in &rows {
                 per_backend!(&mut *conn, c => diesel::insert_into(contacts::table)
@@ -170,11 +144,7 @@ pub fn respond(
 }
 
 /// Every unanswered invite to `to_id`, oldest first, marking first-time ones delivered at `now`.
-pub fn take_pending_for(
-    conn: &mut DbConnection,
-    to_id: &str,
-    now: Millis,
-) -> Result<Vec<PendingInvite>, StoreError> {
+pub fn take_pending_for(conn: &mut DbConnection, to_id: &str, now: Millis) -> Result<Vec<PendingInvite>, StoreError> {
     write_transaction(conn, |conn| {
         let rows: Vec<(String, Millis, Option<Millis>)> = invites::table
             .inner_join(users::table.on(users::id.eq(invites::from_user)))
@@ -193,11 +163,7 @@ pub fn take_pending_for(
         .execute(conn)?;
         Ok(rows
             .into_iter()
-            .map(|(from_username, created_at, delivered_at)| PendingInvite {
-                from_username,
-                created_at,
-                delivered_at,
-            })
+            .map(|(from_username, created_at, delivered_at)| PendingInvite { from_username, created_at, delivered_at })
             .collect())
     })
 }

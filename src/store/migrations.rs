@@ -12,12 +12,12 @@ pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migration
 /// Applies every pending migration for the connection's dialect; returns the versions applied.
 pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
     let applied = match conn {
-        DbConnection::Sqlite(c) => c
-            .run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|v| v.iter().map(|m| m.to_string()).collect()),
-        DbConnection::Pg(c) => c
-            .run_pending_migrations(POSTGRES_MIGRATIONS)
-            .map(|v| v.iter().map(|m| m.to_string()).collect()),
+        DbConnection::Sqlite(c) => {
+            c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect())
+        }
+        DbConnection::Pg(c) => {
+            c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect())
+        }
     };
     applied.map_err(|e| StoreError::Migration(e.to_string()))
 }
@@ -30,9 +30,7 @@ mod tests {
     use diesel::sqlite::Sqlite;
 
     fn names<DB: diesel::backend::Backend>(source: &impl MigrationSource<DB>) -> Vec<String> {
-        let migrations = source
-            .migrations()
-            .expect("embedded migrations are readable");
+        let migrations = source.migrations().expect("embedded migrations are readable");
         let mut names: Vec<String> = migrations.iter().map(|m| m.name().to_string()).collect();
         names.sort();
         names
@@ -43,10 +41,7 @@ mod tests {
         let sqlite = names::<Sqlite>(&SQLITE_MIGRATIONS);
         let postgres = names::<Pg>(&POSTGRES_MIGRATIONS);
         assert!(!sqlite.is_empty(), "no SQLite migrations embedded");
-        assert_eq!(
-            sqlite, postgres,
-            "migrations/sqlite and migrations/postgres differ"
-        );
+        assert_eq!(sqlite, postgres, "migrations/sqlite and migrations/postgres differ");
     }
 
     #[test]

@@ -55,10 +55,7 @@ impl Default for StoreOptions {
 impl StoreOptions {
     /// Default options for the given URL.
     pub fn new(url: impl Into<String>) -> Self {
-        StoreOptions {
-            url: url.into(),
-            ..StoreOptions::default()
-        }
+        StoreOptions { url: url.into(), ..StoreOptions::default() }
     }
 }
 
@@ -72,9 +69,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     // The URL may carry a password, so only the backend is shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("backend", &self.backend)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 
@@ -92,18 +87,11 @@ impl Store {
         let mut first = connection::establish(&options.url, options.busy_timeout)?;
         let applied = migrations::run_pending(&mut first)?;
         if !applied.is_empty() {
-            tracing::info!(
-                backend = backend.name(),
-                ?applied,
-                "applied database migrations"
-            );
+            tracing::info!(backend = backend.name(), ?applied, "applied database migrations");
         }
         drop(first);
 
-        let manager = Manager {
-            url: options.url.clone(),
-            busy_timeout: options.busy_timeout,
-        };
+        let manager = Manager { url: options.url.clone(), busy_timeout: options.busy_timeout };
         let pool = Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(1))

@@ -14,28 +14,16 @@ struct NewPending<'a> {
 }
 
 /// Queues `frame` for `user_id` unless `limit` frames are already waiting; returns whether it was queued.
-pub fn push(
-    conn: &mut DbConnection,
-    user_id: &str,
-    frame: &str,
-    now: Millis,
-    limit: i64,
-) -> Result<bool, StoreError> {
+pub fn push(conn: &mut DbConnection, user_id: &str, frame: &str, now: Millis, limit: i64) -> Result<bool, StoreError> {
     // Count and insert in one write transaction so concurrent senders cannot overshoot the limit.
     write_transaction(conn, |conn| {
-        let waiting: i64 = pending_messages::table
-            .filter(pending_messages::user_id.eq(user_id))
-            .count()
-            .get_result(conn)?;
+        let waiting: i64 =
+            pending_messages::table.filter(pending_messages::user_id.eq(user_id)).count().get_result(conn)?;
         if waiting >= limit {
             return Ok(false);
         }
         diesel::insert_into(pending_messages::table)
-            .values(NewPending {
-                user_id,
-                frame,
-                created_at: now,
-            })
+            .values(NewPending { user_id, frame, created_at: now })
             .execute(conn)?;
         Ok(true)
     })
@@ -64,8 +52,5 @@ pub fn take_all(conn: &mut DbConnection, user_id: &str) -> Result<Vec<String>, S
 
 /// How many frames wait for `user_id`.
 pub fn count_for(conn: &mut DbConnection, user_id: &str) -> Result<i64, StoreError> {
-    Ok(pending_messages::table
-        .filter(pending_messages::user_id.eq(user_id))
-        .count()
-        .get_result(conn)?)
+    Ok(pending_messages::table.filter(pending_messages::user_id.eq(user_id)).count().get_result(conn)?)
 }

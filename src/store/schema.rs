@@ -62,11 +62,4 @@ diesel::joinable!(devices -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(pending_messages -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(
-    users,
-    devices,
-    sessions,
-    invites,
-    contacts,
-    pending_messages,
-);
+diesel::allow_tables_to_appear_in_same_query!(users, devices, sessions, invites, contacts, pending_messages,);

@@ -25,17 +25,12 @@ pub struct SessionRow {
 
 /// Inserts a new session.
 pub fn insert(conn: &mut DbConnection, row: &SessionRow) -> Result<(), StoreError> {
-    diesel::insert_into(sessions::table)
-        .values(row)
-        .execute(conn)?;
+    diesel::insert_into(sessions::table).values(row).execute(conn)?;
     Ok(())
 }
 
 /// The session with this digest and its owner's username.
-pub fn find(
-    conn: &mut DbConnection,
-    token_hash: &[u8],
-) -> Result<Option<(SessionRow, String)>, StoreError> {
+pub fn find(conn: &mut DbConnection, token_hash: &[u8]) -> Result<Option<(SessionRow, String)>, StoreError> {
     Ok(sessions::table
         .inner_join(users::table)
         .filter(sessions::token_hash.eq(token_hash))
@@ -47,9 +42,7 @@ pub fn find(
 /// Marks a session revoked at `now`; returns false when there was no unrevoked session.
 pub fn revoke(conn: &mut DbConnection, token_hash: &[u8], now: Millis) -> Result<bool, StoreError> {
     let n = diesel::update(
-        sessions::table
-            .filter(sessions::token_hash.eq(token_hash))
-            .filter(sessions::revoked_at.is_null()),
+        sessions::table.filter(sessions::token_hash.eq(token_hash)).filter(sessions::revoked_at.is_null()),
     )
     .set(sessions::revoked_at.eq(Some(now)))
     .execute(conn)?;
@@ -57,11 +50,7 @@ pub fn revoke(conn: &mut DbConnection, token_hash: &[u8], now: Millis) -> Result
 }
 
 /// Records which device a session belongs to.
-pub fn set_device(
-    conn: &mut DbConnection,
-    token_hash: &[u8],
-    device_id: &str,
-) -> Result<bool, StoreError> {
+pub fn set_device(conn: &mut DbConnection, token_hash: &[u8], device_id: &str) -> Result<bool, StoreError> {
     let n = diesel::update(sessions::table.filter(sessions::token_hash.eq(token_hash)))
         .set(sessions::device_id.eq(Some(device_id)))
         .execute(conn)?;
@@ -70,12 +59,6 @@ pub fn set_device(
 
 /// Deletes sessions that expired or were revoked before `before`; returns how many.
 pub fn purge(conn: &mut DbConnection, before: Millis) -> Result<usize, StoreError> {
-    Ok(diesel::delete(
-        sessions::table.filter(
-            sessions::expires_at
-                .le(before)
-                .or(sessions::revoked_at.le(before)),
-        ),
-    )
-    .execute(conn)?)
+    Ok(diesel::delete(sessions::table.filter(sessions::expires_at.le(before).or(sessions::revoked_at.le(before))))
+        .execute(conn)?)
 }

@@ -14,8 +14,8 @@ use bytestring::ByteString;
 
 use super::Sockets;
 use super::writer::{Outbound, QueueError};
-use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
 use crate::accounts::Accounts;
+use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
 use crate::channels::user::{json_topic, notify_account_event};
 use crate::protocol::WireFrame;
 use crate::pubsub::{Deliver, PubSub};

@@ -12,7 +12,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture,
+};
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError, Session};
 use futures_util::{FutureExt, Stream};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -135,7 +137,14 @@ impl SocketSession {
         }
     }
 
-    fn reply(&mut self, ctx: &mut Context<Self>, join_ref: Option<&str>, msg_ref: Option<&str>, topic: &str, reply: &Reply) {
+    fn reply(
+        &mut self,
+        ctx: &mut Context<Self>,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        reply: &Reply,
+    ) {
         let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: &reply.status, response: &reply.response };
         match self.serializer.encode(&frame) {
             Ok(wire) => self.enqueue(ctx, wire),
@@ -313,12 +322,8 @@ impl SocketSession {
             old.join_ref
         });
 
-        let request = JoinRequest {
-            topic: topic.clone(),
-            payload,
-            socket: Rc::clone(&self.info),
-            pubsub: self.pubsub.clone(),
-        };
+        let request =
+            JoinRequest { topic: topic.clone(), payload, socket: Rc::clone(&self.info), pubsub: self.pubsub.clone() };
         let joining = std::panic::catch_unwind(AssertUnwindSafe(|| factory.join(request)));
         let (pubsub, recipient, subscriber, sub_topic) =
             (self.pubsub.clone(), Self::recipient(ctx), self.conn(), topic.clone());
@@ -340,10 +345,8 @@ impl SocketSession {
             match result {
                 Ok(joined) => {
                     tracing::info!(conn = act.conn(), topic, join_ref = channel_join_ref, "joined");
-                    act.channels.insert(
-                        topic.clone(),
-                        JoinedChannel { join_ref: channel_join_ref, channel: joined.channel },
-                    );
+                    act.channels
+                        .insert(topic.clone(), JoinedChannel { join_ref: channel_join_ref, channel: joined.channel });
                     act.reply(ctx, jr, mr, &topic, &Reply::ok(joined.response));
                     if let Some(old) = replaced {
                         act.lifecycle(ctx, &old, &topic, PHX_CLOSE);

@@ -44,7 +44,10 @@ async fn invite_exchange(db: Arc<TestDb>) {
     bob.send(json!(["1", "1", "user:bob", "phx_join", {}])).await;
     let joined = bob.recv_json().await;
     assert_eq!(joined[4]["status"], "ok", "{joined}");
-    assert_eq!(joined[4]["response"]["identity"], json!({"eid": "bob", "connection_resource_id": "phone", "node": "courier@localhost"}));
+    assert_eq!(
+        joined[4]["response"]["identity"],
+        json!({"eid": "bob", "connection_resource_id": "phone", "node": "courier@localhost"})
+    );
 
     // alice speaks the seed-002 protocol, frame for frame.
     let mut alice = json_client(&server).await;
@@ -186,16 +189,24 @@ async fn invalid_utf8_is_refused_cleanly_everywhere() {
     let server = TestServer::start();
     let body = b"{\"username\":\"\xff\xfe\",\"password\":\"correct horse battery\"}";
     let (status, reply) =
-        crate::support::http_bytes(server.addr, "POST", "/api/signup", &[("Content-Type", "application/json")], body).await;
+        crate::support::http_bytes(server.addr, "POST", "/api/signup", &[("Content-Type", "application/json")], body)
+            .await;
     assert_eq!(status, 400, "{reply}");
     assert!(serde_json::from_str::<Value>(&reply).unwrap()["reason"].is_string(), "{reply}");
 
-    let (status, reply) = http(server.addr, "GET", "/socket/websocket?vsn=2.0.0&token=%FF%FE", &[
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ], "").await;
+    let (status, reply) = http(
+        server.addr,
+        "GET",
+        "/socket/websocket?vsn=2.0.0&token=%FF%FE",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "",
+    )
+    .await;
     assert_eq!(status, 400, "{reply}");
 
     let mut json_socket = json_client(&server).await;

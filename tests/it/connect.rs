@@ -61,7 +61,8 @@ async fn disconnect_on_a_socket_id_closes_every_socket_of_that_id_with_1001() {
     bob.join_ok("room:d", "1").await;
 
     let auth = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
-    let (status, body) = http(server.addr, "POST", "/admin/sockets/disconnect", &auth, r#"{"id":"user_socket:alice"}"#).await;
+    let (status, body) =
+        http(server.addr, "POST", "/admin/sockets/disconnect", &auth, r#"{"id":"user_socket:alice"}"#).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(alice1.recv_close().await.0, 1001);
     assert_eq!(alice2.recv_close().await.0, 1001);
@@ -77,7 +78,8 @@ async fn admin_routes_need_the_token_and_bad_bodies_get_json_errors() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "unauthorized");
 
     let _c = server.client().await;
-    let (status, body) = http(server.addr, "GET", "/admin/stats", &[("Authorization", "Bearer admin-secret")], "").await;
+    let (status, body) =
+        http(server.addr, "GET", "/admin/stats", &[("Authorization", "Bearer admin-secret")], "").await;
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["sockets"], 1);
 

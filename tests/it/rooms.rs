@@ -98,10 +98,7 @@ async fn missing_vsn_means_v1_and_v1_and_v2_members_share_a_room() {
     v2.join_ok("room:mixed", "1").await;
     v2.send(json!(["1", "2", "room:mixed", "say", {"x": 1}])).await;
     assert_eq!(v2.recv_json().await, ok_reply(Some("1"), "2", "room:mixed", json!({})));
-    assert_eq!(
-        v1.recv_json().await,
-        json!({"event": "say", "payload": {"x": 1}, "ref": null, "topic": "room:mixed"})
-    );
+    assert_eq!(v1.recv_json().await, json!({"event": "say", "payload": {"x": 1}, "ref": null, "topic": "room:mixed"}));
 }
 
 #[tokio::test]

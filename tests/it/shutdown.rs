@@ -33,7 +33,10 @@ fn spawn_binary(
 ) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
     cmd.args(["--bind", "127.0.0.1:0", "--database-url"])
-        .arg(database).stdout(Stdio::null()).stderr(Stdio::piped()).env("NO_COLOR", "1");
+        .arg(database)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -102,7 +105,8 @@ async fn the_binary_reads_a_config_file_and_refuses_unknown_keys_by_name() {
     let config_arg = config.to_string_lossy().into_owned();
     let (mut child, addr, _logs) =
         spawn_binary(&dir.path().join("courier.db"), &[("COURIER_CONFIG", config_arg.as_str())]);
-    let (status, body) = http(addr.parse().unwrap(), "GET", "/admin/stats", &[("Authorization", "Bearer from-file")], "").await;
+    let (status, body) =
+        http(addr.parse().unwrap(), "GET", "/admin/stats", &[("Authorization", "Bearer from-file")], "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("courier@test"), "{body}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

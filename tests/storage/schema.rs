@@ -6,12 +6,7 @@ use diesel::prelude::*;
 
 use crate::support::TestDb;
 
-backend_tests!(
-    schema_matches_migrations,
-    reopening_applies_nothing,
-    foreign_keys_are_enforced,
-    sqlite_settings
-);
+backend_tests!(schema_matches_migrations, reopening_applies_nothing, foreign_keys_are_enforced, sqlite_settings);
 
 type SessionColumns = (Vec<u8>, String, Option<String>, i64, i64, Option<i64>);
 type InviteColumns = (String, String, String, i64, Option<i64>, Option<i64>);
@@ -21,17 +16,13 @@ async fn schema_matches_migrations(db: &TestDb) {
     // Selecting every declared column with its declared type fails if a name or type drifted.
     let counts = store
         .run(|c| {
-            let u: Vec<(String, String, String, i64)> =
-                users::table.select(users::all_columns).load(c)?;
-            let d: Vec<(String, String, i64, i64)> =
-                devices::table.select(devices::all_columns).load(c)?;
+            let u: Vec<(String, String, String, i64)> = users::table.select(users::all_columns).load(c)?;
+            let d: Vec<(String, String, i64, i64)> = devices::table.select(devices::all_columns).load(c)?;
             let s: Vec<SessionColumns> = sessions::table.select(sessions::all_columns).load(c)?;
             let i: Vec<InviteColumns> = invites::table.select(invites::all_columns).load(c)?;
-            let k: Vec<(String, String, i64)> =
-                contacts::table.select(contacts::all_columns).load(c)?;
-            let p: Vec<(i64, String, String, i64)> = pending_messages::table
-                .select(pending_messages::all_columns)
-                .load(c)?;
+            let k: Vec<(String, String, i64)> = contacts::table.select(contacts::all_columns).load(c)?;
+            let p: Vec<(i64, String, String, i64)> =
+                pending_messages::table.select(pending_messages::all_columns).load(c)?;
             Ok([u.len(), d.len(), s.len(), i.len(), k.len(), p.len()])
         })
         .await
@@ -42,15 +33,8 @@ async fn schema_matches_migrations(db: &TestDb) {
 async fn reopening_applies_nothing(db: &TestDb) {
     let store = db.open();
     let applied = store.run(store::migrations::run_pending).await.unwrap();
-    assert!(
-        applied.is_empty(),
-        "migrations already ran at open: {applied:?}"
-    );
-    let expected = if db.is_postgres() {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
-    };
+    assert!(applied.is_empty(), "migrations already ran at open: {applied:?}");
+    let expected = if db.is_postgres() { Backend::Postgres } else { Backend::Sqlite };
     assert_eq!(store.backend(), expected);
 }
 
@@ -64,10 +48,7 @@ async fn foreign_keys_are_enforced(db: &TestDb) {
         expires_at: 1,
         revoked_at: None,
     };
-    let err = store
-        .run(move |c| store::sessions::insert(c, &row))
-        .await
-        .unwrap_err();
+    let err = store.run(move |c| store::sessions::insert(c, &row)).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -92,11 +73,9 @@ async fn sqlite_settings(db: &TestDb) {
         .run(|c| match c {
             DbConnection::Sqlite(c) => {
                 let mut read = |pragma: &str| -> Result<String, StoreError> {
-                    Ok(
-                        diesel::sql_query(format!("SELECT CAST({pragma} AS TEXT) AS value"))
-                            .get_result::<Pragma>(c)?
-                            .value,
-                    )
+                    Ok(diesel::sql_query(format!("SELECT CAST({pragma} AS TEXT) AS value"))
+                        .get_result::<Pragma>(c)?
+                        .value)
                 };
                 Ok(Some((
                     read("(SELECT journal_mode FROM pragma_journal_mode)")?,

@@ -31,40 +31,24 @@ impl TestDb {
     /// A fresh SQLite file in a temp directory.
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = dir
-            .path()
-            .join("courier-test.db")
-            .to_string_lossy()
-            .into_owned();
-        TestDb {
-            url,
-            _dir: Some(dir),
-            pg: None,
-        }
+        let url = dir.path().join("courier-test.db").to_string_lossy().into_owned();
+        TestDb { url, _dir: Some(dir), pg: None }
     }
 
     /// A fresh schema on the `COURIER_TEST_PG` server, or `None` (with a notice) when unset.
     pub fn postgres(test: &str) -> Option<TestDb> {
         let Ok(admin_url) = std::env::var(PG_ENV) else {
-            eprintln!(
-                "skipping PostgreSQL variant of {test}: set {PG_ENV}=postgres://... to run it"
-            );
+            eprintln!("skipping PostgreSQL variant of {test}: set {PG_ENV}=postgres://... to run it");
             return None;
         };
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::establish(&admin_url).expect("connect to COURIER_TEST_PG");
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .expect("create test schema");
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
         // libpq's `options` sets search_path per connection, so every pooled connection (and
         // the migrations table) lands in this test's schema.
         let sep = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
-        Some(TestDb {
-            url,
-            _dir: None,
-            pg: Some(PgSchema { admin_url, schema }),
-        })
+        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, schema }) })
     }
 
     /// Whether this database is a PostgreSQL schema.
@@ -100,9 +84,7 @@ impl Drop for TestDb {
         if let Some(pg) = &self.pg {
             match PgConnection::establish(&pg.admin_url) {
                 Ok(mut admin) => {
-                    if let Err(e) =
-                        admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pg.schema))
-                    {
+                    if let Err(e) = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pg.schema)) {
                         eprintln!("could not drop test schema {}: {e}", pg.schema);
                     }
                 }

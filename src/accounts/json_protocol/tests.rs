@@ -27,10 +27,7 @@ fn fixture_with(config: AccountsConfig) -> Fixture {
     let url = dir.path().join("proto.db").to_string_lossy().into_owned();
     let store = Store::open(&url).expect("open store");
     let accounts = Accounts::new(store, config).expect("accounts");
-    Fixture {
-        accounts,
-        _dir: dir,
-    }
+    Fixture { accounts, _dir: dir }
 }
 
 fn fixture() -> Fixture {
@@ -39,20 +36,13 @@ fn fixture() -> Fixture {
 
 async fn identified(f: &Fixture) -> JsonProtocolSession {
     let mut s = JsonProtocolSession::new(f.accounts.clone());
-    let out = s
-        .handle_frame(json!({"type": "identification", "version": "1.0.0"}))
-        .await;
+    let out = s.handle_frame(json!({"type": "identification", "version": "1.0.0"})).await;
     assert_eq!(out.replies[0]["resp_code"], 0);
     s
 }
 
 fn only_reply(out: &Outcome) -> &Value {
-    assert_eq!(
-        out.replies.len(),
-        1,
-        "expected one reply, got {:?}",
-        out.replies
-    );
+    assert_eq!(out.replies.len(), 1, "expected one reply, got {:?}", out.replies);
     &out.replies[0]
 }
 
@@ -60,10 +50,7 @@ fn assert_error_frame(out: &Outcome, needle: &str) {
     let reply = only_reply(out);
     assert_eq!(reply["type"], "error", "{reply}");
     let reason = reply["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains(needle),
-        "reason {reason:?} lacks {needle:?}"
-    );
+    assert!(reason.contains(needle), "reason {reason:?} lacks {needle:?}");
     assert!(out.effects.is_empty());
 }
 
@@ -80,9 +67,7 @@ async fn signup(s: &mut JsonProtocolSession, name: &str) -> String {
 async fn subscribed(f: &Fixture, name: &str) -> (JsonProtocolSession, String) {
     let mut s = identified(f).await;
     let token = signup(&mut s, name).await;
-    let out = s
-        .handle_frame(json!({"type": "subscribe", "session": token}))
-        .await;
+    let out = s.handle_frame(json!({"type": "subscribe", "session": token})).await;
     assert_eq!(out.replies[0], json!({"type": "subscribe", "resp_code": 0}));
     (s, token)
 }
@@ -92,9 +77,7 @@ async fn identification_exactly_as_the_seed() {
     let f = fixture();
     let mut s = JsonProtocolSession::new(f.accounts.clone());
     assert!(!s.is_identified());
-    let out = s
-        .handle_text(r#"{"type":"identification","version":"1.0.0","client":"<optional>"}"#)
-        .await;
+    let out = s.handle_text(r#"{"type":"identification","version":"1.0.0","client":"<optional>"}"#).await;
     assert_eq!(
         only_reply(&out),
         &json!({"type": "identification", "version": "1.0.0", "server": "courier", "invitations": true, "resp_code": 0})
@@ -106,9 +89,7 @@ async fn identification_exactly_as_the_seed() {
 async fn other_versions_get_an_error_frame() {
     let f = fixture();
     let mut s = JsonProtocolSession::new(f.accounts.clone());
-    let out = s
-        .handle_frame(json!({"type": "identification", "version": "2.0.0"}))
-        .await;
+    let out = s.handle_frame(json!({"type": "identification", "version": "2.0.0"})).await;
     assert_error_frame(&out, "unsupported protocol version `2.0.0`");
     assert!(!s.is_identified());
 }
@@ -117,9 +98,7 @@ async fn other_versions_get_an_error_frame() {
 async fn everything_waits_for_identification() {
     let f = fixture();
     let mut s = JsonProtocolSession::new(f.accounts.clone());
-    let out = s
-        .handle_frame(json!({"type": "signin", "username": "a", "password": "secretpassword"}))
-        .await;
+    let out = s.handle_frame(json!({"type": "signin", "username": "a", "password": "secretpassword"})).await;
     assert_error_frame(&out, "identification");
 }
 
@@ -127,29 +106,17 @@ async fn everything_waits_for_identification() {
 async fn protocol_standard_lists_ciphers_and_hashes() {
     let f = fixture();
     let mut s = identified(&f).await;
-    let out = s
-        .handle_frame(json!({"type": "protocol.standard", "standards": "ciphers,hashes"}))
-        .await;
+    let out = s.handle_frame(json!({"type": "protocol.standard", "standards": "ciphers,hashes"})).await;
     assert_eq!(
         only_reply(&out),
         &json!({"type": "protocol.standard", "ciphers": ["xchacha-poly1305", "aes256-gcm"], "hashes": ["argon2id"], "resp_code": 0})
     );
-    let out = s
-        .handle_frame(json!({"type": "protocol.standard", "standards": "hashes"}))
-        .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "protocol.standard", "hashes": ["argon2id"], "resp_code": 0})
-    );
+    let out = s.handle_frame(json!({"type": "protocol.standard", "standards": "hashes"})).await;
+    assert_eq!(only_reply(&out), &json!({"type": "protocol.standard", "hashes": ["argon2id"], "resp_code": 0}));
 
-    let f = fixture_with(AccountsConfig {
-        allow_sha256: true,
-        ..config()
-    });
+    let f = fixture_with(AccountsConfig { allow_sha256: true, ..config() });
     let mut s = identified(&f).await;
-    let out = s
-        .handle_frame(json!({"type": "protocol.standard", "standards": "ciphers,hashes"}))
-        .await;
+    let out = s.handle_frame(json!({"type": "protocol.standard", "standards": "ciphers,hashes"})).await;
     assert_eq!(only_reply(&out)["hashes"], json!(["argon2id", "sha256"]));
 }
 
@@ -161,62 +128,35 @@ async fn signup_codes_0_2_3_4_and_7() {
     let out = s
         .handle_frame(json!({"type": "signup", "username": "john doe", "password": "secretpassword", "hash": "sha256"}))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "signup", "resp_code": 3, "session": ""})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "signup", "resp_code": 3, "session": ""}));
 
     let token = signup(&mut s, "john doe").await;
     assert!(uuid::Uuid::parse_str(&token).is_ok(), "{token}");
 
-    let out = s
-        .handle_frame(
-            json!({"type": "signup", "username": "john doe", "password": "otherpassword"}),
-        )
-        .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "signup", "resp_code": 2, "session": ""})
-    );
+    let out = s.handle_frame(json!({"type": "signup", "username": "john doe", "password": "otherpassword"})).await;
+    assert_eq!(only_reply(&out), &json!({"type": "signup", "resp_code": 2, "session": ""}));
 
     let out = s
         .handle_frame(json!({"type": "signup", "username": "jane", "password": "secretpassword", "cipher": "rot13"}))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "signup", "resp_code": 4, "session": ""})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "signup", "resp_code": 4, "session": ""}));
 
-    let out = s
-        .handle_frame(json!({"type": "signup", "username": "jane", "password": "short"}))
-        .await;
+    let out = s.handle_frame(json!({"type": "signup", "username": "jane", "password": "short"})).await;
     let reply = only_reply(&out);
     assert_eq!(reply["resp_code"], 7);
     assert_eq!(reply["session"], "");
-    assert!(
-        reply["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("password")
-    );
+    assert!(reply["reason"].as_str().unwrap_or_default().contains("password"));
 }
 
 #[tokio::test]
 async fn sha256_signup_works_when_enabled() {
-    let f = fixture_with(AccountsConfig {
-        allow_sha256: true,
-        ..config()
-    });
+    let f = fixture_with(AccountsConfig { allow_sha256: true, ..config() });
     let mut s = identified(&f).await;
     let out = s
         .handle_frame(json!({"type": "signup", "username": "john doe", "password": "secretpassword", "hash": "sha256"}))
         .await;
     assert_eq!(only_reply(&out)["resp_code"], 0);
-    let out = s
-        .handle_frame(
-            json!({"type": "signin", "username": "john doe", "password": "secretpassword"}),
-        )
-        .await;
+    let out = s.handle_frame(json!({"type": "signin", "username": "john doe", "password": "secretpassword"})).await;
     assert_eq!(only_reply(&out)["resp_code"], 0);
 }
 
@@ -225,46 +165,23 @@ async fn signin_codes_0_5_6() {
     let f = fixture();
     let mut s = identified(&f).await;
     signup(&mut s, "john doe").await;
-    let out = s
-        .handle_frame(
-            json!({"type": "signin", "username": "john doe", "password": "secretpassword"}),
-        )
-        .await;
+    let out = s.handle_frame(json!({"type": "signin", "username": "john doe", "password": "secretpassword"})).await;
     let reply = only_reply(&out);
     assert_eq!(reply["resp_code"], 0);
     assert_eq!(reply["session"].as_str().map(str::len), Some(36));
 
-    let out = s
-        .handle_frame(json!({"type": "signin", "username": "nobody", "password": "secretpassword"}))
-        .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "signin", "resp_code": 5, "session": ""})
-    );
-    let out = s
-        .handle_frame(
-            json!({"type": "signin", "username": "john doe", "password": "wrongpassword"}),
-        )
-        .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "signin", "resp_code": 6, "session": ""})
-    );
+    let out = s.handle_frame(json!({"type": "signin", "username": "nobody", "password": "secretpassword"})).await;
+    assert_eq!(only_reply(&out), &json!({"type": "signin", "resp_code": 5, "session": ""}));
+    let out = s.handle_frame(json!({"type": "signin", "username": "john doe", "password": "wrongpassword"})).await;
+    assert_eq!(only_reply(&out), &json!({"type": "signin", "resp_code": 6, "session": ""}));
 }
 
 #[tokio::test]
 async fn subscribe_with_a_bad_token_replies_1_and_disconnects() {
     let f = fixture();
     let mut s = identified(&f).await;
-    let out = s
-        .handle_frame(
-            json!({"type": "subscribe", "session": "31dccf07-a1be-432a-af62-d5eabea2e71b"}),
-        )
-        .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "subscribe", "resp_code": 1})
-    );
+    let out = s.handle_frame(json!({"type": "subscribe", "session": "31dccf07-a1be-432a-af62-d5eabea2e71b"})).await;
+    assert_eq!(only_reply(&out), &json!({"type": "subscribe", "resp_code": 1}));
     assert_eq!(out.effects, vec![Effect::Disconnect]);
     assert!(out.disconnects());
     assert_eq!(s.subscribed_user(), None);
@@ -276,22 +193,11 @@ async fn subscribe_ok_registers_the_user() {
     let (s, _) = subscribed(&f, "alice").await;
     assert_eq!(s.subscribed_user(), Some("alice"));
     let mut s2 = identified(&f).await;
-    let out = s2
-        .handle_frame(json!({"type": "signin", "username": "alice", "password": "secretpassword"}))
-        .await;
-    let token = out.replies[0]["session"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let out = s2
-        .handle_frame(json!({"type": "subscribe", "session": token}))
-        .await;
-    assert!(
-        matches!(&out.effects[..], [Effect::Subscribed { username, .. }] if username == "alice")
-    );
-    let again = s2
-        .handle_frame(json!({"type": "subscribe", "session": token}))
-        .await;
+    let out = s2.handle_frame(json!({"type": "signin", "username": "alice", "password": "secretpassword"})).await;
+    let token = out.replies[0]["session"].as_str().unwrap_or_default().to_owned();
+    let out = s2.handle_frame(json!({"type": "subscribe", "session": token})).await;
+    assert!(matches!(&out.effects[..], [Effect::Subscribed { username, .. }] if username == "alice"));
+    let again = s2.handle_frame(json!({"type": "subscribe", "session": token})).await;
     assert_error_frame(&again, "already subscribed");
 }
 
@@ -306,10 +212,7 @@ async fn invite_request_accept_then_message() {
     let out = bob
         .handle_frame(json!({"type": "invite.request", "session": bob_token, "source": "bob", "dest": "alice"}))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "invite.request", "resp_code": 0})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "invite.request", "resp_code": 0}));
     assert_eq!(
         out.effects,
         vec![Effect::Deliver {
@@ -320,9 +223,7 @@ async fn invite_request_accept_then_message() {
     );
 
     // On subscribe alice is handed the invite that waited for her.
-    let out = alice
-        .handle_frame(json!({"type": "subscribe", "session": alice_token}))
-        .await;
+    let out = alice.handle_frame(json!({"type": "subscribe", "session": alice_token})).await;
     assert_eq!(
         out.replies,
         vec![
@@ -341,10 +242,7 @@ async fn invite_request_accept_then_message() {
     let out = alice
         .handle_frame(json!({"type": "invite.accept", "session": alice_token, "source": "alice", "dest": "bob"}))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "invite.accept", "resp_code": 0})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "invite.accept", "resp_code": 0}));
     assert_eq!(
         out.effects,
         vec![Effect::Deliver {
@@ -361,10 +259,7 @@ async fn invite_request_accept_then_message() {
             "nonce": "<nonce>", "message": "<message>"
         }))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "message", "resp_code": 0})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "message", "resp_code": 0}));
     // The sender's session token must never reach the recipient.
     assert_eq!(
         out.effects,
@@ -387,17 +282,11 @@ async fn invite_reject_does_not_make_contacts() {
     let f = fixture();
     let (mut bob, bob_token) = subscribed(&f, "bob").await;
     let (mut alice, alice_token) = subscribed(&f, "alice").await;
-    bob.handle_frame(
-        json!({"type": "invite.request", "session": bob_token, "source": "bob", "dest": "alice"}),
-    )
-    .await;
+    bob.handle_frame(json!({"type": "invite.request", "session": bob_token, "source": "bob", "dest": "alice"})).await;
     let out = alice
         .handle_frame(json!({"type": "invite.reject", "session": alice_token, "source": "alice", "dest": "bob"}))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "invite.reject", "resp_code": 0})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "invite.reject", "resp_code": 0}));
     assert!(matches!(&out.effects[..], [Effect::Deliver { to, .. }] if to == "bob"));
     assert!(!f.accounts.are_contacts("alice", "bob").await.unwrap());
 }
@@ -407,11 +296,8 @@ async fn invites_need_a_subscription_and_the_right_source() {
     let f = fixture();
     let mut s = identified(&f).await;
     let token = signup(&mut s, "bob").await;
-    let out = s
-        .handle_frame(
-            json!({"type": "invite.request", "session": token, "source": "bob", "dest": "alice"}),
-        )
-        .await;
+    let out =
+        s.handle_frame(json!({"type": "invite.request", "session": token, "source": "bob", "dest": "alice"})).await;
     assert_error_frame(&out, "subscribe");
 
     let (mut bob, bob_token) = subscribed(&f, "carol").await;
@@ -424,60 +310,35 @@ async fn invites_need_a_subscription_and_the_right_source() {
     let out = bob
         .handle_frame(json!({"type": "invite.request", "session": bob_token, "source": "carol", "dest": "nobody"}))
         .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "invite.request", "resp_code": 5})
-    );
+    assert_eq!(only_reply(&out), &json!({"type": "invite.request", "resp_code": 5}));
 }
 
 #[tokio::test]
 async fn a_wrong_token_on_a_subscribed_connection_disconnects() {
     let f = fixture();
     let (mut s, _) = subscribed(&f, "bob").await;
-    let out = s
-        .handle_frame(
-            json!({"type": "invite.request", "session": "garbage", "source": "bob", "dest": "x"}),
-        )
-        .await;
-    assert_eq!(
-        only_reply(&out),
-        &json!({"type": "invite.request", "resp_code": 1})
-    );
+    let out =
+        s.handle_frame(json!({"type": "invite.request", "session": "garbage", "source": "bob", "dest": "x"})).await;
+    assert_eq!(only_reply(&out), &json!({"type": "invite.request", "resp_code": 1}));
     assert_eq!(out.effects, vec![Effect::Disconnect]);
     assert_eq!(s.subscribed_user(), None);
 }
 
 #[tokio::test]
 async fn queued_frames_arrive_on_subscribe_once() {
-    let f = fixture_with(AccountsConfig {
-        require_contacts: false,
-        ..config()
-    });
+    let f = fixture_with(AccountsConfig { require_contacts: false, ..config() });
     let mut s = identified(&f).await;
     let token = signup(&mut s, "bob").await;
-    let queued =
-        json!({"type": "message", "source": "alice", "dest": "bob", "nonce": "1", "message": "hi"});
-    f.accounts
-        .queue_message("bob", &queued.to_string())
-        .await
-        .unwrap();
-    let out = s
-        .handle_frame(json!({"type": "subscribe", "session": token}))
-        .await;
-    assert_eq!(
-        out.replies,
-        vec![json!({"type": "subscribe", "resp_code": 0}), queued]
-    );
+    let queued = json!({"type": "message", "source": "alice", "dest": "bob", "nonce": "1", "message": "hi"});
+    f.accounts.queue_message("bob", &queued.to_string()).await.unwrap();
+    let out = s.handle_frame(json!({"type": "subscribe", "session": token})).await;
+    assert_eq!(out.replies, vec![json!({"type": "subscribe", "resp_code": 0}), queued]);
     assert!(f.accounts.take_pending("bob").await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn oversized_messages_are_refused() {
-    let f = fixture_with(AccountsConfig {
-        require_contacts: false,
-        max_message_bytes: 16,
-        ..config()
-    });
+    let f = fixture_with(AccountsConfig { require_contacts: false, max_message_bytes: 16, ..config() });
     let (mut s, token) = subscribed(&f, "bob").await;
     let out = s
         .handle_frame(json!({"type": "message", "session": token, "source": "bob", "dest": "bob", "nonce": "n", "message": "x".repeat(16)}))
@@ -493,38 +354,20 @@ async fn malformed_frames_get_error_frames() {
     assert_error_frame(&s.handle_text("{not json").await, "not valid JSON");
     // The seed's own signin example has a trailing comma: that is not JSON either.
     assert_error_frame(
-        &s.handle_text("{\"type\": \"signin\", \"username\": \"a\", \"password\": \"b\",}")
-            .await,
+        &s.handle_text("{\"type\": \"signin\", \"username\": \"a\", \"password\": \"b\",}").await,
         "not valid JSON",
     );
     assert_error_frame(&s.handle_text("[1,2]").await, "JSON object");
+    assert_error_frame(&s.handle_frame(json!({"version": "1.0.0"})).await, "missing field `type`");
+    assert_error_frame(&s.handle_frame(json!({"type": 7})).await, "`type` must be a string");
+    assert_error_frame(&s.handle_frame(json!({"type": "voice.call"})).await, "unknown frame type `voice.call`");
+    assert_error_frame(&s.handle_frame(json!({"type": "signup", "username": "a"})).await, "missing field `password`");
     assert_error_frame(
-        &s.handle_frame(json!({"version": "1.0.0"})).await,
-        "missing field `type`",
-    );
-    assert_error_frame(
-        &s.handle_frame(json!({"type": 7})).await,
-        "`type` must be a string",
-    );
-    assert_error_frame(
-        &s.handle_frame(json!({"type": "voice.call"})).await,
-        "unknown frame type `voice.call`",
-    );
-    assert_error_frame(
-        &s.handle_frame(json!({"type": "signup", "username": "a"}))
-            .await,
-        "missing field `password`",
-    );
-    assert_error_frame(
-        &s.handle_frame(json!({"type": "signin", "username": 5, "password": "secretpassword"}))
-            .await,
+        &s.handle_frame(json!({"type": "signin", "username": 5, "password": "secretpassword"})).await,
         "invalid type",
     );
     assert_error_frame(
-        &s.handle_frame(
-            json!({"type": "message", "session": "s", "source": "a", "dest": "b", "nonce": "n"}),
-        )
-        .await,
+        &s.handle_frame(json!({"type": "message", "session": "s", "source": "a", "dest": "b", "nonce": "n"})).await,
         "missing field `message`",
     );
 }

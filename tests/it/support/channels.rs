@@ -52,7 +52,10 @@ impl ChannelFactory for CrashChannels {
             if params.contains("panic_later") {
                 panic!("join future panicked on purpose");
             }
-            Ok(Joined { channel: Box::new(CrashChannel), response: Payload::json(&serde_json::json!({"joined": true})) })
+            Ok(Joined {
+                channel: Box::new(CrashChannel),
+                response: Payload::json(&serde_json::json!({"joined": true})),
+            })
         })
     }
 }

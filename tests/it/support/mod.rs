@@ -172,7 +172,10 @@ impl Client {
 
     /// Sends a text frame whose bytes are not valid UTF-8 (a broken client).
     pub async fn send_invalid_text(&mut self, data: Vec<u8>) {
-        use tokio_tungstenite::tungstenite::protocol::frame::{Frame as RawFrame, coding::{Data, OpCode}};
+        use tokio_tungstenite::tungstenite::protocol::frame::{
+            Frame as RawFrame,
+            coding::{Data, OpCode},
+        };
         let frame = RawFrame::message(data, OpCode::Data(Data::Text), true);
         self.ws.send(Message::Frame(frame)).await.expect("send raw frame");
     }
@@ -296,7 +299,10 @@ pub async fn http_bytes(
     request.extend_from_slice(body);
     stream.write_all(&request).await.expect("write request");
     let mut response = Vec::new();
-    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response)).await.expect("response in time").expect("read");
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
     let text = String::from_utf8_lossy(&response).to_string();
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();

@@ -59,27 +59,22 @@ export function newSocket(url, opts = {}) {
  * socket is disconnected, as phoenix.js would otherwise keep retrying in the background.
  */
 export async function connect(socket, ms = WAIT_MS) {
-  const opened = withTimeout(
-    new Promise((resolve, reject) => {
-      const refs = [
-        socket.onOpen(() => done(resolve)),
-        socket.onError((err) => done(() => reject(new Error(`socket error before open: ${err?.message ?? err}`)))),
-        socket.onClose((e) => done(() => reject(new Error(`socket closed before open (code ${e?.code})`)))),
-      ];
-      const done = (fn) => {
-        socket.off(refs);
-        fn();
-      };
-      socket.connect();
-    }),
-    ms,
-    "socket open",
-  );
+  let refs = [];
+  const opened = new Promise((resolve, reject) => {
+    refs = [
+      socket.onOpen(() => resolve()),
+      socket.onError((err) => reject(new Error(`socket error before open: ${err?.message ?? err}`))),
+      socket.onClose((e) => reject(new Error(`socket closed before open (code ${e?.code})`))),
+    ];
+    socket.connect();
+  });
   try {
-    await opened;
+    await withTimeout(opened, ms, "socket open");
   } catch (err) {
     socket.disconnect();
     throw err;
+  } finally {
+    socket.off(refs);
   }
 }
 

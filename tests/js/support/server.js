@@ -28,12 +28,9 @@ process.on("exit", () => {
   for (const child of live) child.kill("SIGKILL");
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
-for (const signal of ["SIGINT", "SIGTERM"]) {
-  process.once(signal, () => {
-    for (const child of live) child.kill("SIGKILL");
-    process.exit(128 + (signal === "SIGINT" ? 2 : 15));
-  });
-}
+// A signal would otherwise end this process without running the "exit" handler above.
+process.once("SIGINT", () => process.exit(130));
+process.once("SIGTERM", () => process.exit(143));
 
 export function courierBin() {
   const fromEnv = process.env.COURIER_BIN;
@@ -89,8 +86,7 @@ export async function startServer({ port = 0 } = {}) {
     });
     stderr.on("line", (line) => {
       remember(line);
-      // tracing may colour its output; the address is what follows the message text
-      // eslint-disable-next-line no-control-regex
+      // tracing colours its output on a terminal; strip that in case stderr ever looks like one
       const m = /listening on (\S+:\d+)/.exec(line.replace(/\x1b\[[0-9;]*m/g, ""));
       if (m) {
         clearTimeout(timer);
