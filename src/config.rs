@@ -23,6 +23,8 @@ pub struct Config {
     pub database_url: String,
     /// Database connections in the pool.
     pub database_pool: u32,
+    /// Static files served at `/` (skipped when the folder does not exist).
+    pub static_dir: String,
     /// WebSocket and channel limits.
     pub socket: SocketConfig,
     /// Pub/sub registry settings.
@@ -41,6 +43,7 @@ impl Default for Config {
             node: "courier@localhost".into(),
             database_url: "courier.db".into(),
             database_pool: 8,
+            static_dir: "priv/static".into(),
             socket: SocketConfig::default(),
             pubsub: PubSubConfig::default(),
             admin: AdminConfig::default(),

@@ -103,8 +103,9 @@ impl Courier {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
+        let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
         let server = HttpServer::new(move || {
-            App::new()
+            let app = App::new()
                 .app_data(transport.clone())
                 .app_data(admin.clone())
                 .app_data(json.clone())
@@ -113,8 +114,15 @@ impl Courier {
                 .route("/socket/websocket", web::get().to(websocket::upgrade))
                 .route("/json/websocket", web::get().to(json_socket::upgrade))
                 .configure(admin::configure)
-                .configure(crate::http::api::configure)
-                .default_service(web::to(crate::http::not_found))
+                .configure(crate::http::api::configure);
+            match &static_dir {
+                Some(dir) => app.service(
+                    actix_files::Files::new("/", dir)
+                        .index_file("index.html")
+                        .default_handler(web::to(crate::http::not_found)),
+                ),
+                None => app.default_service(web::to(crate::http::not_found)),
+            }
         })
         .workers(workers)
         // Chat frames are small and latency-bound: without this, a frame written right after

@@ -220,3 +220,38 @@ async fn invalid_utf8_is_refused_cleanly_everywhere() {
     let token = signup(&server, "valid").await;
     assert!(!token.is_empty());
 }
+
+on_both_backends!(seed_messages_reach_online_users_and_wait_for_offline_ones, seed_messages);
+async fn seed_messages(db: Arc<TestDb>) {
+    let server = TestServer::start_on(db, test_config(), |c| c);
+    let alice_token = signup(&server, "alice").await;
+    let bob_token = signup(&server, "bob").await;
+    let mut alice = json_client(&server).await;
+    alice.send(json!({"type": "subscribe", "session": alice_token})).await;
+    assert_eq!(alice.recv_json().await["resp_code"], 0);
+
+    // bob is offline: the message waits for his subscribe.
+    let frame = json!({"type": "message", "session": alice_token, "source": "alice", "dest": "bob", "nonce": "n1", "message": "m1"});
+    alice.send(frame).await;
+    assert_eq!(alice.recv_json().await["resp_code"], 0);
+    let mut bob = json_client(&server).await;
+    bob.send(json!({"type": "subscribe", "session": bob_token})).await;
+    assert_eq!(bob.recv_json().await, json!({"type": "subscribe", "resp_code": 0}));
+    let queued = bob.recv_json().await;
+    assert_eq!(queued, json!({"type": "message", "source": "alice", "dest": "bob", "nonce": "n1", "message": "m1"}));
+
+    // bob is online now: delivered live, and never with the sender's session token.
+    alice
+        .send(json!({"type": "message", "session": alice_token, "source": "alice", "dest": "bob", "nonce": "n2", "message": "m2"}))
+        .await;
+    assert_eq!(alice.recv_json().await["resp_code"], 0);
+    let live = bob.recv_json().await;
+    assert_eq!(live["message"], "m2");
+    assert!(!live.to_string().contains(&alice_token));
+    // Impersonation is refused.
+    alice
+        .send(json!({"type": "message", "session": alice_token, "source": "bob", "dest": "alice", "nonce": "n", "message": "x"}))
+        .await;
+    assert_ne!(alice.recv_json().await["resp_code"], 0);
+    bob.expect_silence(150).await;
+}

@@ -110,3 +110,16 @@ async fn a_plain_get_on_the_socket_path_is_a_400_with_a_reason() {
     assert_eq!(status, 400);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "bad_handshake");
 }
+
+#[tokio::test]
+async fn the_static_index_is_served_at_the_root() {
+    let mut config = test_config();
+    config.static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/priv/static").into();
+    let server = TestServer::start_with(config, |c| c);
+    let (status, body) = http(server.addr, "GET", "/", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<h1>Courier</h1>"), "{body}");
+    let (status, body) = http(server.addr, "GET", "/missing.html", &[], "").await;
+    assert_eq!(status, 404);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "not_found");
+}
