@@ -2,25 +2,18 @@
 // "base64url.bearer.phx.<b64>"); the handshake only succeeds if the server echoes "phoenix".
 // Courier checks that token as a session token, so a real one comes from POST /api/signup.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { connected, disconnectAll, join, push, transcript } from "./support/client.js";
-import { startServer } from "./support/server.js";
+import { connected, join, push, transcript } from "./support/client.js";
+import { serverPerFile } from "./support/suite.js";
 
 // Signup hashes the password with Argon2id, which takes about a second in a debug build.
 const SIGNUP_TIMEOUT_MS = 15_000;
 
-let server;
-before(async () => {
-  server = await startServer();
-});
-after(async () => {
-  await disconnectAll();
-  await server?.stop();
-});
+const suite = serverPerFile();
 
 async function signUp(username) {
-  const res = await fetch(`http://${server.addr}/api/signup`, {
+  const res = await fetch(`http://${suite.server.addr}/api/signup`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ username, password: "phoenix-js-password" }),
@@ -35,12 +28,12 @@ async function signUp(username) {
 // A refused handshake only shows up as "Unexpected server response: 403" on the client; the
 // server's log says why, so attach it.
 function withServerLog(err) {
-  throw new Error(`${err.message}\nserver log:\n${server.log()}`);
+  throw new Error(`${err.message}\nserver log:\n${suite.server.log()}`);
 }
 
 test("a socket with a session token as authToken negotiates the phoenix subprotocol and joins", async () => {
   const token = await signUp("phoenix-js");
-  const socket = await connected(server.url, { authToken: token }).catch(withServerLog);
+  const socket = await connected(suite.server.url, { authToken: token }).catch(withServerLog);
   // `ws` fails the handshake itself when no subprotocol is echoed; this names the one agreed on.
   assert.equal(socket.conn.protocol, "phoenix");
 
@@ -50,5 +43,5 @@ test("a socket with a session token as authToken negotiates the phoenix subproto
 });
 
 test("an unknown authToken is refused at the handshake", async () => {
-  await assert.rejects(connected(server.url, { authToken: "some-token" }), /Unexpected server response: 403/);
+  await assert.rejects(connected(suite.server.url, { authToken: "some-token" }), /Unexpected server response: 403/);
 });

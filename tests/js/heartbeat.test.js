@@ -1,26 +1,19 @@
 // Heartbeats: phoenix.js closes the socket if a heartbeat reply (same ref) does not arrive within
 // one interval, so a short interval makes a slow or wrong reply show up as a close.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { WAIT_MS, connected, disconnectAll, join, sleep, transcript, waitUntil, withTimeout } from "./support/client.js";
+import { WAIT_MS, connected, join, sleep, transcript, waitUntil, withTimeout } from "./support/client.js";
 import { jsonFrames } from "./support/frames.js";
-import { startServer } from "./support/server.js";
+import { serverPerFile } from "./support/suite.js";
 
 const INTERVAL_MS = 200;
 const HEARTBEATS = 6;
 
-let server;
-before(async () => {
-  server = await startServer();
-});
-after(async () => {
-  await disconnectAll();
-  await server?.stop();
-});
+const suite = serverPerFile();
 
 test(`the socket stays open across ${HEARTBEATS} heartbeats at ${INTERVAL_MS} ms`, async () => {
-  const socket = await connected(server.url, { heartbeatIntervalMs: INTERVAL_MS });
+  const socket = await connected(suite.server.url, { heartbeatIntervalMs: INTERVAL_MS });
   const trouble = [];
   socket.onError((err) => trouble.push(`error: ${err?.message ?? err}`));
   socket.onClose((e) => trouble.push(`close: ${e?.code}`));
@@ -50,7 +43,7 @@ test(`the socket stays open across ${HEARTBEATS} heartbeats at ${INTERVAL_MS} ms
 });
 
 test("socket.ping() gets its reply and reports a round-trip time", async () => {
-  const socket = await connected(server.url, { heartbeatIntervalMs: INTERVAL_MS });
+  const socket = await connected(suite.server.url, { heartbeatIntervalMs: INTERVAL_MS });
   const rtt = await withTimeout(
     new Promise((resolve, reject) => {
       if (!socket.ping(resolve)) reject(new Error("ping() refused: socket not connected"));

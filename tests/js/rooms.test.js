@@ -1,6 +1,6 @@
 // room:* with the official phoenix.js client: join, ping, broadcast, leave, refused join, binary.
 import assert from "node:assert/strict";
-import { after, afterEach, before, describe, test } from "node:test";
+import { afterEach, describe, test } from "node:test";
 
 import {
   WAIT_MS,
@@ -16,26 +16,19 @@ import {
   waitUntil,
 } from "./support/client.js";
 import { binaryFrames, jsonFrames } from "./support/frames.js";
-import { startServer } from "./support/server.js";
+import { serverPerFile } from "./support/suite.js";
 
 // Long enough for a stray frame to arrive on loopback, short enough to keep the suite quick.
 const QUIET_MS = 300;
 const BINARY = [0, 1, 2, 254, 255];
 const arrayBuffer = (values) => Uint8Array.from(values).buffer;
 
-let server;
-before(async () => {
-  server = await startServer();
-});
+const suite = serverPerFile();
 afterEach(() => disconnectAll());
-after(async () => {
-  await disconnectAll();
-  await server?.stop();
-});
 
 /** A connected socket with `topic` joined, asserting the join succeeded. */
 async function member(topic, socketOpts = {}) {
-  const socket = await connected(server.url, socketOpts);
+  const socket = await connected(suite.server.url, socketOpts);
   const channel = socket.channel(topic, {});
   const joined = await join(channel);
   assert.deepEqual(joined, { status: "ok", response: {} }, `join ${topic}\n${transcript(socket)}`);
@@ -88,7 +81,7 @@ describe("official client", () => {
   });
 
   test("joining room: is refused with a reason, and leave() stops the rejoin loop", async () => {
-    const socket = await connected(server.url);
+    const socket = await connected(suite.server.url);
     const channel = socket.channel("room:", {});
 
     const refused = await join(channel);
@@ -187,7 +180,7 @@ describe("wire frames match Phoenix", () => {
   });
 
   test("a refused join gets an error reply with its join_ref and nothing after it", async () => {
-    const socket = await connected(server.url);
+    const socket = await connected(suite.server.url);
     const channel = socket.channel("room:", {});
     await join(channel);
     const joinRef = channel.joinRef();
