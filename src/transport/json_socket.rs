@@ -5,15 +5,14 @@
 //! and carries out deliveries to other users through pub/sub.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytestring::ByteString;
 
-use super::Sockets;
 use super::writer::{Outbound, QueueError};
+use super::{CLOSE_HANDSHAKE_GRACE, Sockets};
 use crate::accounts::Accounts;
 use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
 use crate::channels::user::{json_topic, notify_account_event};
@@ -40,10 +39,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<Json
         Ok(parts) => parts,
         Err(e) => return e.error_response(),
     };
-    let stream = stream
-        .max_frame_size(state.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(state.max_frame_bytes);
+    let stream = super::limit_messages(stream, state.max_frame_bytes);
     let connection = JsonConnection {
         id: state.sockets.next_connection_id(),
         protocol: Some(JsonProtocolSession::new(state.accounts.clone())),
@@ -90,7 +86,7 @@ impl JsonConnection {
         if !self.closing {
             self.closing = true;
             self.outbound.close(code, reason);
-            ctx.run_later(Duration::from_secs(2), |_, ctx| ctx.stop());
+            ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
         }
     }
 
@@ -157,13 +153,11 @@ impl Actor for JsonConnection {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sockets.opened();
-        let mut shutdown = self.sockets.shutdown_signal();
         ctx.spawn(
-            async move {
-                let _ = shutdown.wait_for(|down| *down).await;
-            }
-            .into_actor(self)
-            .map(|_, act, ctx| act.close(ctx, CloseCode::Away, "server shutting down")),
+            self.sockets
+                .shutdown_requested()
+                .into_actor(self)
+                .map(|_, act, ctx| act.close(ctx, CloseCode::Away, "server shutting down")),
         );
     }
 

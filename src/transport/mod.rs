@@ -9,12 +9,21 @@ pub mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::channels::{Router, SocketAuthenticator};
 use crate::config::SocketConfig;
 use crate::pubsub::PubSub;
+
+/// After the server sends a close frame, how long it waits for the client's before dropping.
+const CLOSE_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads whole WebSocket messages of at most `max_bytes`, however the client fragments them.
+fn limit_messages(stream: actix_ws::MessageStream, max_bytes: usize) -> actix_ws::AggregatedMessageStream {
+    stream.max_frame_size(max_bytes).aggregate_continuations().max_continuation_size(max_bytes)
+}
 
 /// Live-socket bookkeeping shared by every worker: counts and the shutdown signal.
 #[derive(Debug)]
@@ -53,8 +62,12 @@ impl Sockets {
         self.live.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+    /// Resolves once shutdown is requested (at once if it already was).
+    fn shutdown_requested(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut signal = self.shutdown.subscribe();
+        async move {
+            let _ = signal.wait_for(|down| *down).await;
+        }
     }
 }
 

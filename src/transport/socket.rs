@@ -20,7 +20,7 @@ use futures_util::{FutureExt, Stream};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::writer::{Outbound, QueueError};
-use super::{Sockets, TransportState};
+use super::{CLOSE_HANDSHAKE_GRACE, Sockets, TransportState};
 use crate::channels::{
     Channel, ChannelContext, HandleIn, JoinRequest, Joined, LeaveReason, Reply, Router, SocketInfo, StopReason,
 };
@@ -31,8 +31,6 @@ use crate::protocol::{
 };
 use crate::pubsub::{Deliver, PubSub};
 
-/// After the server sends a close frame, how long it waits for the client's before dropping.
-const CLOSE_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// The event on a socket-id topic that force-closes the socket (Phoenix's `disconnect`).
 pub const DISCONNECT_EVENT: &str = "disconnect";
 
@@ -453,14 +451,7 @@ impl Actor for SocketSession {
                 .into_actor(self),
             );
         }
-        let mut shutdown = self.sockets.shutdown_signal();
-        ctx.spawn(
-            async move {
-                let _ = shutdown.wait_for(|down| *down).await;
-            }
-            .into_actor(self)
-            .map(|_, act, ctx| act.drain(ctx)),
-        );
+        ctx.spawn(self.sockets.shutdown_requested().into_actor(self).map(|_, act, ctx| act.drain(ctx)));
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {

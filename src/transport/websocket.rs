@@ -66,10 +66,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<Tran
         peer = ?request.peer,
         "socket connected"
     );
-    let stream = stream
-        .max_frame_size(state.settings.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(state.settings.max_frame_bytes);
+    let stream = super::limit_messages(stream, state.settings.max_frame_bytes);
     SocketSession::new(Rc::new(info), serializer, &state, session).start_with(stream);
     response
 }
