@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::accounts::AccountsConfig;
+use crate::messaging::MessagingConfig;
 
 /// Everything an operator can set.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +34,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Accounts, sessions and contacts.
     pub accounts: AccountsConfig,
+    /// Message size, page sizes and the log writer's batch.
+    pub messaging: MessagingConfig,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             pubsub: PubSubConfig::default(),
             admin: AdminConfig::default(),
             accounts: AccountsConfig::default(),
+            messaging: MessagingConfig::default(),
         }
     }
 }
@@ -189,6 +193,7 @@ impl Config {
         if self.database_url.is_empty() || self.database_pool == 0 {
             return Err(ConfigError::Invalid("database_url", "needs a URL or path and a pool of at least 1".into()));
         }
+        self.messaging.validate().map_err(|e| ConfigError::Invalid("messaging", e))?;
         self.accounts.validate().map_err(|e| ConfigError::Invalid("accounts", e.to_string()))
     }
 }

@@ -3,12 +3,15 @@
 //! Data flows inward: `transport` (WebSocket framing, one actor per socket) → `protocol` (wire
 //! codecs) → `channels` (per-topic behaviour) → `pubsub` (topic registry, broker). `server` wires
 //! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
-//! `accounts` the users, sessions and invites built on it.
+//! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
+//! offsets and receipts, and `pb` the wire types generated from `proto/`.
 
 pub mod accounts;
 pub mod channels;
 pub mod config;
 pub mod http;
+pub mod messaging;
+pub mod pb;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;

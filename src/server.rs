@@ -16,14 +16,17 @@ use crate::channels::user::UserChannels;
 use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
+use crate::messaging::Messaging;
 use crate::pubsub::{Broker, LocalBroker, PubSub};
 use crate::store::{Store, StoreOptions};
 use crate::transport::json_socket::{self, JsonEndpoint};
 use crate::transport::{Sockets, TransportState, websocket};
 
 /// The channel families every Courier serves.
-pub fn default_router(accounts: &Accounts) -> Router {
-    Router::new().channel("room:*", RoomChannels).channel("user:*", UserChannels::new(accounts.clone()))
+pub fn default_router(accounts: &Accounts, messaging: &Messaging) -> Router {
+    Router::new()
+        .channel("room:*", RoomChannels)
+        .channel("user:*", UserChannels::new(accounts.clone(), messaging.clone()))
 }
 
 /// A server being assembled: configuration plus the pluggable parts.
@@ -72,11 +75,12 @@ impl Courier {
             .map_err(io::Error::other)?
             .map_err(|e| io::Error::other(format!("opening the database: {e}")))?;
         tracing::info!(backend = ?store.backend(), "database ready");
-        let accounts = Accounts::new(store, config.accounts.clone()).map_err(io::Error::other)?;
+        let accounts = Accounts::new(store.clone(), config.accounts.clone()).map_err(io::Error::other)?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
-        let router = default_router(&accounts).merge(extra_channels);
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
+        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone());
+        let router = default_router(&accounts, &messaging).merge(extra_channels);
         let sockets = Arc::new(Sockets::default());
         let transport = web::Data::new(TransportState {
             router: Arc::new(router),

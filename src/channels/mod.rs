@@ -10,6 +10,7 @@ pub mod room;
 pub mod socket;
 pub mod user;
 
+use std::any::Any;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -84,6 +85,19 @@ pub enum LeaveReason {
     SocketClosed,
 }
 
+/// Async work a channel started whose result comes back to its [`Channel::handle_info`]
+/// (Phoenix's `send(self(), msg)`).
+pub type ChannelTask = LocalBoxFuture<'static, Box<dyn Any>>;
+
+/// What one channel callback asked the socket to do once it returns.
+#[derive(Default)]
+pub struct Effects {
+    /// Events for this channel's client, sent before the callback's reply.
+    pub pushes: Vec<(String, Payload)>,
+    /// Tasks whose results go to this channel's `handle_info`, if it is still joined then.
+    pub tasks: Vec<ChannelTask>,
+}
+
 /// What a channel callback may use: its topic, its socket, pub/sub, and pushes to its client.
 pub struct ChannelContext<'a> {
     /// The joined topic.
@@ -94,24 +108,33 @@ pub struct ChannelContext<'a> {
     pub socket: &'a SocketInfo,
     /// The pub/sub layer.
     pub pubsub: &'a PubSub,
-    pushes: &'a mut Vec<(String, Payload)>,
+    /// Frames the socket's outbound queue can still take before the client counts as slow.
+    pub outbound_room: usize,
+    effects: &'a mut Effects,
 }
 
 impl<'a> ChannelContext<'a> {
-    /// Builds a context; pushes collect into `pushes` and are sent before the callback's reply.
+    /// Builds a context; what the callback asks for collects into `effects`.
     pub fn new(
         topic: &'a str,
         join_ref: &'a str,
         socket: &'a SocketInfo,
         pubsub: &'a PubSub,
-        pushes: &'a mut Vec<(String, Payload)>,
+        outbound_room: usize,
+        effects: &'a mut Effects,
     ) -> Self {
-        ChannelContext { topic, join_ref, socket, pubsub, pushes }
+        ChannelContext { topic, join_ref, socket, pubsub, outbound_room, effects }
     }
 
     /// Pushes an event to this channel's client only (`[join_ref, null, topic, event, payload]`).
     pub fn push(&mut self, event: impl Into<String>, payload: Payload) {
-        self.pushes.push((event.into(), payload));
+        self.outbound_room = self.outbound_room.saturating_sub(1);
+        self.effects.pushes.push((event.into(), payload));
+    }
+
+    /// Runs `task` off the socket; its result is handed to this channel's `handle_info`.
+    pub fn spawn(&mut self, task: ChannelTask) {
+        self.effects.tasks.push(task);
     }
 
     /// Broadcasts to every subscriber of this topic, this client included.
@@ -137,6 +160,9 @@ pub trait Channel: 'static {
 
     /// Handles a client push of a non-reserved event.
     fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> HandleIn;
+
+    /// Receives the result of a task started with [`ChannelContext::spawn`].
+    fn handle_info(&mut self, _info: Box<dyn Any>, _ctx: &mut ChannelContext<'_>) {}
 
     /// Decides whether a broadcast on this topic goes to the client (Phoenix's `intercept`).
     fn handle_out(&mut self, _broadcast: &Broadcast, _ctx: &mut ChannelContext<'_>) -> bool {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use futures_util::future::LocalBoxFuture;
 
+use crate::protocol::Serializer;
 use crate::pubsub::SubscriberId;
 
 /// What a connecting client presented.
@@ -68,4 +69,6 @@ pub struct SocketInfo {
     pub identity: SocketIdentity,
     /// The connect params (never logged: they may hold tokens).
     pub params: HashMap<String, String>,
+    /// The wire format the client chose (`vsn`); only V2 carries binary payloads.
+    pub serializer: Serializer,
 }

@@ -8,6 +8,7 @@
 
 mod registry;
 
+use std::any::Any;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
@@ -20,8 +21,11 @@ use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
 /// Identifies one subscriber (one socket connection) across the registry.
 pub type SubscriberId = u64;
 
+/// Typed data a local publisher attaches to a broadcast for the channels that receive it (a
+/// stored message's offset, say), so they need not parse the payload back.
+pub type Attachment = Arc<dyn Any + Send + Sync>;
+
 /// One broadcast on a topic, shared by every subscriber that receives it.
-#[derive(Debug)]
 pub struct Broadcast {
     /// The topic.
     pub topic: String,
@@ -29,19 +33,48 @@ pub struct Broadcast {
     pub event: String,
     /// The payload.
     pub payload: Payload,
+    /// Local-only typed data for `handle_out`; brokers do not carry it to other nodes.
+    pub attachment: Option<Attachment>,
     /// Encoded once per serializer on first use; `None` when a serializer cannot carry it.
     encoded: [OnceLock<Option<WireFrame>>; 2],
+}
+
+impl std::fmt::Debug for Broadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("topic", &self.topic)
+            .field("event", &self.event)
+            .field("payload", &self.payload)
+            .field("attachment", &self.attachment.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broadcast {
     /// Creates a broadcast, ready to share.
     pub fn new(topic: impl Into<String>, event: impl Into<String>, payload: Payload) -> Arc<Self> {
+        Broadcast::with_attachment(topic, event, payload, None)
+    }
+
+    /// Creates a broadcast carrying typed data for the receiving channels' `handle_out`.
+    pub fn with_attachment(
+        topic: impl Into<String>,
+        event: impl Into<String>,
+        payload: Payload,
+        attachment: Option<Attachment>,
+    ) -> Arc<Self> {
         Arc::new(Broadcast {
             topic: topic.into(),
             event: event.into(),
             payload,
+            attachment,
             encoded: [OnceLock::new(), OnceLock::new()],
         })
+    }
+
+    /// The attachment, if it is a `T`.
+    pub fn attachment<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.attachment.as_deref().and_then(|a| a.downcast_ref::<T>())
     }
 
     /// The frame for sockets using `serializer` (`[null, null, topic, event, payload]` in V2).
@@ -157,7 +190,8 @@ impl PubSub {
         self.publish(Broadcast::new(topic, event, payload), Some(from));
     }
 
-    fn publish(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
+    /// Publishes a prepared broadcast to every subscriber of its topic (but `exclude`), on every node.
+    pub fn publish(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
         self.broker.publish(&broadcast);
         self.deliver_local(broadcast, exclude);
     }

@@ -2,7 +2,7 @@
 //!
 //! It owns connections (`DbConnection`, SQLite or PostgreSQL by URL), the embedded migrations,
 //! and one query module per table family (`users`, `sessions`, `devices`, `invites`,
-//! `pending`). It must not know about protocols, HTTP or password rules: callers hand it plain
+//! `pending`, `messages`). It must not know about protocols, HTTP or password rules: callers hand it plain
 //! values and get plain rows back. Diesel is blocking, so every query runs on the blocking
 //! thread pool through [`Store::run`] / [`Store::write`], never on an async worker.
 
@@ -14,6 +14,7 @@ pub mod schema;
 
 pub mod devices;
 pub mod invites;
+pub mod messages;
 pub mod pending;
 pub mod sessions;
 pub mod users;

@@ -58,8 +58,67 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_logs (username) {
+        username -> Text,
+        last_offset -> BigInt,
+        received_offset -> BigInt,
+        read_offset -> BigInt,
+    }
+}
+
+diesel::table! {
+    conversations (user_a, user_b) {
+        user_a -> Text,
+        user_b -> Text,
+        last_user_offset -> BigInt,
+        a_received -> BigInt,
+        a_read -> BigInt,
+        b_received -> BigInt,
+        b_read -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (sender, client_id) {
+        sender -> Text,
+        client_id -> Text,
+        sender_device -> Nullable<Text>,
+        receiver -> Text,
+        user_offset -> BigInt,
+        sender_offset -> BigInt,
+        receiver_offset -> BigInt,
+        sent_at -> BigInt,
+        stored_at -> BigInt,
+        payload -> Binary,
+        encryption_type -> Text,
+        encrypted -> Text,
+        signature -> Text,
+    }
+}
+
+diesel::table! {
+    device_cursors (username, device_id) {
+        username -> Text,
+        device_id -> Text,
+        acked_offset -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(pending_messages -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(users, devices, sessions, invites, contacts, pending_messages,);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    devices,
+    sessions,
+    invites,
+    contacts,
+    pending_messages,
+    user_logs,
+    conversations,
+    messages,
+    device_cursors,
+);

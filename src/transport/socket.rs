@@ -22,7 +22,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use super::writer::{Outbound, QueueError};
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets, TransportState};
 use crate::channels::{
-    Channel, ChannelContext, HandleIn, JoinRequest, Joined, LeaveReason, Reply, Router, SocketInfo, StopReason,
+    Channel, ChannelContext, ChannelTask, Effects, HandleIn, JoinRequest, Joined, LeaveReason, Reply, Router,
+    SocketInfo, StopReason,
 };
 use crate::config::SocketConfig;
 use crate::protocol::{
@@ -160,10 +161,52 @@ impl SocketSession {
         self.send(ctx, Outgoing::Lifecycle { join_ref, topic, event, payload: &payload });
     }
 
-    fn flush_pushes(&mut self, ctx: &mut Context<Self>, topic: &str, join_ref: &str, pushes: Vec<(String, Payload)>) {
+    /// Runs one callback of the channel joined on `topic` (under `catch_unwind`), then sends the
+    /// pushes it made and starts the tasks it spawned. `None` when the topic is not joined.
+    fn run_callback<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        topic: &str,
+        callback: impl FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> R,
+    ) -> Option<(String, std::thread::Result<R>)> {
+        let SocketSession { channels, info, pubsub, outbound, .. } = self;
+        let joined = channels.get_mut(topic)?;
+        let join_ref = joined.join_ref.clone();
+        let mut effects = Effects::default();
+        let outcome = {
+            let mut cctx = ChannelContext::new(topic, &join_ref, info, pubsub, outbound.room(), &mut effects);
+            std::panic::catch_unwind(AssertUnwindSafe(|| callback(joined.channel.as_mut(), &mut cctx)))
+        };
+        let Effects { pushes, tasks } = effects;
         for (event, payload) in pushes {
-            self.send(ctx, Outgoing::Push { join_ref: Some(join_ref), topic, event: &event, payload: &payload });
+            self.send(ctx, Outgoing::Push { join_ref: Some(&join_ref), topic, event: &event, payload: &payload });
         }
+        for task in tasks {
+            self.start_task(ctx, topic, &join_ref, task);
+        }
+        Some((join_ref, outcome))
+    }
+
+    /// Runs a channel's task off the actor; its result goes to `handle_info` if the same join
+    /// of the topic is still there when it completes.
+    fn start_task(&mut self, ctx: &mut Context<Self>, topic: &str, join_ref: &str, task: ChannelTask) {
+        let (topic, join_ref) = (topic.to_owned(), join_ref.to_owned());
+        let task = AssertUnwindSafe(task).catch_unwind().into_actor(self);
+        ctx.spawn(task.map(move |result, act, ctx| {
+            if !act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref) || act.phase == Phase::Closing {
+                return;
+            }
+            let crashed = match result {
+                Ok(info) => {
+                    let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
+                    matches!(outcome, Some((_, Err(_))))
+                }
+                Err(_) => true,
+            };
+            if crashed {
+                act.crash_channel(ctx, &topic, "channel task or handle_info panicked");
+            }
+        }));
     }
 
     /// Queues a close frame after everything already queued, then stops shortly after.
@@ -249,14 +292,11 @@ impl SocketSession {
         event: String,
         payload: Payload,
     ) {
-        let SocketSession { channels, info, pubsub, .. } = self;
-        let Some(joined) = channels.get_mut(&topic) else { return };
-        let mut pushes = Vec::new();
-        let outcome = {
-            let mut cctx = ChannelContext::new(&topic, &join_ref, info, pubsub, &mut pushes);
-            std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.handle_in(&event, payload, &mut cctx)))
+        let Some((_, outcome)) =
+            self.run_callback(ctx, &topic, |channel, cctx| channel.handle_in(&event, payload, cctx))
+        else {
+            return;
         };
-        self.flush_pushes(ctx, &topic, &join_ref, pushes);
         match outcome {
             Err(_) => self.crash_channel(ctx, &topic, "handle_in panicked"),
             Ok(HandleIn::Reply(reply)) => self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply),
@@ -375,23 +415,16 @@ impl SocketSession {
     }
 
     fn after_join(&mut self, ctx: &mut Context<Self>, topic: &str) {
-        let SocketSession { channels, info, pubsub, .. } = self;
-        let Some(joined) = channels.get_mut(topic) else { return };
-        let join_ref = joined.join_ref.clone();
-        let mut pushes = Vec::new();
-        let outcome = {
-            let mut cctx = ChannelContext::new(topic, &join_ref, info, pubsub, &mut pushes);
-            std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.after_join(&mut cctx)))
-        };
-        self.flush_pushes(ctx, topic, &join_ref, pushes);
-        if outcome.is_err() {
+        let outcome = self.run_callback(ctx, topic, |channel, cctx| channel.after_join(cctx));
+        if matches!(outcome, Some((_, Err(_)))) {
             self.crash_channel(ctx, topic, "after_join panicked");
         }
     }
 
     fn terminate(&self, topic: &str, joined: &mut JoinedChannel, reason: LeaveReason) {
-        let mut pushes = Vec::new();
-        let mut cctx = ChannelContext::new(topic, &joined.join_ref, &self.info, &self.pubsub, &mut pushes);
+        // Pushes and tasks of a channel that is ending go nowhere.
+        let mut effects = Effects::default();
+        let mut cctx = ChannelContext::new(topic, &joined.join_ref, &self.info, &self.pubsub, 0, &mut effects);
         // A channel that panics while terminating is gone either way.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.terminate(reason, &mut cctx)));
     }
@@ -522,15 +555,11 @@ impl Handler<Deliver> for SocketSession {
             }
             return;
         }
-        let SocketSession { channels, info, pubsub, .. } = self;
-        let Some(joined) = channels.get_mut(&broadcast.topic) else { return };
-        let join_ref = joined.join_ref.clone();
-        let mut pushes = Vec::new();
-        let forward = {
-            let mut cctx = ChannelContext::new(&broadcast.topic, &join_ref, info, pubsub, &mut pushes);
-            std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.handle_out(&broadcast, &mut cctx)))
+        let Some((_, forward)) =
+            self.run_callback(ctx, &broadcast.topic, |channel, cctx| channel.handle_out(&broadcast, cctx))
+        else {
+            return;
         };
-        self.flush_pushes(ctx, &broadcast.topic, &join_ref, pushes);
         match forward {
             Ok(true) => {
                 if let Some(frame) = broadcast.encoded(self.serializer) {

@@ -50,6 +50,11 @@ impl Outbound {
         self.try_send(Item::Frame(frame))
     }
 
+    /// How many more frames the queue can take right now.
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
     /// Queues a pong for a client ping.
     pub fn pong(&self, data: Bytes) -> Result<(), QueueError> {
         self.try_send(Item::Pong(data))

@@ -1,0 +1,4 @@
+DROP TABLE device_cursors;
+DROP TABLE messages;
+DROP TABLE conversations;
+DROP TABLE user_logs;

@@ -1,0 +1,245 @@
+//! The messaging events of `user:<eid>`: `message`, `receipt`, `pull` and `history` from the
+//! device, and the push-mode delivery of its log (catch-up, then live `message` and `receipt`
+//! events) to it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::UserChannel;
+use super::inbox::Offer;
+use crate::channels::{ChannelContext, HandleIn, Reply};
+use crate::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
+use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LiveMessage, LogPage, MessagingError, now_millis};
+use crate::pb;
+use crate::protocol::Payload;
+use crate::pubsub::Broadcast;
+
+/// How long a catch-up waits for the socket's outbound queue to drain before the next page.
+const CATCH_UP_BACKOFF: Duration = Duration::from_millis(20);
+/// How long a catch-up waits before reading again after a storage error.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
+
+/// A step of a push-mode catch-up, handed back to the channel by its task.
+pub enum CatchUp {
+    /// Time to read the next page (the outbound queue had no room before).
+    Fetch,
+    /// A page of the log was read.
+    Page(Result<LogPage, MessagingError>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptParams {
+    up_to: i64,
+    state: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullParams {
+    after: i64,
+    limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    with: String,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Parses a JSON payload strictly; the error is a reply reason naming the event.
+fn params<T: DeserializeOwned>(event: &str, payload: &Payload) -> Result<T, Reply> {
+    let Some(text) = payload.as_json_str() else {
+        return Err(Reply::error(&format!("{event} takes a JSON payload")));
+    };
+    serde_json::from_str(text).map_err(|e| Reply::error(&format!("bad {event} payload: {e}")))
+}
+
+/// The error reply to a `message` push: the reason plus seed 004's retry fields for JSON
+/// clients; a `MessagePeerAckSignal` with the status code for protobuf ones.
+fn send_error(encoding: Encoding, message_id: &str, error: &MessagingError) -> Reply {
+    let response = match encoding {
+        Encoding::Json => Payload::json(&json!({
+            "reason": error.reason(),
+            "status_code": error.status_code(),
+            "message_id": message_id,
+            "signal_offset_state": false,
+        })),
+        Encoding::Protobuf => encoding.encode(&pb::MessagePeerAckSignal {
+            message_id: message_id.to_owned(),
+            method: wire::METHOD_SENT,
+            timestamp: now_millis(),
+            status_code: error.status_code(),
+            ..Default::default()
+        }),
+    };
+    Reply { status: "error".into(), response }
+}
+
+impl UserChannel {
+    pub(super) fn send_message(&self, payload: Payload) -> HandleIn {
+        let encoding = Encoding::of(&payload);
+        let message: pb::Message = match wire::decode(&payload) {
+            Ok(m) => m,
+            Err(e) => return HandleIn::Reply(send_error(encoding, "", &e)),
+        };
+        let id = message.id.clone();
+        let message = match self.messaging.prepare(&self.origin, message) {
+            Ok(m) => m,
+            Err(e) => return HandleIn::Reply(send_error(encoding, &id, &e)),
+        };
+        let (messaging, accounts, origin) = (self.messaging.clone(), self.accounts.clone(), self.origin.clone());
+        HandleIn::Later(Box::pin(async move {
+            if accounts.config().require_contacts {
+                let to = message.to.as_ref().map_or("", |t| t.eid.as_str());
+                if let Err(e) = accounts.authorize_message(&origin.eid, to).await {
+                    let error = match e.http_status() {
+                        404 => MessagingError::UnknownRecipient,
+                        s if s >= 500 => MessagingError::Unavailable,
+                        _ => MessagingError::Forbidden(e.code().to_owned()),
+                    };
+                    return send_error(encoding, &id, &error);
+                }
+            }
+            match messaging.send(&origin, message).await {
+                Ok(ack) => Reply::ok(encoding.encode(&ack)),
+                Err(e) => send_error(encoding, &id, &e),
+            }
+        }))
+    }
+
+    pub(super) fn receipt(&self, payload: &Payload) -> HandleIn {
+        let p: ReceiptParams = match params("receipt", payload) {
+            Ok(p) => p,
+            Err(reply) => return HandleIn::Reply(reply),
+        };
+        let read = match p.state.as_str() {
+            "received" => false,
+            "read" => true,
+            _ => return HandleIn::Reply(Reply::error("state must be \"received\" or \"read\"")),
+        };
+        let (messaging, origin) = (self.messaging.clone(), self.origin.clone());
+        HandleIn::Later(Box::pin(async move {
+            match messaging.receipt(&origin, p.up_to, read).await {
+                Ok(cursor) => Reply::ok(Payload::json(&json!({ "acked_offset": cursor }))),
+                Err(e) => Reply::error(&e.reason()),
+            }
+        }))
+    }
+
+    pub(super) fn pull(&self, payload: &Payload) -> HandleIn {
+        let p: PullParams = match params("pull", payload) {
+            Ok(p) => p,
+            Err(reply) => return HandleIn::Reply(reply),
+        };
+        let (messaging, eid) = (self.messaging.clone(), self.origin.eid.clone());
+        let limit = p.limit.unwrap_or(messaging.config().default_page);
+        HandleIn::Later(Box::pin(async move {
+            match messaging.pull(&eid, p.after, limit).await {
+                Ok(page) => {
+                    let messages: Vec<&pb::Message> = page.entries.iter().map(|(_, m)| m).collect();
+                    Reply::ok(Payload::json(&json!({ "messages": messages, "last_offset": page.last_offset })))
+                }
+                Err(e) => Reply::error(&e.reason()),
+            }
+        }))
+    }
+
+    pub(super) fn history(&self, payload: &Payload) -> HandleIn {
+        let p: HistoryParams = match params("history", payload) {
+            Ok(p) => p,
+            Err(reply) => return HandleIn::Reply(reply),
+        };
+        if p.with.is_empty() {
+            return HandleIn::Reply(Reply::error("with must name a user"));
+        }
+        let (messaging, eid) = (self.messaging.clone(), self.origin.eid.clone());
+        let limit = p.limit.unwrap_or(messaging.config().default_page);
+        HandleIn::Later(Box::pin(async move {
+            match messaging.history(&eid, &p.with, p.before, limit).await {
+                Ok(messages) => Reply::ok(Payload::json(&json!({ "messages": messages }))),
+                Err(e) => Reply::error(&e.reason()),
+            }
+        }))
+    }
+
+    /// Reads the next catch-up page, or waits first if the client has not drained the last one.
+    pub(super) fn fetch_next(&mut self, ctx: &mut ChannelContext<'_>) {
+        let page = self.messaging.config().catch_up_page;
+        if ctx.outbound_room < usize::try_from(page).unwrap_or(usize::MAX).saturating_mul(2) {
+            ctx.spawn(Box::pin(async {
+                tokio::time::sleep(CATCH_UP_BACKOFF).await;
+                Box::new(CatchUp::Fetch) as _
+            }));
+            return;
+        }
+        let (messaging, eid, after) = (self.messaging.clone(), self.origin.eid.clone(), self.inbox.delivered());
+        ctx.spawn(Box::pin(async move {
+            Box::new(CatchUp::Page(messaging.read_log(&eid, after, page, SIGNAL_REQUEST_PUSH).await)) as _
+        }));
+    }
+
+    pub(super) fn catch_up(&mut self, step: CatchUp, ctx: &mut ChannelContext<'_>) {
+        let page = match step {
+            CatchUp::Fetch => return self.fetch_next(ctx),
+            CatchUp::Page(Ok(page)) => page,
+            CatchUp::Page(Err(e)) => {
+                tracing::warn!(user = self.origin.eid, error = %e, "catch-up read failed; retrying");
+                ctx.spawn(Box::pin(async {
+                    tokio::time::sleep(CATCH_UP_RETRY).await;
+                    Box::new(CatchUp::Fetch) as _
+                }));
+                return;
+            }
+        };
+        let full = i64::try_from(page.entries.len()).unwrap_or(i64::MAX) >= self.messaging.config().catch_up_page;
+        for (offset, message) in &page.entries {
+            if self.inbox.offer_stored(*offset) == Offer::Push {
+                ctx.push(EVENT_MESSAGE, self.encoding.encode(message));
+            }
+        }
+        if full {
+            return self.fetch_next(ctx);
+        }
+        match self.inbox.finish_catch_up() {
+            Some(held) => {
+                for (_, attachment) in held {
+                    if let Some(live) = attachment.downcast_ref::<LiveMessage>() {
+                        ctx.push(EVENT_MESSAGE, self.encoding.encode(&live.message));
+                    }
+                }
+            }
+            None => self.fetch_next(ctx),
+        }
+    }
+
+    /// `handle_out` for the inbox topic: live messages go through the inbox; protobuf devices
+    /// get seed types re-encoded, JSON devices the shared frame.
+    pub(super) fn deliver_live(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
+        if broadcast.event == EVENT_MESSAGE {
+            let (Some(live), Some(attachment)) = (broadcast.attachment::<LiveMessage>(), &broadcast.attachment) else {
+                return true;
+            };
+            if self.inbox.offer_live(live.offset, attachment) == Offer::Skip {
+                return false;
+            }
+            if self.encoding == Encoding::Protobuf {
+                ctx.push(EVENT_MESSAGE, self.encoding.encode(&live.message));
+                return false;
+            }
+            return true;
+        }
+        if broadcast.event == EVENT_RECEIPT && self.encoding == Encoding::Protobuf {
+            if let Some(signal) = broadcast.attachment::<pb::MessagePeerAckSignal>() {
+                ctx.push(EVENT_RECEIPT, self.encoding.encode(signal));
+                return false;
+            }
+        }
+        true
+    }
+}

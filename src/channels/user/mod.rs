@@ -1,0 +1,227 @@
+//! `user:<eid>`: a user's inbox. Only sockets authenticated as `<eid>` may join; every device
+//! of the user joins it. It carries the user's messages and receipts (seeds 003/004, through
+//! [`crate::messaging`]) and invites and contacts (seed 002 on the Phoenix side).
+
+mod inbox;
+mod messages;
+
+use std::any::Any;
+
+use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Reply};
+use crate::accounts::{AccountError, Accounts};
+use crate::messaging::wire::Encoding;
+use crate::messaging::{Messaging, Origin};
+use crate::protocol::{Payload, Serializer};
+use crate::pubsub::{Broadcast, PubSub};
+use inbox::Inbox;
+pub use messages::CatchUp;
+
+/// The topic prefix this family serves.
+pub const PREFIX: &str = "user:";
+
+/// The Phoenix topic of a user.
+pub fn user_topic(eid: &str) -> String {
+    crate::messaging::user_topic(eid)
+}
+
+/// The pub/sub topic the seed-002 JSON connections of a user listen on.
+pub fn json_topic(eid: &str) -> String {
+    format!("json:{eid}")
+}
+
+/// Tells every connection of `to` about an account event (`{"type": ..., "source", "dest"}`):
+/// seed-002 JSON connections get the frame as is, Phoenix sockets on `user:<to>` get it as an
+/// event named after its `type` (invites only; seed-002 `message` frames are not Phoenix events).
+pub fn notify_account_event(pubsub: &PubSub, to: &str, frame: &Value) {
+    let Some(kind) = frame.get("type").and_then(Value::as_str) else { return };
+    let payload = Payload::json(frame);
+    if kind.starts_with("invite.") {
+        pubsub.broadcast(&user_topic(to), kind, payload.clone());
+    }
+    pubsub.broadcast(&json_topic(to), kind, payload);
+}
+
+/// Joins `user:<eid>` topics for the authenticated user `<eid>`.
+#[derive(Clone)]
+pub struct UserChannels {
+    accounts: Accounts,
+    messaging: Messaging,
+}
+
+impl UserChannels {
+    /// Serves user topics backed by these accounts and message logs.
+    pub fn new(accounts: Accounts, messaging: Messaging) -> Self {
+        UserChannels { accounts, messaging }
+    }
+}
+
+/// The join payload: where to start, and how the device wants its messages.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinParams {
+    /// Push the log after this offset (default: the device's cursor).
+    after: Option<i64>,
+    /// `push` (default) or `pull`.
+    mode: Option<String>,
+    /// `json` (default) or `protobuf` (binary frames, vsn 2.0.0 only).
+    encoding: Option<String>,
+}
+
+/// What the join decided about delivery.
+struct Delivery {
+    pull: bool,
+    encoding: Encoding,
+}
+
+fn parse_join(payload: &Payload, serializer: Serializer) -> Result<(Option<i64>, Delivery), String> {
+    let params: JoinParams = match payload.as_json_str() {
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("bad join payload: {e}"))?,
+        None => return Err("join payload must be JSON".into()),
+    };
+    if params.after.is_some_and(|a| a < 0) {
+        return Err("after must not be negative".into());
+    }
+    let pull = match params.mode.as_deref() {
+        None | Some("push") => false,
+        Some("pull") => true,
+        Some(_) => return Err("mode must be \"push\" or \"pull\"".into()),
+    };
+    let encoding = match params.encoding.as_deref() {
+        None | Some("json") => Encoding::Json,
+        Some("protobuf") if serializer == Serializer::V2 => Encoding::Protobuf,
+        Some("protobuf") => return Err("protobuf encoding needs vsn 2.0.0 (binary frames)".into()),
+        Some(_) => return Err("encoding must be \"json\" or \"protobuf\"".into()),
+    };
+    Ok((params.after, Delivery { pull, encoding }))
+}
+
+impl ChannelFactory for UserChannels {
+    fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
+        let (accounts, messaging) = (self.accounts.clone(), self.messaging.clone());
+        Box::pin(async move {
+            let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
+            let socket = &request.socket;
+            let identity = &socket.identity;
+            if identity.user.as_deref() != Some(eid.as_str()) {
+                return Err(Payload::reason("unauthorized"));
+            }
+            let (after, delivery) = parse_join(&request.payload, socket.serializer).map_err(|r| Payload::reason(&r))?;
+            let origin = Origin {
+                eid: eid.clone(),
+                device: identity.device.clone(),
+                connection: socket.connection_id,
+                node: request.pubsub.node().to_owned(),
+            };
+            let invites = accounts.pending_invites(&eid).await.map_err(|e| Payload::reason(e.code()))?;
+            let state =
+                messaging.device_state(&eid, origin.device_key()).await.map_err(|e| Payload::reason(&e.reason()))?;
+            let after = after.unwrap_or(state.acked_offset);
+            if after > state.last_offset {
+                let reason = format!("after {after} is past the end of the log (last_offset {})", state.last_offset);
+                return Err(Payload::reason(&reason));
+            }
+            let invites: Vec<Value> = invites.iter().map(|i| json!({"from": i.from, "at": i.created_at})).collect();
+            let response = json!({
+                "identity": {
+                    "eid": eid,
+                    "connection_resource_id": identity.device,
+                    "node": origin.node,
+                },
+                "invites": invites,
+                "last_offset": state.last_offset,
+                "acked_offset": state.acked_offset,
+            });
+            let inbox = if delivery.pull { Inbox::pull() } else { Inbox::catching_up(after) };
+            let channel = UserChannel { origin, accounts, messaging, encoding: delivery.encoding, inbox };
+            Ok(Joined { channel: Box::new(channel), response: Payload::json(&response) })
+        })
+    }
+}
+
+/// One device's channel on its user's topic.
+pub struct UserChannel {
+    origin: Origin,
+    accounts: Accounts,
+    messaging: Messaging,
+    encoding: Encoding,
+    inbox: Inbox,
+}
+
+/// The payload of the invite events: the other user.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvitePeer {
+    dest: String,
+}
+
+fn error_reply(e: &AccountError) -> Reply {
+    Reply::error(e.code())
+}
+
+impl UserChannel {
+    fn invite(&self, kind: &'static str, payload: &Payload, pubsub: &PubSub) -> HandleIn {
+        let peer = match payload.as_json_str().map(serde_json::from_str::<InvitePeer>) {
+            Some(Ok(peer)) if !peer.dest.is_empty() => peer.dest,
+            _ => return HandleIn::Reply(Reply::error("expected {\"dest\": username}")),
+        };
+        let (accounts, me, pubsub) = (self.accounts.clone(), self.origin.eid.clone(), pubsub.clone());
+        HandleIn::Later(Box::pin(async move {
+            let result = match kind {
+                "invite.request" => accounts.invite_request(&me, &peer).await,
+                "invite.accept" => accounts.invite_accept(&me, &peer).await,
+                _ => accounts.invite_reject(&me, &peer).await,
+            };
+            match result {
+                Ok(()) => {
+                    notify_account_event(&pubsub, &peer, &json!({"type": kind, "source": me, "dest": peer}));
+                    Reply::ok_empty()
+                }
+                Err(e) => error_reply(&e),
+            }
+        }))
+    }
+}
+
+impl Channel for UserChannel {
+    fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
+        if self.inbox.is_catching_up() {
+            self.fetch_next(ctx);
+        }
+    }
+
+    fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
+        match event {
+            "message" => self.send_message(payload),
+            "receipt" => self.receipt(&payload),
+            "pull" => self.pull(&payload),
+            "history" => self.history(&payload),
+            "invite.request" => self.invite("invite.request", &payload, ctx.pubsub),
+            "invite.accept" => self.invite("invite.accept", &payload, ctx.pubsub),
+            "invite.reject" => self.invite("invite.reject", &payload, ctx.pubsub),
+            "contacts" => {
+                let (accounts, me) = (self.accounts.clone(), self.origin.eid.clone());
+                HandleIn::Later(Box::pin(async move {
+                    match accounts.contacts(&me).await {
+                        Ok(contacts) => Reply::ok(Payload::json(&json!({ "contacts": contacts }))),
+                        Err(e) => error_reply(&e),
+                    }
+                }))
+            }
+            _ => HandleIn::Reply(Reply::error("unknown event")),
+        }
+    }
+
+    fn handle_info(&mut self, info: Box<dyn Any>, ctx: &mut ChannelContext<'_>) {
+        if let Ok(step) = info.downcast::<CatchUp>() {
+            self.catch_up(*step, ctx);
+        }
+    }
+
+    fn handle_out(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
+        self.deliver_live(broadcast, ctx)
+    }
+}

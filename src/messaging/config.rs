@@ -1,0 +1,50 @@
+//! Messaging limits: payload size, page sizes and the log writer's batch size.
+
+use serde::Deserialize;
+
+/// The `[messaging]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Largest `payload` + `encrypted` + `signature` of one message, in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest `limit` a `pull` or `history` may ask for.
+    pub max_page: i64,
+    /// The `limit` of a `pull` or `history` that names none.
+    pub default_page: i64,
+    /// Messages read per step while a joining device catches up in push mode.
+    pub catch_up_page: i64,
+    /// Most writes (messages and receipts) committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            max_payload_bytes: 64 * 1024,
+            max_page: 500,
+            default_page: 100,
+            catch_up_page: 200,
+            max_batch: 512,
+        }
+    }
+}
+
+impl MessagingConfig {
+    /// Checks the ranges; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_payload_bytes == 0 {
+            return Err("max_payload_bytes must be at least 1".into());
+        }
+        if self.max_page < 1 || !(1..=self.max_page).contains(&self.default_page) {
+            return Err("max_page must be at least 1 and default_page within 1..=max_page".into());
+        }
+        if !(1..=10_000).contains(&self.catch_up_page) {
+            return Err("catch_up_page must be 1..=10000".into());
+        }
+        if !(1..=10_000).contains(&self.max_batch) {
+            return Err("max_batch must be 1..=10000".into());
+        }
+        Ok(())
+    }
+}

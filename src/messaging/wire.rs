@@ -1,0 +1,178 @@
+//! Between stored rows and the seed types of `crate::pb`, and between those types and Phoenix
+//! payloads: proto3 JSON (text frames) or protobuf (binary frames).
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::MessagingError;
+use crate::pb;
+use crate::protocol::Payload;
+use crate::store::messages::MessageRow;
+
+/// `Message.signal_type` of a message in the log of the user who sent it (seed 004's DEVICE).
+pub const SIGNAL_TYPE_DEVICE: i32 = 2;
+/// `Message.signal_type` of a message in the log of the user who received it.
+pub const SIGNAL_TYPE_RECEIVER: i32 = 3;
+/// `Message.signal_request`: delivered because the device asked (pull).
+pub const SIGNAL_REQUEST_PULL: i32 = 1;
+/// `Message.signal_request`: delivered by the server on its own (push).
+pub const SIGNAL_REQUEST_PUSH: i32 = 2;
+/// `MessagePeerAckSignal.method`: stored by the server (✓).
+pub const METHOD_SENT: i32 = 1;
+/// `MessagePeerAckSignal.method`: acknowledged as received by a receiver's device (✓✓).
+pub const METHOD_DELIVERED: i32 = 2;
+/// `MessagePeerAckSignal.method`: read by the receiver.
+pub const METHOD_READ: i32 = 3;
+
+/// How a device exchanges seed types: proto3 JSON in text frames, or protobuf in binary ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Proto3 JSON with the proto field names.
+    Json,
+    /// The protobuf encoding, in V2 binary frames.
+    Protobuf,
+}
+
+impl Encoding {
+    /// The encoding a client used for this payload.
+    pub fn of(payload: &Payload) -> Encoding {
+        match payload {
+            Payload::Json(_) => Encoding::Json,
+            Payload::Binary(_) => Encoding::Protobuf,
+        }
+    }
+
+    /// Encodes a seed type for a client using this encoding.
+    pub fn encode<T: prost::Message + Serialize>(self, value: &T) -> Payload {
+        match self {
+            Encoding::Json => Payload::json(value),
+            Encoding::Protobuf => Payload::Binary(Bytes::from(value.encode_to_vec())),
+        }
+    }
+}
+
+/// Decodes a seed type from a client payload in either encoding.
+pub fn decode<T>(payload: &Payload) -> Result<T, MessagingError>
+where
+    T: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    match payload {
+        Payload::Json(raw) => {
+            serde_json::from_str(raw.get()).map_err(|e| MessagingError::invalid(format!("bad JSON: {e}")))
+        }
+        Payload::Binary(bytes) => {
+            T::decode(bytes.as_ref()).map_err(|e| MessagingError::invalid(format!("bad protobuf: {e}")))
+        }
+    }
+}
+
+/// Offsets are BIGINT in storage and int32 in seed 004's `Message`; a log never gets near 2^31.
+pub fn offset32(offset: i64) -> i32 {
+    i32::try_from(offset).unwrap_or(i32::MAX)
+}
+
+/// An identity with just a user (and optionally a device).
+pub fn identity(eid: &str, device: Option<&str>) -> pb::Identity {
+    pb::Identity { eid: eid.to_owned(), connection_resource_id: device.map(str::to_owned), node: None }
+}
+
+/// A stored message as it appears in `owner`'s log at `offset`.
+pub fn log_message(
+    row: &MessageRow,
+    owner: &str,
+    offset: i64,
+    ack_state: pb::SignalAckState,
+    signal_request: i32,
+) -> pb::Message {
+    pb::Message {
+        id: row.client_id.clone(),
+        signal_offset: offset32(offset),
+        user_offset: offset32(row.user_offset),
+        from: Some(identity(&row.sender, row.sender_device.as_deref())),
+        to: Some(identity(&row.receiver, None)),
+        timestamp: row.sent_at,
+        payload: row.payload.clone(),
+        encryption_type: row.encryption_type.clone(),
+        encrypted: row.encrypted.clone(),
+        signature: row.signature.clone(),
+        signal_type: if row.receiver == owner { SIGNAL_TYPE_RECEIVER } else { SIGNAL_TYPE_DEVICE },
+        signal_offset_state: true,
+        signal_ack_state: Some(ack_state),
+        signal_request,
+    }
+}
+
+/// The ack state of a message whose receiver acknowledged its conversation up to these offsets.
+pub fn ack_state(user_offset: i64, receiver_acked: (i64, i64)) -> pb::SignalAckState {
+    pb::SignalAckState { send: true, received: user_offset <= receiver_acked.0, read: user_offset <= receiver_acked.1 }
+}
+
+/// The peer offsets of a conversation, from the original sender's point of view.
+pub fn peer(sender: &str, receiver: &str, offset: i64, peer_offset: i64) -> pb::Peer {
+    pb::Peer { from: sender.to_owned(), to: receiver.to_owned(), offset, peer_offset }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> MessageRow {
+        MessageRow {
+            sender: "alice".into(),
+            client_id: "m1".into(),
+            sender_device: Some("phone".into()),
+            receiver: "bob".into(),
+            user_offset: 7,
+            sender_offset: 3,
+            receiver_offset: 9,
+            sent_at: 1_700_000_000_000,
+            stored_at: 1_700_000_000_001,
+            payload: b"{\"body\":\"hi\"}".to_vec(),
+            encryption_type: String::new(),
+            encrypted: String::new(),
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn proto3_json_uses_proto_names_string_int64_and_base64_bytes() {
+        let m = log_message(&row(), "bob", 9, ack_state(7, (0, 0)), SIGNAL_REQUEST_PUSH);
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["id"], "m1");
+        assert_eq!(json["signal_offset"], 9);
+        assert_eq!(json["user_offset"], 7);
+        assert_eq!(json["timestamp"], "1700000000000");
+        assert_eq!(json["payload"], "eyJib2R5IjoiaGkifQ==");
+        assert_eq!(json["from"]["eid"], "alice");
+        assert_eq!(json["from"]["connection_resource_id"], "phone");
+        assert_eq!(json["signal_type"], SIGNAL_TYPE_RECEIVER);
+        assert_eq!(json["signal_offset_state"], true);
+        assert_eq!(json["signal_ack_state"], serde_json::json!({"send": true, "received": false, "read": false}));
+        assert_eq!(json["signal_request"], 2);
+        // Round trip through both encodings.
+        let back: pb::Message = decode(&Payload::json(&m)).unwrap();
+        assert_eq!(back, m);
+        let back: pb::Message = decode(&Encoding::Protobuf.encode(&m)).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn the_sender_log_copy_is_a_device_message() {
+        let m = log_message(&row(), "alice", 3, ack_state(7, (7, 0)), SIGNAL_REQUEST_PULL);
+        assert_eq!((m.signal_type, m.signal_offset), (SIGNAL_TYPE_DEVICE, 3));
+        assert_eq!(m.signal_ack_state, Some(pb::SignalAckState { send: true, received: true, read: false }));
+    }
+
+    #[test]
+    fn json_input_accepts_numbers_or_strings_and_refuses_unknown_fields() {
+        let ok: pb::Message =
+            decode(&Payload::json(&serde_json::json!({"id": "x", "timestamp": 5, "payload": "aGk="}))).unwrap();
+        assert_eq!((ok.timestamp, ok.payload.as_slice()), (5, b"hi".as_slice()));
+        let ok: pb::Message = decode(&Payload::json(&serde_json::json!({"timestamp": "6"}))).unwrap();
+        assert_eq!(ok.timestamp, 6);
+        let err = decode::<pb::Message>(&Payload::json(&serde_json::json!({"idd": "x"}))).unwrap_err();
+        assert!(err.reason().contains("idd"), "{}", err.reason());
+        let err = decode::<pb::Message>(&Payload::Binary(Bytes::from_static(&[0xff, 0xff]))).unwrap_err();
+        assert!(err.reason().starts_with("bad protobuf"), "{}", err.reason());
+    }
+}

@@ -1,0 +1,132 @@
+//! The log writer: the one task that writes messages and receipts, in batches.
+//!
+//! Requests queue in a bounded channel. The writer takes everything queued (up to
+//! `max_batch`), commits it in one transaction (group commit: one fsync for the batch, not one
+//! per message), then answers each request and only then publishes the new `message` and
+//! `receipt` events, in commit order. While a batch commits, the next one fills up.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::log::{self, Write, Written};
+use super::wire::{self, SIGNAL_REQUEST_PUSH};
+use super::{EVENT_MESSAGE, EVENT_RECEIPT, LiveMessage, MessagingError, now_millis, user_topic};
+use crate::pb;
+use crate::protocol::Payload;
+use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+use crate::store::Store;
+
+/// How many requests may wait for the writer before senders wait too.
+const QUEUE: usize = 16 * 1024;
+
+/// One request to the writer.
+pub(crate) struct Job {
+    /// What to write.
+    pub write: Write,
+    /// The socket that asked; it does not get its own write back as an event.
+    pub origin: Option<SubscriberId>,
+    /// Where the outcome goes, once committed.
+    pub reply: oneshot::Sender<Result<Written, MessagingError>>,
+}
+
+/// Starts the writer on the current runtime; it stops when every sender is dropped.
+pub(crate) fn start(store: Store, pubsub: PubSub, max_batch: usize) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(run(store, pubsub, max_batch.max(1), rx));
+    tx
+}
+
+async fn run(store: Store, pubsub: PubSub, max_batch: usize, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let (writes, waiting): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, (j.origin, j.reply))).unzip();
+        let writes = Arc::new(writes);
+        let results = commit(&store, &writes).await;
+        for ((write, (origin, reply)), result) in writes.iter().zip(waiting).zip(results) {
+            let publish = match &result {
+                Ok(written) => Some(written.clone()),
+                Err(_) => None,
+            };
+            // The sender hears "stored" before anyone is told about the message.
+            let _ = reply.send(result);
+            if let Some(written) = publish {
+                announce(&pubsub, write, &written, origin);
+            }
+        }
+    }
+    tracing::debug!("log writer stopped");
+}
+
+/// Commits the batch; if the transaction fails as a whole, retries each write on its own so
+/// one bad write cannot fail its neighbours.
+async fn commit(store: &Store, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, MessagingError>> {
+    let now = now_millis();
+    let all = Arc::clone(writes);
+    match store.write(move |conn| log::apply(conn, &all, now)).await {
+        Ok(results) => return results,
+        Err(e) if writes.len() == 1 => {
+            tracing::warn!(error = %e, "message log write failed");
+            return vec![Err(MessagingError::Storage(e))];
+        }
+        Err(e) => tracing::warn!(error = %e, batch = writes.len(), "batch failed; retrying its writes one by one"),
+    }
+    let mut results = Vec::with_capacity(writes.len());
+    for index in 0..writes.len() {
+        let all = Arc::clone(writes);
+        let one = store.write(move |conn| log::apply(conn, &all[index..=index], now)).await;
+        results.push(match one {
+            Ok(mut r) => r.pop().unwrap_or(Err(MessagingError::Unavailable)),
+            Err(e) => Err(MessagingError::Storage(e)),
+        });
+    }
+    results
+}
+
+/// Publishes what a committed write means to the devices of the users involved.
+fn announce(pubsub: &PubSub, write: &Write, written: &Written, origin: Option<SubscriberId>) {
+    match (write, written) {
+        (Write::Append(_), Written::Appended(appended)) if !appended.duplicate => {
+            let row = &appended.row;
+            let fresh = wire::ack_state(row.user_offset, (0, 0));
+            for (owner, offset, exclude) in
+                [(&row.receiver, row.receiver_offset, None), (&row.sender, row.sender_offset, origin)]
+            {
+                let message = wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH);
+                let payload = Payload::json(&message);
+                let live = Arc::new(LiveMessage { offset, message });
+                pubsub.publish(
+                    Broadcast::with_attachment(user_topic(owner), EVENT_MESSAGE, payload, Some(live)),
+                    exclude,
+                );
+            }
+        }
+        (Write::Receipt(receipt), Written::Receipt(done)) => {
+            let method = if receipt.read { wire::METHOD_READ } else { wire::METHOD_DELIVERED };
+            let device = Some(receipt.device.as_str()).filter(|d| !d.is_empty());
+            for ack in &done.acks {
+                let signal = pb::MessagePeerAckSignal {
+                    to: Some(wire::identity(&ack.sender, None)),
+                    from: Some(wire::identity(&receipt.user, device)),
+                    message_id: ack.client_id.clone(),
+                    method,
+                    timestamp: now_millis(),
+                    status_code: 200,
+                    peer: Some(wire::peer(&ack.sender, &receipt.user, ack.user_offset, ack.acked)),
+                };
+                let payload = Payload::json(&signal);
+                let signal = Arc::new(signal);
+                for (topic, exclude) in [(user_topic(&ack.sender), None), (user_topic(&receipt.user), origin)] {
+                    let broadcast = Broadcast::with_attachment(
+                        topic,
+                        EVENT_RECEIPT,
+                        payload.clone(),
+                        Some(Arc::clone(&signal) as _),
+                    );
+                    pubsub.publish(broadcast, exclude);
+                }
+            }
+        }
+        _ => {}
+    }
+}
