@@ -79,7 +79,8 @@ impl Courier {
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
-        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone());
+        let messaging =
+            Messaging::start(store, pubsub.clone(), config.messaging.clone(), config.accounts.require_contacts);
         let router = default_router(&accounts, &messaging).merge(extra_channels);
         let sockets = Arc::new(Sockets::default());
         let transport = web::Data::new(TransportState {

@@ -21,6 +21,9 @@ pub enum MessagingError {
     /// The database failed; nothing was stored and the client should retry with the same id.
     #[error("storage unavailable, retry")]
     Storage(#[from] StoreError),
+    /// The log writer's queue is full; retry shortly.
+    #[error("server busy, retry")]
+    Busy,
     /// The log writer is gone (the server is stopping).
     #[error("messaging unavailable, retry")]
     Unavailable,
@@ -39,7 +42,7 @@ impl MessagingError {
             MessagingError::Forbidden(_) => 403,
             MessagingError::UnknownRecipient => 404,
             MessagingError::TooLarge(_) => 413,
-            MessagingError::Storage(_) | MessagingError::Unavailable => 503,
+            MessagingError::Storage(_) | MessagingError::Busy | MessagingError::Unavailable => 503,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Append {
     pub sender: String,
     /// The sending device, if the socket named one.
     pub sender_device: Option<String>,
+    /// Refuse the message unless the receiver is a contact of the sender.
+    pub require_contact: bool,
     /// The message as the client sent it, validated.
     pub message: pb::Message,
 }
@@ -148,6 +150,10 @@ fn append_all(
             results[index] = Some(Err(MessagingError::UnknownRecipient));
             continue;
         }
+        if append.require_contact && !messages::are_contacts(conn, &append.sender, receiver)? {
+            results[index] = Some(Err(MessagingError::Forbidden("not_contacts".into())));
+            continue;
+        }
         let key = (append.sender.as_str(), append.message.id.as_str());
         if stored.contains_key(&(key.0.to_owned(), key.1.to_owned())) || first_in_batch.contains_key(&key) {
             continue;
@@ -202,7 +208,7 @@ fn append_all(
 
     // Conversations that only saw duplicates still need their peer offsets for the acks.
     for &(index, append) in &appends {
-        if matches!(results[index], Some(Err(MessagingError::UnknownRecipient))) {
+        if matches!(results[index], Some(Err(_))) {
             continue;
         }
         let key = (append.sender.clone(), append.message.id.clone());

@@ -12,6 +12,7 @@ pub mod log;
 pub mod wire;
 mod writer;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -95,13 +96,15 @@ pub struct Messaging {
     store: Store,
     jobs: mpsc::Sender<writer::Job>,
     config: Arc<MessagingConfig>,
+    require_contacts: bool,
 }
 
 impl Messaging {
-    /// Starts the log writer on the current runtime.
-    pub fn start(store: Store, pubsub: PubSub, config: MessagingConfig) -> Messaging {
+    /// Starts the log writer on the current runtime. With `require_contacts`, users may only
+    /// message their contacts.
+    pub fn start(store: Store, pubsub: PubSub, config: MessagingConfig, require_contacts: bool) -> Messaging {
         let jobs = writer::start(store.clone(), pubsub, config.max_batch);
-        Messaging { store, jobs, config: Arc::new(config) }
+        Messaging { store, jobs, config: Arc::new(config), require_contacts }
     }
 
     /// The limits in force.
@@ -145,52 +148,81 @@ impl Messaging {
         Ok(message)
     }
 
-    async fn submit(&self, write: Write, origin: Option<SubscriberId>) -> Result<Written, MessagingError> {
+    /// Queues a write for the log writer right away (so one socket's writes keep their order)
+    /// and returns the future of its outcome.
+    fn submit(
+        &self,
+        write: Write,
+        origin: Option<SubscriberId>,
+    ) -> impl Future<Output = Result<Written, MessagingError>> + 'static {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(writer::Job { write, origin, reply }).await.map_err(|_| MessagingError::Unavailable)?;
-        answer.await.map_err(|_| MessagingError::Unavailable)?
+        let queued = self.jobs.try_send(writer::Job { write, origin, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => MessagingError::Busy,
+            mpsc::error::TrySendError::Closed(_) => MessagingError::Unavailable,
+        });
+        async move {
+            queued?;
+            answer.await.map_err(|_| MessagingError::Unavailable)?
+        }
     }
 
-    /// Stores a prepared message and returns the sender's `MessagePeerAckSignal` once it is
-    /// durably stored. A retry of a stored `(sender, id)` gets the original offsets back.
-    pub async fn send(
+    /// Stores a prepared message and resolves to the sender's `MessagePeerAckSignal` once it is
+    /// durably stored. A retry of a stored `(sender, id)` gets the original offsets back. The
+    /// message is queued before this returns: sends from one socket are stored in call order.
+    pub fn send(
         &self,
         origin: &Origin,
         message: pb::Message,
-    ) -> Result<pb::MessagePeerAckSignal, MessagingError> {
-        let append = Append { sender: origin.eid.clone(), sender_device: origin.device.clone(), message };
-        let Written::Appended(appended) = self.submit(Write::Append(append), Some(origin.connection)).await? else {
-            return Err(MessagingError::Unavailable);
+    ) -> impl Future<Output = Result<pb::MessagePeerAckSignal, MessagingError>> + 'static {
+        let append = Append {
+            sender: origin.eid.clone(),
+            sender_device: origin.device.clone(),
+            require_contact: self.require_contacts,
+            message,
         };
-        let row = &appended.row;
-        Ok(pb::MessagePeerAckSignal {
-            to: Some(pb::Identity {
-                eid: origin.eid.clone(),
-                connection_resource_id: origin.device.clone(),
-                node: Some(origin.node.clone()),
-            }),
-            from: Some(wire::identity(&row.receiver, None)),
-            message_id: row.client_id.clone(),
-            method: wire::METHOD_SENT,
-            timestamp: now_millis(),
-            status_code: 200,
-            peer: Some(wire::peer(&row.sender, &row.receiver, row.user_offset, appended.peer_received)),
-        })
+        let written = self.submit(Write::Append(append), Some(origin.connection));
+        let origin = origin.clone();
+        async move {
+            let Written::Appended(appended) = written.await? else {
+                return Err(MessagingError::Unavailable);
+            };
+            let row = &appended.row;
+            Ok(pb::MessagePeerAckSignal {
+                to: Some(pb::Identity {
+                    eid: origin.eid.clone(),
+                    connection_resource_id: origin.device.clone(),
+                    node: Some(origin.node.clone()),
+                }),
+                from: Some(wire::identity(&row.receiver, None)),
+                message_id: row.client_id.clone(),
+                method: wire::METHOD_SENT,
+                timestamp: now_millis(),
+                status_code: 200,
+                peer: Some(wire::peer(&row.sender, &row.receiver, row.user_offset, appended.peer_received)),
+            })
+        }
     }
 
     /// Records that the origin device has `received` (or `read`) its log up to `up_to`;
-    /// returns the device's cursor.
-    pub async fn receipt(&self, origin: &Origin, up_to: i64, read: bool) -> Result<i64, MessagingError> {
-        if up_to < 0 {
-            return Err(MessagingError::invalid("up_to must not be negative"));
-        }
+    /// resolves to the device's cursor. Queued before this returns, like [`Messaging::send`].
+    pub fn receipt(
+        &self,
+        origin: &Origin,
+        up_to: i64,
+        read: bool,
+    ) -> impl Future<Output = Result<i64, MessagingError>> + 'static {
         let receipt = Receipt { user: origin.eid.clone(), device: origin.device_key().to_owned(), up_to, read };
-        match self.submit(Write::Receipt(receipt), Some(origin.connection)).await? {
-            Written::Receipt(done) => Ok(done.cursor),
-            Written::Appended(_) => Err(MessagingError::Unavailable),
+        let written = (up_to >= 0).then(|| self.submit(Write::Receipt(receipt), Some(origin.connection)));
+        async move {
+            let Some(written) = written else {
+                return Err(MessagingError::invalid("up_to must not be negative"));
+            };
+            match written.await? {
+                Written::Receipt(done) => Ok(done.cursor),
+                Written::Appended(_) => Err(MessagingError::Unavailable),
+            }
         }
     }
-
     /// The log's end and this device's cursor.
     pub async fn device_state(&self, eid: &str, device: &str) -> Result<DeviceState, MessagingError> {
         let (eid, device) = (eid.to_owned(), device.to_owned());

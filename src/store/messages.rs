@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 
 use super::dialect::per_backend;
-use super::schema::{conversations, device_cursors, messages, user_logs, users};
+use super::schema::{contacts, conversations, device_cursors, messages, user_logs, users};
 use super::{DbConnection, Millis, StoreError};
 
 /// A stored message: written once, read from both users' logs.
@@ -90,6 +90,17 @@ pub fn conversation_key<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
 /// Which of `usernames` exist.
 pub fn existing_users(conn: &mut DbConnection, usernames: &[&str]) -> Result<Vec<String>, StoreError> {
     Ok(users::table.filter(users::username.eq_any(usernames)).select(users::username).load(conn)?)
+}
+
+/// Whether `contact` is among `username`'s contacts.
+pub fn are_contacts(conn: &mut DbConnection, username: &str, contact: &str) -> Result<bool, StoreError> {
+    let id_of = |name: &str| users::table.filter(users::username.eq(name.to_owned())).select(users::id);
+    let found: i64 = contacts::table
+        .filter(contacts::user_id.eq_any(id_of(username)))
+        .filter(contacts::contact_id.eq_any(id_of(contact)))
+        .count()
+        .get_result(conn)?;
+    Ok(found > 0)
 }
 
 /// The messages `sender` already stored under any of `client_ids`.

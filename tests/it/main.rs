@@ -6,5 +6,7 @@ mod accounts;
 mod channel_lifecycle;
 mod connect;
 mod limits;
+mod messaging;
+mod messaging_durability;
 mod rooms;
 mod shutdown;

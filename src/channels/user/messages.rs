@@ -93,20 +93,10 @@ impl UserChannel {
             Ok(m) => m,
             Err(e) => return HandleIn::Reply(send_error(encoding, &id, &e)),
         };
-        let (messaging, accounts, origin) = (self.messaging.clone(), self.accounts.clone(), self.origin.clone());
+        // Queued now, not when the reply future first runs, so pipelined sends keep their order.
+        let stored = self.messaging.send(&self.origin, message);
         HandleIn::Later(Box::pin(async move {
-            if accounts.config().require_contacts {
-                let to = message.to.as_ref().map_or("", |t| t.eid.as_str());
-                if let Err(e) = accounts.authorize_message(&origin.eid, to).await {
-                    let error = match e.http_status() {
-                        404 => MessagingError::UnknownRecipient,
-                        s if s >= 500 => MessagingError::Unavailable,
-                        _ => MessagingError::Forbidden(e.code().to_owned()),
-                    };
-                    return send_error(encoding, &id, &error);
-                }
-            }
-            match messaging.send(&origin, message).await {
+            match stored.await {
                 Ok(ack) => Reply::ok(encoding.encode(&ack)),
                 Err(e) => send_error(encoding, &id, &e),
             }
@@ -123,9 +113,9 @@ impl UserChannel {
             "read" => true,
             _ => return HandleIn::Reply(Reply::error("state must be \"received\" or \"read\"")),
         };
-        let (messaging, origin) = (self.messaging.clone(), self.origin.clone());
+        let recorded = self.messaging.receipt(&self.origin, p.up_to, read);
         HandleIn::Later(Box::pin(async move {
-            match messaging.receipt(&origin, p.up_to, read).await {
+            match recorded.await {
                 Ok(cursor) => Reply::ok(Payload::json(&json!({ "acked_offset": cursor }))),
                 Err(e) => Reply::error(&e.reason()),
             }
@@ -234,11 +224,12 @@ impl UserChannel {
             }
             return true;
         }
-        if broadcast.event == EVENT_RECEIPT && self.encoding == Encoding::Protobuf {
-            if let Some(signal) = broadcast.attachment::<pb::MessagePeerAckSignal>() {
-                ctx.push(EVENT_RECEIPT, self.encoding.encode(signal));
-                return false;
-            }
+        if broadcast.event == EVENT_RECEIPT
+            && self.encoding == Encoding::Protobuf
+            && let Some(signal) = broadcast.attachment::<pb::MessagePeerAckSignal>()
+        {
+            ctx.push(EVENT_RECEIPT, self.encoding.encode(signal));
+            return false;
         }
         true
     }

@@ -5,6 +5,7 @@
 
 pub mod channels;
 pub mod db;
+pub mod devices;
 
 use std::net::SocketAddr;
 use std::time::Duration;
