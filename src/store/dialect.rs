@@ -12,14 +12,16 @@ use super::DbConnection;
 /// Settings every new SQLite connection gets.
 ///
 /// busy_timeout goes first so that switching to WAL waits for other openers instead of
-/// failing. foreign_keys is per connection in SQLite, so it must be set each time;
-/// synchronous=NORMAL is the durable-enough setting WAL is designed for.
+/// failing. foreign_keys is per connection in SQLite, so it must be set each time.
+/// synchronous=FULL syncs the WAL at every commit, so an acknowledged message survives a power
+/// loss too, not only a crash (NORMAL's promise); the log writer's group commit pays that one
+/// fsync per batch rather than per message.
 pub(crate) fn sqlite_pragmas(busy_timeout: Duration) -> String {
     let millis = busy_timeout.as_millis().min(i32::MAX as u128);
     format!(
         "PRAGMA busy_timeout = {millis};
          PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
+         PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;"
     )
 }

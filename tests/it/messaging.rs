@@ -332,6 +332,9 @@ async fn bad_input(db: Arc<TestDb>) {
         assert_eq!(reply["response"]["status_code"], code, "{payload} → {reply}");
         assert_eq!(reply["response"]["signal_offset_state"], false);
         assert!(reply["response"]["reason"].as_str().unwrap().contains(reason), "{payload} → {reply}");
+        // The id is echoed even when the rest does not parse, so the client knows which failed.
+        let id = payload.get("id").and_then(Value::as_str).unwrap_or_default();
+        assert_eq!(reply["response"]["message_id"], id, "{payload} → {reply}");
     }
     let other_events = [
         ("receipt", json!({"up_to": -1, "state": "read"}), "must not be negative"),

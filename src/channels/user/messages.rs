@@ -81,12 +81,20 @@ fn send_error(encoding: Encoding, message_id: &str, error: &MessagingError) -> R
     Reply { status: "error".into(), response }
 }
 
+/// The `id` of a JSON message that did not parse as a `Message`, so its error reply still
+/// names the message the client should fix.
+fn best_effort_id(payload: &Payload) -> String {
+    let Some(text) = payload.as_json_str() else { return String::new() };
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    value.get("id").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned()
+}
+
 impl UserChannel {
     pub(super) fn send_message(&self, payload: Payload) -> HandleIn {
         let encoding = Encoding::of(&payload);
         let message: pb::Message = match wire::decode(&payload) {
             Ok(m) => m,
-            Err(e) => return HandleIn::Reply(send_error(encoding, "", &e)),
+            Err(e) => return HandleIn::Reply(send_error(encoding, &best_effort_id(&payload), &e)),
         };
         let id = message.id.clone();
         let message = match self.messaging.prepare(&self.origin, message) {
