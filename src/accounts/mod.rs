@@ -259,7 +259,7 @@ impl Accounts {
     /// The device ids registered for `username`, oldest first.
     pub async fn devices(&self, username: &str) -> Result<Vec<String>, AccountError> {
         let username = validate::username(username)?;
-        let rows = self.with_user_id(username, |conn, id| store::devices::list(conn, id)).await?;
+        let rows = self.with_user_id(username, store::devices::list).await?;
         Ok(rows.into_iter().map(|d| d.device_id).collect())
     }
 
@@ -355,7 +355,7 @@ impl Accounts {
     /// Usernames of `username`'s contacts, sorted.
     pub async fn contacts(&self, username: &str) -> Result<Vec<String>, AccountError> {
         let username = validate::username(username)?;
-        self.with_user_id(username, |conn, id| store::invites::contacts_of(conn, id)).await
+        self.with_user_id(username, store::invites::contacts_of).await
     }
 
     /// Checks `from` may send a `message` to `to`: `to` exists and, when required, is a contact.
@@ -395,7 +395,7 @@ impl Accounts {
     /// Removes and returns the frames queued for `username`, oldest first.
     pub async fn take_pending(&self, username: &str) -> Result<Vec<String>, AccountError> {
         let username = validate::username(username)?;
-        self.with_user_id(username, |conn, id| store::pending::take_all(conn, id)).await
+        self.with_user_id(username, store::pending::take_all).await
     }
 
     /// Deletes sessions that ended (expired or revoked) more than `grace_secs` ago; returns how many.

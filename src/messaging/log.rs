@@ -38,6 +38,9 @@ pub struct Receipt {
 }
 
 /// One write of a batch.
+// Messages are the common case; boxing them would cost an allocation each to save space on
+// the rarer receipts.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Store a message.
@@ -80,6 +83,7 @@ pub struct Receipted {
 }
 
 /// The outcome of one write.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Written {
     /// A message was stored (or found stored).

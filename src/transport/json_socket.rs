@@ -136,10 +136,11 @@ impl JsonConnection {
         ctx.spawn(
             async move {
                 let online = pubsub.subscriber_count(&json_topic(&to)).await.unwrap_or(0) > 0;
-                if !online && queue_if_offline {
-                    if let Err(e) = accounts.queue_message(&to, &frame.to_string()).await {
-                        tracing::warn!(conn = id, error = %e, "could not queue a frame for an offline user");
-                    }
+                if !online
+                    && queue_if_offline
+                    && let Err(e) = accounts.queue_message(&to, &frame.to_string()).await
+                {
+                    tracing::warn!(conn = id, error = %e, "could not queue a frame for an offline user");
                 }
                 notify_account_event(&pubsub, &to, &frame);
             }

@@ -193,7 +193,7 @@ impl SocketSession {
         let (topic, join_ref) = (topic.to_owned(), join_ref.to_owned());
         let task = AssertUnwindSafe(task).catch_unwind().into_actor(self);
         ctx.spawn(task.map(move |result, act, ctx| {
-            if !act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref) || act.phase == Phase::Closing {
+            if act.channels.get(&topic).is_none_or(|c| c.join_ref != join_ref) || act.phase == Phase::Closing {
                 return;
             }
             let crashed = match result {

@@ -70,10 +70,10 @@ impl Outbound {
     /// Closes after the frames already queued; a full queue is skipped so the close still goes out.
     pub fn close(&mut self, code: CloseCode, description: &str) {
         let reason = CloseReason { code, description: Some(description.to_owned()) };
-        if let Err(mpsc::error::TrySendError::Full(Item::Close(reason))) = self.tx.try_send(Item::Close(reason)) {
-            if let Some(abort) = self.abort.take() {
-                let _ = abort.send(reason);
-            }
+        if let Err(mpsc::error::TrySendError::Full(Item::Close(reason))) = self.tx.try_send(Item::Close(reason))
+            && let Some(abort) = self.abort.take()
+        {
+            let _ = abort.send(reason);
         }
     }
 }
