@@ -12,9 +12,8 @@
 //! Every wait is bounded by [`PHASE`]; nothing asserts on timing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::on_both_backends;
 use crate::support::db::TestDb;
-use crate::support::{TestServer, http, test_config};
+use crate::support::{TestServer, http, spawn_binary, test_config};
 
 /// The longest any one phase (connecting, a pipeline, a restart) may take.
 const PHASE: Duration = Duration::from_secs(60);
@@ -503,39 +502,11 @@ struct Binary {
 impl Binary {
     /// Starts the binary on an ephemeral port with this database and config file.
     fn start(database_url: &str, config: &std::path::Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(["--bind", "127.0.0.1:0", "--database-url", database_url, "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "warn,courier::server=info")
-            .spawn()
-            .expect("binary starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, logs) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let child = Arc::new(Mutex::new(child));
-        let deadline = std::time::Instant::now() + PHASE;
-        let mut seen = Vec::new();
-        let addr = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let Ok(line) = logs.recv_timeout(left) else {
-                let _ = child.lock().unwrap().kill();
-                panic!("the binary did not log its address within {PHASE:?}; it logged:\n{}", seen.join("\n"));
-            };
-            if let Some((_, rest)) = line.split_once("listening on ") {
-                break rest.split_whitespace().next().expect("address").parse().expect("socket address");
-            }
-            seen.push(line);
-        };
-        Binary { child, addr, logs }
+        let config = config.to_string_lossy();
+        let env = [("COURIER_CONFIG", config.as_ref()), ("RUST_LOG", "warn,courier::server=info")];
+        let (child, addr, logs) = spawn_binary(database_url, &env);
+        let addr = addr.parse().expect("socket address");
+        Binary { child: Arc::new(Mutex::new(child)), addr, logs }
     }
 
     /// SIGKILL, now (safe to call twice).

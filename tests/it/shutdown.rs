@@ -1,13 +1,12 @@
 //! Graceful shutdown: in-process and for the real binary on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::channels::CrashChannels;
-use crate::support::{Client, TestServer, http, ok_reply, test_config};
+use crate::support::{Client, TestServer, http, ok_reply, spawn_binary, test_config};
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
@@ -24,39 +23,6 @@ async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
     assert_eq!(c.recv_close().await, (1001, "server shutting down".into()));
     assert_eq!(idle.recv_close().await, (1001, "server shutting down".into()));
     server.shutdown().await;
-}
-
-/// Starts the real binary on an ephemeral port and returns it with its address.
-fn spawn_binary(
-    database: &std::path::Path,
-    extra_env: &[(&str, &str)],
-) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_courier"));
-    cmd.args(["--bind", "127.0.0.1:0", "--database-url"])
-        .arg(database)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1");
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("binary logs its address");
-        if let Some((_, rest)) = line.split_once("listening on ") {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    (child, addr, rx)
 }
 
 #[tokio::test]

@@ -143,76 +143,54 @@ impl Device {
         reply["response"].clone()
     }
 
-    /// Waits for the JSON reply to `msg_ref`, stashing everything else.
-    pub async fn reply(&mut self, msg_ref: &str) -> Value {
-        let is_reply = |f: &Frame| matches!(f, Frame::Json(v) if v[3] == "phx_reply" && v[1] == msg_ref);
-        if let Some(i) = self.stash.iter().position(is_reply) {
-            let Some(Frame::Json(v)) = self.stash.remove(i) else { unreachable!() };
-            return v[4].clone();
+    /// The first stashed or next received frame that is `wanted`, stashing the others.
+    async fn take(&mut self, what: &str, wanted: impl Fn(&Frame) -> bool) -> Frame {
+        if let Some(i) = self.stash.iter().position(&wanted) {
+            return self.stash.remove(i).expect("position is in range");
         }
         loop {
             let frame = self.client.recv().await;
-            if is_reply(&frame) {
-                let Frame::Json(v) = frame else { unreachable!() };
-                return v[4].clone();
+            if wanted(&frame) {
+                return frame;
             }
-            assert!(!matches!(frame, Frame::Close(..)), "socket closed while waiting for reply {msg_ref}: {frame:?}");
+            assert!(!matches!(frame, Frame::Close(..)), "socket closed while waiting for {what}: {frame:?}");
             self.stash.push_back(frame);
+        }
+    }
+
+    /// Waits for the JSON reply to `msg_ref`, stashing everything else.
+    pub async fn reply(&mut self, msg_ref: &str) -> Value {
+        let wanted = |f: &Frame| matches!(f, Frame::Json(v) if v[3] == "phx_reply" && v[1] == msg_ref);
+        match self.take(&format!("reply {msg_ref}"), wanted).await {
+            Frame::Json(v) => v[4].clone(),
+            other => unreachable!("{other:?}"),
         }
     }
 
     /// Waits for the binary reply to `msg_ref`, stashing everything else.
     pub async fn binary_reply(&mut self, msg_ref: &str) -> BinaryFrame {
-        let matches = |f: &Frame| matches!(f, Frame::Binary(b) if parse_binary(b).kind == 1 && parse_binary(b).msg_ref == msg_ref);
-        if let Some(i) = self.stash.iter().position(matches) {
-            let Some(Frame::Binary(b)) = self.stash.remove(i) else { unreachable!() };
-            return parse_binary(&b);
-        }
-        loop {
-            let frame = self.client.recv().await;
-            if matches(&frame) {
-                let Frame::Binary(b) = frame else { unreachable!() };
-                return parse_binary(&b);
-            }
-            assert!(!matches!(frame, Frame::Close(..)), "socket closed while waiting for reply {msg_ref}: {frame:?}");
-            self.stash.push_back(frame);
+        let wanted = |f: &Frame| matches!(f, Frame::Binary(b) if { let p = parse_binary(b); p.kind == 1 && p.msg_ref == msg_ref });
+        match self.take(&format!("binary reply {msg_ref}"), wanted).await {
+            Frame::Binary(b) => parse_binary(&b),
+            other => unreachable!("{other:?}"),
         }
     }
 
     /// The next JSON `event` on this topic (oldest first), stashing other frames.
     pub async fn event(&mut self, event: &str) -> Value {
-        let is_event = |f: &Frame| matches!(f, Frame::Json(v) if v[3] == event);
-        if let Some(i) = self.stash.iter().position(is_event) {
-            let Some(Frame::Json(v)) = self.stash.remove(i) else { unreachable!() };
-            return v[4].clone();
-        }
-        loop {
-            let frame = self.client.recv().await;
-            if is_event(&frame) {
-                let Frame::Json(v) = frame else { unreachable!() };
-                return v[4].clone();
-            }
-            assert!(!matches!(frame, Frame::Close(..)), "socket closed while waiting for {event}: {frame:?}");
-            self.stash.push_back(frame);
+        match self.take(event, |f| matches!(f, Frame::Json(v) if v[3] == event)).await {
+            Frame::Json(v) => v[4].clone(),
+            other => unreachable!("{other:?}"),
         }
     }
 
     /// The next binary push of `event`.
     pub async fn binary_event(&mut self, event: &str) -> Vec<u8> {
-        let is_event =
-            |f: &Frame| matches!(f, Frame::Binary(b) if parse_binary(b).kind != 1 && parse_binary(b).event == event);
-        if let Some(i) = self.stash.iter().position(is_event) {
-            let Some(Frame::Binary(b)) = self.stash.remove(i) else { unreachable!() };
-            return parse_binary(&b).payload;
-        }
-        loop {
-            let frame = self.client.recv().await;
-            if is_event(&frame) {
-                let Frame::Binary(b) = frame else { unreachable!() };
-                return parse_binary(&b).payload;
-            }
-            assert!(!matches!(frame, Frame::Close(..)), "socket closed while waiting for {event}: {frame:?}");
-            self.stash.push_back(frame);
+        let wanted =
+            |f: &Frame| matches!(f, Frame::Binary(b) if { let p = parse_binary(b); p.kind != 1 && p.event == event });
+        match self.take(event, wanted).await {
+            Frame::Binary(b) => parse_binary(&b).payload,
+            other => unreachable!("{other:?}"),
         }
     }
 

@@ -328,6 +328,39 @@ fn dechunk(body: &str) -> String {
     if out.is_empty() { body.to_string() } else { out }
 }
 
+/// Starts the real binary on an ephemeral port and returns it with its address.
+pub fn spawn_binary(
+    database: impl AsRef<std::ffi::OsStr>,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+    cmd.args(["--bind", "127.0.0.1:0", "--database-url"])
+        .arg(database)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .env("NO_COLOR", "1");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("binary logs its address");
+        if let Some((_, rest)) = line.split_once("listening on ") {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    (child, addr, rx)
+}
+
 /// Builds a V2 binary push frame as phoenix.js does.
 pub fn binary_push(join_ref: &str, msg_ref: &str, topic: &str, event: &str, body: &[u8]) -> Vec<u8> {
     let mut v = vec![0, join_ref.len() as u8, msg_ref.len() as u8, topic.len() as u8, event.len() as u8];
