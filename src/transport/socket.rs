@@ -168,7 +168,7 @@ impl SocketSession {
         ctx: &mut Context<Self>,
         topic: &str,
         callback: impl FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> R,
-    ) -> Option<(String, std::thread::Result<R>)> {
+    ) -> Option<std::thread::Result<R>> {
         let SocketSession { channels, info, pubsub, outbound, .. } = self;
         let joined = channels.get_mut(topic)?;
         let join_ref = joined.join_ref.clone();
@@ -184,7 +184,7 @@ impl SocketSession {
         for task in tasks {
             self.start_task(ctx, topic, &join_ref, task);
         }
-        Some((join_ref, outcome))
+        Some(outcome)
     }
 
     /// Runs a channel's task off the actor; its result goes to `handle_info` if the same join
@@ -199,7 +199,7 @@ impl SocketSession {
             let crashed = match result {
                 Ok(info) => {
                     let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
-                    matches!(outcome, Some((_, Err(_))))
+                    matches!(outcome, Some(Err(_)))
                 }
                 Err(_) => true,
             };
@@ -292,8 +292,7 @@ impl SocketSession {
         event: String,
         payload: Payload,
     ) {
-        let Some((_, outcome)) =
-            self.run_callback(ctx, &topic, |channel, cctx| channel.handle_in(&event, payload, cctx))
+        let Some(outcome) = self.run_callback(ctx, &topic, |channel, cctx| channel.handle_in(&event, payload, cctx))
         else {
             return;
         };
@@ -416,7 +415,7 @@ impl SocketSession {
 
     fn after_join(&mut self, ctx: &mut Context<Self>, topic: &str) {
         let outcome = self.run_callback(ctx, topic, |channel, cctx| channel.after_join(cctx));
-        if matches!(outcome, Some((_, Err(_)))) {
+        if matches!(outcome, Some(Err(_))) {
             self.crash_channel(ctx, topic, "after_join panicked");
         }
     }
@@ -555,7 +554,7 @@ impl Handler<Deliver> for SocketSession {
             }
             return;
         }
-        let Some((_, forward)) =
+        let Some(forward) =
             self.run_callback(ctx, &broadcast.topic, |channel, cctx| channel.handle_out(&broadcast, cctx))
         else {
             return;

@@ -18,7 +18,7 @@ use crate::messaging::{Messaging, Origin};
 use crate::protocol::{Payload, Serializer};
 use crate::pubsub::{Broadcast, PubSub};
 use inbox::Inbox;
-pub use messages::CatchUp;
+use messages::CatchUp;
 
 /// The topic prefix this family serves.
 pub const PREFIX: &str = "user:";
@@ -60,7 +60,7 @@ impl UserChannels {
 }
 
 /// The join payload: where to start, and how the device wants its messages.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JoinParams {
     /// Push the log after this offset (default: the device's cursor).
