@@ -274,7 +274,10 @@ fn record_receipt(
             let acked = if receipt.read { read } else { received };
             acks.push(ConversationAck { sender, client_id, user_offset: top, acked });
         }
-        messages::ack_log(conn, &receipt.user, receipt.up_to, receipt.read)?;
+        // The log row was read above, inside this same write transaction.
+        let received = log.received_offset.max(receipt.up_to);
+        let read = if receipt.read { log.read_offset.max(receipt.up_to) } else { log.read_offset };
+        messages::set_log_acks(conn, &receipt.user, received, read)?;
     }
     Ok(Ok(Receipted { cursor, acks }))
 }

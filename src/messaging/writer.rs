@@ -44,14 +44,15 @@ async fn run(store: Store, pubsub: PubSub, max_batch: usize, mut rx: mpsc::Recei
         let writes = Arc::new(writes);
         let results = commit(&store, &writes).await;
         for ((write, (origin, reply)), result) in writes.iter().zip(waiting).zip(results) {
-            let publish = match &result {
-                Ok(written) => Some(written.clone()),
-                Err(_) => None,
+            // Built before the reply takes the result, published after it: the sender hears
+            // "stored" before anyone is told about the message.
+            let broadcasts = match &result {
+                Ok(written) => announcements(write, written, origin),
+                Err(_) => Vec::new(),
             };
-            // The sender hears "stored" before anyone is told about the message.
             let _ = reply.send(result);
-            if let Some(written) = publish {
-                announce(&pubsub, write, &written, origin);
+            for (broadcast, exclude) in broadcasts {
+                pubsub.publish(broadcast, exclude);
             }
         }
     }
@@ -83,8 +84,14 @@ async fn commit(store: &Store, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, 
     results
 }
 
-/// Publishes what a committed write means to the devices of the users involved.
-fn announce(pubsub: &PubSub, write: &Write, written: &Written, origin: Option<SubscriberId>) {
+/// The broadcasts that tell the devices of the users involved what a committed write means,
+/// each with the socket to leave out.
+fn announcements(
+    write: &Write,
+    written: &Written,
+    origin: Option<SubscriberId>,
+) -> Vec<(Arc<Broadcast>, Option<SubscriberId>)> {
+    let mut out = Vec::new();
     match (write, written) {
         (Write::Append(_), Written::Appended(appended)) if !appended.duplicate => {
             let row = &appended.row;
@@ -95,10 +102,8 @@ fn announce(pubsub: &PubSub, write: &Write, written: &Written, origin: Option<Su
                 let message = wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH);
                 let payload = Payload::json(&message);
                 let live = Arc::new(LiveMessage { offset, message });
-                pubsub.publish(
-                    Broadcast::with_attachment(user_topic(owner), EVENT_MESSAGE, payload, Some(live)),
-                    exclude,
-                );
+                let broadcast = Broadcast::with_attachment(user_topic(owner), EVENT_MESSAGE, payload, Some(live));
+                out.push((broadcast, exclude));
             }
         }
         (Write::Receipt(receipt), Written::Receipt(done)) => {
@@ -123,10 +128,11 @@ fn announce(pubsub: &PubSub, write: &Write, written: &Written, origin: Option<Su
                         payload.clone(),
                         Some(Arc::clone(&signal) as _),
                     );
-                    pubsub.publish(broadcast, exclude);
+                    out.push((broadcast, exclude));
                 }
             }
         }
         _ => {}
     }
+    out
 }

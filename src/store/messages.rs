@@ -163,16 +163,12 @@ pub fn log_state(conn: &mut DbConnection, username: &str) -> Result<LogRow, Stor
     Ok(user_logs::table.find(username).select(LogRow::as_select()).first(conn).optional()?.unwrap_or_default())
 }
 
-/// Moves `username`'s log-wide acknowledgements forward to `up_to` (never back); returns the
-/// counters as they were before.
-pub fn ack_log(conn: &mut DbConnection, username: &str, up_to: i64, read: bool) -> Result<LogRow, StoreError> {
-    let before = log_state(conn, username)?;
-    let received = before.received_offset.max(up_to);
-    let read_offset = if read { before.read_offset.max(up_to) } else { before.read_offset };
+/// Sets how far `username`'s devices have acknowledged the log (received, read).
+pub fn set_log_acks(conn: &mut DbConnection, username: &str, received: i64, read: i64) -> Result<(), StoreError> {
     diesel::update(user_logs::table.find(username))
-        .set((user_logs::received_offset.eq(received), user_logs::read_offset.eq(read_offset)))
+        .set((user_logs::received_offset.eq(received), user_logs::read_offset.eq(read)))
         .execute(conn)?;
-    Ok(before)
+    Ok(())
 }
 
 /// The log entries of `username` after `after`, oldest first, at most `limit`: each is a

@@ -28,7 +28,7 @@ async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_exits_cleanly_and_never_logs_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, logs) = spawn_binary(&dir.path().join("courier.db"), &[("RUST_LOG", "debug")]);
+    let (mut child, addr, logs) = spawn_binary(dir.path().join("courier.db"), &[("RUST_LOG", "debug")]);
     let addr_parsed = addr.parse().unwrap();
     let body = json!({"username": "ivy", "password": "a long enough password"}).to_string();
     let (status, body) = http(addr_parsed, "POST", "/api/signup", &[("Content-Type", "application/json")], &body).await;
@@ -70,7 +70,7 @@ async fn the_binary_reads_a_config_file_and_refuses_unknown_keys_by_name() {
     std::fs::write(&config, "node = \"courier@test\"\n[admin]\ntoken = \"from-file\"\n").unwrap();
     let config_arg = config.to_string_lossy().into_owned();
     let (mut child, addr, _logs) =
-        spawn_binary(&dir.path().join("courier.db"), &[("COURIER_CONFIG", config_arg.as_str())]);
+        spawn_binary(dir.path().join("courier.db"), &[("COURIER_CONFIG", config_arg.as_str())]);
     let (status, body) =
         http(addr.parse().unwrap(), "GET", "/admin/stats", &[("Authorization", "Bearer from-file")], "").await;
     assert_eq!(status, 200, "{body}");
