@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::accounts::AccountsConfig;
 use crate::messaging::MessagingConfig;
+use crate::presence::PresenceConfig;
 
 /// Everything an operator can set.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,8 +35,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Accounts, sessions and contacts.
     pub accounts: AccountsConfig,
-    /// Message size, page sizes and the log writer's batch.
+    /// Message size, page sizes, the log writer's batch, and status signal limits.
     pub messaging: MessagingConfig,
+    /// The presence tracker.
+    pub presence: PresenceConfig,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             accounts: AccountsConfig::default(),
             messaging: MessagingConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -194,6 +198,7 @@ impl Config {
             return Err(ConfigError::Invalid("database_url", "needs a URL or path and a pool of at least 1".into()));
         }
         self.messaging.validate().map_err(|e| ConfigError::Invalid("messaging", e))?;
+        self.presence.validate().map_err(|e| ConfigError::Invalid("presence", e))?;
         self.accounts.validate().map_err(|e| ConfigError::Invalid("accounts", e.to_string()))
     }
 }

@@ -4,7 +4,7 @@
 //! codecs) → `channels` (per-topic behaviour) → `pubsub` (topic registry, broker). `server` wires
 //! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
 //! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
-//! offsets and receipts, and `pb` the wire types generated from `proto/`.
+//! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
 
 pub mod accounts;
 pub mod channels;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod messaging;
 pub mod pb;
+pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;

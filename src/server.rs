@@ -11,22 +11,34 @@ use actix_web::{App, HttpServer, web};
 
 use crate::accounts::Accounts;
 use crate::channels::auth::SessionAuthenticator;
+use crate::channels::presence::PresenceChannels;
 use crate::channels::room::RoomChannels;
 use crate::channels::user::UserChannels;
 use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
 use crate::messaging::Messaging;
+use crate::messaging::signals::Signals;
+use crate::presence::{LocalTracker, Tracker};
 use crate::pubsub::{Broker, LocalBroker, PubSub};
 use crate::store::{Store, StoreOptions};
 use crate::transport::json_socket::{self, JsonEndpoint};
 use crate::transport::{Sockets, TransportState, websocket};
 
 /// The channel families every Courier serves.
-pub fn default_router(accounts: &Accounts, messaging: &Messaging) -> Router {
+pub fn default_router(
+    accounts: &Accounts,
+    messaging: &Messaging,
+    signals: &Signals,
+    tracker: &Arc<dyn Tracker>,
+) -> Router {
     Router::new()
-        .channel("room:*", RoomChannels)
-        .channel("user:*", UserChannels::new(accounts.clone(), messaging.clone()))
+        .channel("room:*", RoomChannels::new(Arc::clone(tracker)))
+        .channel(
+            "user:*",
+            UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker)),
+        )
+        .channel("presence:*", PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
 }
 
 /// A server being assembled: configuration plus the pluggable parts.
@@ -79,9 +91,11 @@ impl Courier {
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
-        let messaging =
-            Messaging::start(store, pubsub.clone(), config.messaging.clone(), config.accounts.require_contacts);
-        let router = default_router(&accounts, &messaging).merge(extra_channels);
+        let require_contacts = config.accounts.require_contacts;
+        let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, require_contacts);
+        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts);
+        let tracker: Arc<dyn Tracker> = Arc::new(LocalTracker::start(&config.presence, pubsub.clone()));
+        let router = default_router(&accounts, &messaging, &signals, &tracker).merge(extra_channels);
         let sockets = Arc::new(Sockets::default());
         let transport = web::Data::new(TransportState {
             router: Arc::new(router),

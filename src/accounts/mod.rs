@@ -263,6 +263,13 @@ impl Accounts {
         Ok(rows.into_iter().map(|d| d.device_id).collect())
     }
 
+    /// When `username` was last online: the latest time one of its devices connected or left
+    /// (`None` before any device has).
+    pub async fn last_seen(&self, username: &str) -> Result<Option<i64>, AccountError> {
+        let username = validate::username(username)?;
+        self.with_user_id(username, store::devices::last_seen).await
+    }
+
     /// Whether an account has this username (a name that breaks the rules cannot exist).
     pub async fn user_exists(&self, username: &str) -> Result<bool, AccountError> {
         let Ok(username) = validate::username(username) else {

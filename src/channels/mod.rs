@@ -6,6 +6,7 @@
 //! [`Router`] by topic pattern (`room:*`), each with a [`ChannelFactory`] that performs joins.
 
 pub mod auth;
+pub mod presence;
 pub mod room;
 pub mod socket;
 pub mod user;

@@ -1,34 +1,70 @@
 //! `room:*`: open chat rooms, like Phoenix's chat example. Anyone may join a named room; every
-//! push except `ping` is relayed to the other members, and `ping` echoes its payload.
+//! push except `ping` is relayed to the other members, and `ping` echoes its payload. Members
+//! are tracked with presence: by user name when the socket is signed in, else per connection.
+
+use std::any::Any;
+use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 
-use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Reply};
+use super::presence::{base_meta, push_presence_state, track_and_list};
+use super::{
+    Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply,
+};
+use crate::presence::Tracker;
 use crate::protocol::Payload;
 
 /// The topic prefix this family serves.
 pub const PREFIX: &str = "room:";
 
 /// Joins `room:<name>` topics.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RoomChannels;
+#[derive(Clone)]
+pub struct RoomChannels {
+    tracker: Arc<dyn Tracker>,
+}
+
+impl RoomChannels {
+    /// Rooms whose members are tracked by `tracker`.
+    pub fn new(tracker: Arc<dyn Tracker>) -> Self {
+        RoomChannels { tracker }
+    }
+}
 
 impl ChannelFactory for RoomChannels {
     fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
         let name_is_empty = request.topic.strip_prefix(PREFIX).is_none_or(str::is_empty);
+        let identity = &request.socket.identity;
+        let key = match &identity.user {
+            Some(user) => user.clone(),
+            None => format!("anonymous:{}", request.socket.connection_id),
+        };
+        let channel = RoomChannel { tracker: Arc::clone(&self.tracker), key, device: identity.device.clone() };
         Box::pin(async move {
             if name_is_empty {
                 return Err(Payload::reason("room name must not be empty"));
             }
-            Ok(Joined { channel: Box::new(RoomChannel), response: Payload::empty() })
+            Ok(Joined { channel: Box::new(channel), response: Payload::empty() })
         })
     }
 }
 
 /// A member's channel in one room.
-pub struct RoomChannel;
+pub struct RoomChannel {
+    tracker: Arc<dyn Tracker>,
+    key: String,
+    device: Option<String>,
+}
 
 impl Channel for RoomChannel {
+    fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
+        let mut meta = base_meta(ctx);
+        if let Some(device) = &self.device {
+            meta.insert("device".into(), device.clone().into());
+        }
+        let topic = ctx.topic.to_owned();
+        track_and_list(ctx, &self.tracker, &[&topic], &self.key, meta);
+    }
+
     fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
         if event == "ping" {
             return HandleIn::Reply(Reply::ok(payload));
@@ -38,5 +74,13 @@ impl Channel for RoomChannel {
         }
         ctx.broadcast_from(event, payload);
         HandleIn::Reply(Reply::ok_empty())
+    }
+
+    fn handle_info(&mut self, info: Box<dyn Any>, ctx: &mut ChannelContext<'_>) {
+        push_presence_state(info.as_ref(), ctx);
+    }
+
+    fn terminate(&mut self, _reason: LeaveReason, ctx: &mut ChannelContext<'_>) {
+        self.tracker.untrack(ctx.topic, &self.key, ctx.socket.connection_id);
     }
 }

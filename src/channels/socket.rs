@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 
+use crate::presence::Owner;
 use crate::protocol::Serializer;
 use crate::pubsub::SubscriberId;
 
@@ -61,7 +63,7 @@ impl SocketAuthenticator for AnonymousSockets {
 }
 
 /// A connected socket, as channels see it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SocketInfo {
     /// Unique per connection in this process; the socket's id in the pub/sub registry.
     pub connection_id: SubscriberId,
@@ -71,4 +73,23 @@ pub struct SocketInfo {
     pub params: HashMap<String, String>,
     /// The wire format the client chose (`vsn`); only V2 carries binary payloads.
     pub serializer: Serializer,
+    /// Dropped with the socket, so what the socket owns elsewhere (presences) can tell it is gone.
+    alive: Arc<()>,
+}
+
+impl SocketInfo {
+    /// Describes a newly accepted connection.
+    pub fn new(
+        connection_id: SubscriberId,
+        identity: SocketIdentity,
+        params: HashMap<String, String>,
+        serializer: Serializer,
+    ) -> Self {
+        SocketInfo { connection_id, identity, params, serializer, alive: Arc::new(()) }
+    }
+
+    /// This socket as the owner of presences: they leave when it does, even if it crashes.
+    pub fn presence_owner(&self) -> Owner {
+        Owner { id: self.connection_id, alive: Arc::downgrade(&self.alive) }
+    }
 }

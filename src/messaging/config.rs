@@ -1,4 +1,5 @@
-//! Messaging limits: payload size, page sizes and the log writer's batch size.
+//! Messaging limits: payload size, page sizes, the log writer's batch size, and the rate and
+//! expiry of status signals.
 
 use serde::Deserialize;
 
@@ -16,6 +17,12 @@ pub struct MessagingConfig {
     pub catch_up_page: i64,
     /// Most writes (messages and receipts) committed in one transaction.
     pub max_batch: usize,
+    /// Status signals one user may send to one other user per second, sustained.
+    pub signal_rate_per_sec: u32,
+    /// Status signals one user may send to one other user in a burst.
+    pub signal_burst: u32,
+    /// A TYPING or RECORDING with no PAUSED or CANCELLED after it turns into PAUSED after this.
+    pub typing_timeout_ms: u64,
 }
 
 impl Default for MessagingConfig {
@@ -26,6 +33,9 @@ impl Default for MessagingConfig {
             default_page: 100,
             catch_up_page: 200,
             max_batch: 512,
+            signal_rate_per_sec: 5,
+            signal_burst: 10,
+            typing_timeout_ms: 10_000,
         }
     }
 }
@@ -44,6 +54,12 @@ impl MessagingConfig {
         }
         if !(1..=10_000).contains(&self.max_batch) {
             return Err("max_batch must be 1..=10000".into());
+        }
+        if self.signal_rate_per_sec == 0 || self.signal_burst == 0 {
+            return Err("signal_rate_per_sec and signal_burst must be at least 1".into());
+        }
+        if !(50..=600_000).contains(&self.typing_timeout_ms) {
+            return Err("typing_timeout_ms must be 50..=600000".into());
         }
         Ok(())
     }

@@ -21,6 +21,9 @@ pub enum MessagingError {
     /// The database failed; nothing was stored and the client should retry with the same id.
     #[error("storage unavailable, retry")]
     Storage(#[from] StoreError),
+    /// Too many requests of this kind (status signals to one user); slow down.
+    #[error("{0}")]
+    RateLimited(String),
     /// The log writer's queue is full; retry shortly.
     #[error("server busy, retry")]
     Busy,
@@ -42,6 +45,7 @@ impl MessagingError {
             MessagingError::Forbidden(_) => 403,
             MessagingError::UnknownRecipient => 404,
             MessagingError::TooLarge(_) => 413,
+            MessagingError::RateLimited(_) => 429,
             MessagingError::Storage(_) | MessagingError::Busy | MessagingError::Unavailable => 503,
         }
     }

@@ -4,11 +4,13 @@
 //! `signal_offset`, and each conversation has its own `user_offset` sequence. A message is
 //! stored once (by the [`writer`]'s group commit), acknowledged to its sender with a
 //! `MessagePeerAckSignal`, then published on `user:<eid>` of both users. This module owns the
-//! rules; SQL lives in `store::messages`, and the Phoenix side in `channels::user`.
+//! rules; SQL lives in `store::messages`, and the Phoenix side in `channels::user`. Status
+//! signals (typing, recording, ...) go through [`signals`] and are never stored.
 
 pub mod config;
 mod error;
 pub mod log;
+pub mod signals;
 pub mod wire;
 mod writer;
 

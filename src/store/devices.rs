@@ -16,7 +16,7 @@ pub struct DeviceRow {
     pub device_id: String,
     /// First seen.
     pub created_at: Millis,
-    /// Last registered.
+    /// Last connected or disconnected.
     pub last_seen_at: Millis,
 }
 
@@ -40,4 +40,12 @@ pub fn list(conn: &mut DbConnection, user_id: &str) -> Result<Vec<DeviceRow>, St
         .order((devices::created_at.asc(), devices::device_id.asc()))
         .select(DeviceRow::as_select())
         .load(conn)?)
+}
+
+/// The latest `last_seen_at` of a user's devices, if it has any.
+pub fn last_seen(conn: &mut DbConnection, user_id: &str) -> Result<Option<Millis>, StoreError> {
+    Ok(devices::table
+        .filter(devices::user_id.eq(user_id))
+        .select(diesel::dsl::max(devices::last_seen_at))
+        .first::<Option<Millis>>(conn)?)
 }

@@ -56,8 +56,7 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<Tran
     if !offered.is_empty() {
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PHOENIX_SUBPROTOCOL));
     }
-    let info =
-        SocketInfo { connection_id: state.sockets.next_connection_id(), identity, params: request.params, serializer };
+    let info = SocketInfo::new(state.sockets.next_connection_id(), identity, request.params, serializer);
     tracing::info!(
         conn = info.connection_id,
         socket_id = info.identity.socket_id.as_deref(),

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::UserChannel;
 use super::inbox::Offer;
 use crate::channels::{ChannelContext, HandleIn, Reply};
+use crate::messaging::signals::EVENT_SIGNAL;
 use crate::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LiveMessage, LogPage, MessagingError, now_millis};
 use crate::pb;
@@ -217,7 +218,7 @@ impl UserChannel {
     }
 
     /// `handle_out` for the inbox topic: live messages go through the inbox; protobuf devices
-    /// get seed types re-encoded, JSON devices the shared frame.
+    /// get seed types (messages, receipts, signals) re-encoded, JSON devices the shared frame.
     pub(super) fn deliver_live(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
         if broadcast.event == EVENT_MESSAGE {
             let (Some(live), Some(attachment)) = (broadcast.attachment::<LiveMessage>(), &broadcast.attachment) else {
@@ -232,12 +233,19 @@ impl UserChannel {
             }
             return true;
         }
-        if broadcast.event == EVENT_RECEIPT
-            && self.encoding == Encoding::Protobuf
-            && let Some(signal) = broadcast.attachment::<pb::MessagePeerAckSignal>()
-        {
-            ctx.push(EVENT_RECEIPT, self.encoding.encode(signal));
-            return false;
+        if self.encoding == Encoding::Protobuf {
+            if broadcast.event == EVENT_RECEIPT
+                && let Some(ack) = broadcast.attachment::<pb::MessagePeerAckSignal>()
+            {
+                ctx.push(EVENT_RECEIPT, self.encoding.encode(ack));
+                return false;
+            }
+            if broadcast.event == EVENT_SIGNAL
+                && let Some(signal) = broadcast.attachment::<pb::Signal>()
+            {
+                ctx.push(EVENT_SIGNAL, self.encoding.encode(signal));
+                return false;
+            }
         }
         true
     }

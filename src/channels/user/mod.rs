@@ -1,20 +1,27 @@
 //! `user:<eid>`: a user's inbox. Only sockets authenticated as `<eid>` may join; every device
 //! of the user joins it. It carries the user's messages and receipts (seeds 003/004, through
-//! [`crate::messaging`]) and invites and contacts (seed 002 on the Phoenix side).
+//! [`crate::messaging`]), status signals, invites and contacts (seed 002 on the Phoenix side),
+//! and the presence of the user's devices, tracked under their device id here and on
+//! `presence:<eid>` for watchers.
 
 mod inbox;
 mod messages;
+mod signals;
 
 use std::any::Any;
+use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Reply};
+use super::presence::{base_meta, presence_topic, push_presence_state, track_and_list};
+use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
 use crate::accounts::{AccountError, Accounts};
-use crate::messaging::wire::Encoding;
+use crate::messaging::signals::Signals;
+use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{Messaging, Origin};
+use crate::presence::Tracker;
 use crate::protocol::{Payload, Serializer};
 use crate::pubsub::{Broadcast, PubSub};
 use inbox::Inbox;
@@ -50,12 +57,14 @@ pub fn notify_account_event(pubsub: &PubSub, to: &str, frame: &Value) {
 pub struct UserChannels {
     accounts: Accounts,
     messaging: Messaging,
+    signals: Signals,
+    tracker: Arc<dyn Tracker>,
 }
 
 impl UserChannels {
-    /// Serves user topics backed by these accounts and message logs.
-    pub fn new(accounts: Accounts, messaging: Messaging) -> Self {
-        UserChannels { accounts, messaging }
+    /// Serves user topics backed by these accounts, message logs, signal relay and tracker.
+    pub fn new(accounts: Accounts, messaging: Messaging, signals: Signals, tracker: Arc<dyn Tracker>) -> Self {
+        UserChannels { accounts, messaging, signals, tracker }
     }
 }
 
@@ -102,6 +111,7 @@ fn parse_join(payload: &Payload, serializer: Serializer) -> Result<(Option<i64>,
 impl ChannelFactory for UserChannels {
     fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
         let (accounts, messaging) = (self.accounts.clone(), self.messaging.clone());
+        let (signals, tracker) = (self.signals.clone(), Arc::clone(&self.tracker));
         Box::pin(async move {
             let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
             let socket = &request.socket;
@@ -136,7 +146,16 @@ impl ChannelFactory for UserChannels {
                 "acked_offset": state.acked_offset,
             });
             let inbox = if delivery.pull { Inbox::pull() } else { Inbox::catching_up(after) };
-            let channel = UserChannel { origin, accounts, messaging, encoding: delivery.encoding, inbox };
+            let channel = UserChannel {
+                origin,
+                accounts,
+                messaging,
+                signals,
+                tracker,
+                encoding: delivery.encoding,
+                signal_request: if delivery.pull { SIGNAL_REQUEST_PULL } else { SIGNAL_REQUEST_PUSH },
+                inbox,
+            };
             Ok(Joined { channel: Box::new(channel), response: Payload::json(&response) })
         })
     }
@@ -147,7 +166,11 @@ pub struct UserChannel {
     origin: Origin,
     accounts: Accounts,
     messaging: Messaging,
+    signals: Signals,
+    tracker: Arc<dyn Tracker>,
     encoding: Encoding,
+    /// Seed 004's delivery mode of this device: 1 pull, 2 push.
+    signal_request: i32,
     inbox: Inbox,
 }
 
@@ -188,6 +211,11 @@ impl UserChannel {
 
 impl Channel for UserChannel {
     fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
+        let mut meta = base_meta(ctx);
+        meta.insert("signal_request".into(), self.signal_request.into());
+        let watched = presence_topic(&self.origin.eid);
+        let topic = ctx.topic.to_owned();
+        track_and_list(ctx, &self.tracker, &[&topic, &watched], self.origin.device_key(), meta);
         if self.inbox.is_catching_up() {
             self.fetch_next(ctx);
         }
@@ -196,6 +224,7 @@ impl Channel for UserChannel {
     fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<'_>) -> HandleIn {
         match event {
             "message" => self.send_message(payload),
+            "signal" => self.send_signal(&payload),
             "receipt" => self.receipt(&payload),
             "pull" => self.pull(&payload),
             "history" => self.history(&payload),
@@ -216,6 +245,9 @@ impl Channel for UserChannel {
     }
 
     fn handle_info(&mut self, info: Box<dyn Any>, ctx: &mut ChannelContext<'_>) {
+        if push_presence_state(info.as_ref(), ctx).is_some() {
+            return;
+        }
         if let Ok(step) = info.downcast::<CatchUp>() {
             self.catch_up(*step, ctx);
         }
@@ -223,5 +255,21 @@ impl Channel for UserChannel {
 
     fn handle_out(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
         self.deliver_live(broadcast, ctx)
+    }
+
+    fn terminate(&mut self, _reason: LeaveReason, ctx: &mut ChannelContext<'_>) {
+        let key = self.origin.device_key();
+        let owner = ctx.socket.connection_id;
+        self.tracker.untrack(ctx.topic, key, owner);
+        self.tracker.untrack(&presence_topic(&self.origin.eid), key, owner);
+        // The device's last_seen_at is what a watcher of an offline user is told.
+        if let Some(device) = self.origin.device.clone() {
+            let (accounts, eid) = (self.accounts.clone(), self.origin.eid.clone());
+            actix::spawn(async move {
+                if let Err(e) = accounts.register_device(&eid, &device).await {
+                    tracing::warn!(user = eid, error = %e, "last seen not recorded");
+                }
+            });
+        }
     }
 }

@@ -1,0 +1,312 @@
+//! The single-node tracker: topics hashed over shard actors, each on its own thread, each
+//! owning the [`TopicPresence`] of its topics and broadcasting their diffs.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
+use futures_util::future::LocalBoxFuture;
+use tokio::sync::oneshot;
+
+use super::{
+    Meta, Occupancy, Owner, PRESENCE_DIFF, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker,
+};
+use crate::messaging::now_millis;
+use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+
+type Answer<T> = oneshot::Sender<Result<T, PresenceError>>;
+
+enum Command {
+    Track { topic: String, key: String, owner: Owner, meta: Meta, answer: Answer<String> },
+    Update { topic: String, key: String, owner: SubscriberId, meta: Meta, answer: Answer<String> },
+    Untrack { topic: String, key: String, owner: SubscriberId },
+    List { topic: String, answer: Answer<Snapshot> },
+}
+
+impl Message for Command {
+    type Result = ();
+}
+
+/// One tracker shard: the presences of the topics that hash to it.
+struct Shard {
+    topics: HashMap<String, TopicPresence>,
+    /// Topics with changes not yet broadcast.
+    dirty: HashSet<String>,
+    pubsub: PubSub,
+    window: Duration,
+    sweep_every: Duration,
+}
+
+impl Actor for Shard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.sweep_every, |shard, ctx| {
+            let swept: Vec<String> =
+                shard.topics.iter_mut().filter_map(|(topic, p)| (p.sweep() > 0).then(|| topic.clone())).collect();
+            if !swept.is_empty() {
+                tracing::info!(topics = swept.len(), "presences of dead sockets removed");
+            }
+            for topic in swept {
+                shard.changed(&topic, ctx);
+            }
+        });
+    }
+}
+
+impl Shard {
+    fn changed(&mut self, topic: &str, ctx: &mut Context<Self>) {
+        if self.dirty.is_empty() {
+            // The first change after a quiet spell opens the window; everything that changes
+            // until it closes goes out in one diff per topic.
+            ctx.run_later(self.window, |shard, _| shard.flush());
+        }
+        if !self.dirty.contains(topic) {
+            self.dirty.insert(topic.to_owned());
+        }
+    }
+
+    fn flush(&mut self) {
+        let at = now_millis();
+        for topic in std::mem::take(&mut self.dirty) {
+            let Some(presence) = self.topics.get_mut(&topic) else { continue };
+            if let Some(diff) = presence.take_diff() {
+                let occupancy = Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at };
+                let broadcast =
+                    Broadcast::with_attachment(topic.as_str(), PRESENCE_DIFF, diff.payload, Some(Arc::new(occupancy)));
+                self.pubsub.publish(broadcast, None);
+            }
+            if presence.is_idle() {
+                self.topics.remove(&topic);
+            }
+        }
+    }
+}
+
+impl Handler<Command> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, command: Command, ctx: &mut Context<Self>) {
+        match command {
+            Command::Track { topic, key, owner, meta, answer } => {
+                let result = self.topics.entry(topic.clone()).or_default().track(&key, &owner, meta);
+                if result.is_ok() {
+                    self.changed(&topic, ctx);
+                }
+                let _ = answer.send(result);
+            }
+            Command::Update { topic, key, owner, meta, answer } => {
+                let result = match self.topics.get_mut(&topic) {
+                    Some(presence) => presence.update(&key, owner, meta),
+                    None => Err(PresenceError::NoPresence),
+                };
+                if result.is_ok() {
+                    self.changed(&topic, ctx);
+                }
+                let _ = answer.send(result);
+            }
+            Command::Untrack { topic, key, owner } => {
+                if self.topics.get_mut(&topic).is_some_and(|p| p.untrack(&key, owner)) {
+                    self.changed(&topic, ctx);
+                }
+            }
+            Command::List { topic, answer } => {
+                let snapshot = match self.topics.get_mut(&topic) {
+                    Some(presence) => Snapshot { state: presence.snapshot(), keys: presence.key_count() },
+                    None => Snapshot { state: crate::protocol::Payload::empty(), keys: 0 },
+                };
+                let _ = answer.send(Ok(snapshot));
+            }
+        }
+    }
+}
+
+/// The in-process [`Tracker`]: presence is exact on this node and invisible to others.
+#[derive(Clone)]
+pub struct LocalTracker {
+    shards: Arc<[Addr<Shard>]>,
+    hasher: RandomState,
+}
+
+impl LocalTracker {
+    /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub`.
+    pub fn start(config: &PresenceConfig, pubsub: PubSub) -> Self {
+        let shards: Vec<Addr<Shard>> = (0..config.shards.max(1))
+            .map(|_| {
+                let arbiter = actix::Arbiter::new().handle();
+                let (pubsub, window, sweep_every) = (pubsub.clone(), config.diff_window(), config.sweep_interval());
+                Shard::start_in_arbiter(&arbiter, move |_| Shard {
+                    topics: HashMap::new(),
+                    dirty: HashSet::new(),
+                    pubsub,
+                    window,
+                    sweep_every,
+                })
+            })
+            .collect();
+        LocalTracker { shards: shards.into(), hasher: RandomState::new() }
+    }
+
+    fn shard(&self, topic: &str) -> &Addr<Shard> {
+        &self.shards[self.hasher.hash_one(topic) as usize % self.shards.len()]
+    }
+
+    /// Queues `command` now (`do_send` ignores mailbox capacity, so order is kept) and waits
+    /// for its answer.
+    fn ask<T: 'static>(
+        &self,
+        topic: &str,
+        command: impl FnOnce(Answer<T>) -> Command,
+    ) -> LocalBoxFuture<'static, Result<T, PresenceError>> {
+        let (answer, reply) = oneshot::channel();
+        self.shard(topic).do_send(command(answer));
+        Box::pin(async move { reply.await.unwrap_or(Err(PresenceError::Unavailable)) })
+    }
+}
+
+impl Tracker for LocalTracker {
+    fn track(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: Owner,
+        meta: Meta,
+    ) -> LocalBoxFuture<'static, Result<String, PresenceError>> {
+        let (t, key) = (topic.to_owned(), key.to_owned());
+        self.ask(topic, |answer| Command::Track { topic: t, key, owner, meta, answer })
+    }
+
+    fn update(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> LocalBoxFuture<'static, Result<String, PresenceError>> {
+        let (t, key) = (topic.to_owned(), key.to_owned());
+        self.ask(topic, |answer| Command::Update { topic: t, key, owner, meta, answer })
+    }
+
+    fn untrack(&self, topic: &str, key: &str, owner: SubscriberId) {
+        self.shard(topic).do_send(Command::Untrack { topic: topic.to_owned(), key: key.to_owned(), owner });
+    }
+
+    fn list(&self, topic: &str) -> LocalBoxFuture<'static, Result<Snapshot, PresenceError>> {
+        let t = topic.to_owned();
+        self.ask(topic, |answer| Command::List { topic: t, answer })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use actix::{Actor, Context, Handler};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::pubsub::{Deliver, LocalBroker};
+
+    /// Records the presence diffs it is delivered, with their occupancy.
+    struct Probe(Arc<Mutex<Vec<(Value, Occupancy)>>>);
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for Probe {
+        type Result = ();
+        fn handle(&mut self, Deliver(b): Deliver, _: &mut Context<Self>) {
+            let payload = serde_json::from_str(b.payload.as_json_str().unwrap_or("null")).unwrap_or(Value::Null);
+            let occupancy = *b.attachment::<Occupancy>().expect("diffs carry their occupancy");
+            self.0.lock().unwrap().push((payload, occupancy));
+        }
+    }
+
+    async fn wait_for(seen: &Arc<Mutex<Vec<(Value, Occupancy)>>>, n: usize) -> Vec<(Value, Occupancy)> {
+        for _ in 0..250 {
+            if seen.lock().unwrap().len() >= n {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        seen.lock().unwrap().clone()
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default()
+    }
+
+    #[actix::test]
+    async fn coalesces_a_burst_into_one_diff_and_cleans_up_after_dead_sockets() {
+        let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
+        let config = PresenceConfig { shards: 2, diff_window_ms: 40, sweep_interval_ms: 20 };
+        let tracker = LocalTracker::start(&config, pubsub.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe(Arc::clone(&seen)).start();
+        pubsub.subscribe("room:t", 99, probe.recipient()).await.unwrap();
+
+        let sockets: Vec<Arc<()>> = (0..50).map(|_| Arc::new(())).collect();
+        let tracks: Vec<_> = sockets
+            .iter()
+            .enumerate()
+            .map(|(i, alive)| {
+                let owner = Owner { id: i as u64, alive: Arc::downgrade(alive) };
+                tracker.track("room:t", &format!("user{i}"), owner, Meta::new())
+            })
+            .collect();
+        for t in tracks {
+            t.await.unwrap();
+        }
+        // Every track was queued before the list, so the state holds all of them.
+        let snapshot = tracker.list("room:t").await.unwrap();
+        assert_eq!(snapshot.keys, 50);
+        let diffs = wait_for(&seen, 1).await;
+        assert_eq!(diffs.len(), 1, "fifty joins inside one window are one diff");
+        assert_eq!(keys(&diffs[0].0["joins"]).len(), 50);
+        assert!(diffs[0].1.changed() && diffs[0].1.occupied);
+
+        // An update is a join of the new meta and a leave of the old one, in one diff.
+        let owner0 = Owner { id: 0, alive: Arc::downgrade(&sockets[0]) };
+        assert!(matches!(tracker.track("room:t", "user0", owner0, Meta::new()).await, Err(PresenceError::AlreadyTracked)));
+        let mut meta = Meta::new();
+        meta.insert("status".into(), json!("away"));
+        let new_ref = tracker.update("room:t", "user0", 0, meta).await.unwrap();
+        let diffs = wait_for(&seen, 2).await;
+        let update = &diffs[1].0;
+        assert_eq!(update["joins"]["user0"]["metas"][0]["phx_ref"], json!(new_ref));
+        assert_eq!(update["joins"]["user0"]["metas"][0]["status"], json!("away"));
+        assert_eq!(update["leaves"]["user0"]["metas"][0]["phx_ref"], update["joins"]["user0"]["metas"][0]["phx_ref_prev"]);
+        assert!(!diffs[1].1.changed());
+
+        // Forty sockets die without untracking; the others untrack, one of them twice.
+        drop(sockets.into_iter().take(40).collect::<Vec<_>>());
+        for i in 40..50 {
+            tracker.untrack("room:t", &format!("user{i}"), i);
+        }
+        tracker.untrack("room:t", "user49", 49);
+        let mut left = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let diffs = wait_for(&seen, 3).await;
+            left = diffs[2..].iter().flat_map(|(d, _)| keys(&d["leaves"]).into_iter().map(str::to_owned)).collect();
+            if left.len() == 50 {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left.len(), 50, "every presence left");
+        let diffs = seen.lock().unwrap().clone();
+        let leave_count: usize = diffs[2..]
+            .iter()
+            .flat_map(|(d, _)| d["leaves"].as_object().unwrap().values().map(|p| p["metas"].as_array().unwrap().len()))
+            .sum();
+        assert_eq!(leave_count, 50, "each presence left exactly once");
+        let last = diffs.last().unwrap().1;
+        assert!(last.changed() && !last.occupied);
+        assert_eq!(tracker.list("room:t").await.unwrap().keys, 0);
+        assert!(matches!(tracker.update("room:t", "user0", 0, Meta::new()).await, Err(PresenceError::NoPresence)));
+        pubsub.stop();
+    }
+}

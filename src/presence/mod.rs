@@ -1,0 +1,149 @@
+//! Presence (Phoenix.Presence semantics): who is on a topic, under which key, with which metas.
+//!
+//! Channels `track` a socket under a key with a meta map; every change reaches the topic's
+//! subscribers as a `presence_diff` broadcast, coalesced per topic over a short window, and a
+//! joining socket gets the whole `presence_state`. The engine sits behind the [`Tracker`] trait,
+//! like pub/sub's broker, so a multi-node backend can replace [`LocalTracker`]. This module owns
+//! presence state only; who may see a topic is the channels' business.
+
+mod local;
+mod state;
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
+
+pub use local::LocalTracker;
+pub use state::{Diff, TopicPresence};
+
+use crate::protocol::Payload;
+use crate::pubsub::SubscriberId;
+
+/// The event that carries a topic's whole presence to a socket that just joined.
+pub const PRESENCE_STATE: &str = "presence_state";
+/// The broadcast event that carries presence changes.
+pub const PRESENCE_DIFF: &str = "presence_diff";
+
+/// A presence's meta: a JSON object; `phx_ref` and `phx_ref_prev` are set by the tracker.
+pub type Meta = serde_json::Map<String, serde_json::Value>;
+
+/// The socket a presence belongs to. `alive` dies with the socket, so a socket that stops
+/// without untracking (it crashed) still leaves.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The socket's connection id.
+    pub id: SubscriberId,
+    /// Upgradable while the socket exists.
+    pub alive: Weak<()>,
+}
+
+/// Why a presence call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    /// This socket already has a presence under this key on this topic.
+    #[error("already tracked")]
+    AlreadyTracked,
+    /// There is no presence to update.
+    #[error("no presence")]
+    NoPresence,
+    /// The meta could not be encoded.
+    #[error("invalid meta: {0}")]
+    Invalid(String),
+    /// The tracker is gone (the server is stopping).
+    #[error("presence unavailable")]
+    Unavailable,
+}
+
+/// A topic's presence as a joining socket gets it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The `presence_state` payload.
+    pub state: Payload,
+    /// How many keys are present.
+    pub keys: usize,
+}
+
+/// Attached to every `presence_diff` broadcast: whether the topic went from empty to occupied
+/// or back (a user coming online or going offline on `presence:<eid>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Whether the topic had a presence when the previous diff went out.
+    pub was_occupied: bool,
+    /// Whether it has one now.
+    pub occupied: bool,
+    /// When the diff went out (ms since the epoch).
+    pub at: i64,
+}
+
+impl Occupancy {
+    /// Whether this diff turned the topic on or off.
+    pub fn changed(&self) -> bool {
+        self.was_occupied != self.occupied
+    }
+}
+
+/// A presence engine. Mutations are queued before the call returns, so a `track` followed by
+/// an `untrack` from the same socket always apply in that order.
+pub trait Tracker: Send + Sync + 'static {
+    /// Tracks `owner` under `key` on `topic`; resolves to the new `phx_ref`.
+    fn track(&self, topic: &str, key: &str, owner: Owner, meta: Meta)
+    -> LocalBoxFuture<'static, Result<String, PresenceError>>;
+    /// Replaces the meta of `owner`'s presence under `key`; resolves to the new `phx_ref`.
+    fn update(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> LocalBoxFuture<'static, Result<String, PresenceError>>;
+    /// Removes `owner`'s presence under `key` (a no-op if there is none).
+    fn untrack(&self, topic: &str, key: &str, owner: SubscriberId);
+    /// The topic's presences, for a socket already subscribed to its diffs.
+    fn list(&self, topic: &str) -> LocalBoxFuture<'static, Result<Snapshot, PresenceError>>;
+}
+
+/// The `[presence]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Tracker shards, each on its own thread; topics are spread by hash.
+    pub shards: usize,
+    /// Changes to a topic within this window go out as one `presence_diff`.
+    pub diff_window_ms: u64,
+    /// How often presences of sockets that died without leaving are removed.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { shards: 1, diff_window_ms: 25, sweep_interval_ms: 2_000 }
+    }
+}
+
+impl PresenceConfig {
+    /// Checks the ranges; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=64).contains(&self.shards) {
+            return Err("shards must be 1..=64".into());
+        }
+        if self.diff_window_ms > 1_000 {
+            return Err("diff_window_ms must be at most 1000".into());
+        }
+        if !(10..=60_000).contains(&self.sweep_interval_ms) {
+            return Err("sweep_interval_ms must be 10..=60000".into());
+        }
+        Ok(())
+    }
+
+    /// The diff window as a duration.
+    pub fn diff_window(&self) -> Duration {
+        Duration::from_millis(self.diff_window_ms)
+    }
+
+    /// The sweep interval as a duration.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
+    }
+}

@@ -1,0 +1,366 @@
+//! The presences of one topic and the diff waiting to be broadcast. Pure: no I/O, no clock.
+//!
+//! A diff is never simplified: a meta that joins and leaves inside one window is in both
+//! `joins` and `leaves`. phoenix.js applies all joins before all leaves and matches metas by
+//! `phx_ref` only, so the raw diff gives the right state to a client whatever snapshot it
+//! started from (taken before, inside or after the window), whereas cancelling the pair would
+//! leave a ghost on a client whose snapshot was taken between the join and the leave.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use base64::Engine;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::value::RawValue;
+
+use super::{Meta, Owner, PresenceError};
+use crate::protocol::Payload;
+use crate::pubsub::SubscriberId;
+
+/// One tracked presence: who holds it, its ref, and its meta as sent (with `phx_ref`).
+struct Tracked {
+    owner: SubscriberId,
+    alive: Weak<()>,
+    phx_ref: String,
+    meta: Arc<RawValue>,
+}
+
+/// Metas of one key in a diff, in the order they happened.
+type KeyedMetas = Vec<(String, Vec<Arc<RawValue>>)>;
+
+/// Serializes `[(key, metas)]` as `{"key": {"metas": [...]}, ...}`.
+struct PresenceMap<'a>(&'a [(String, Vec<Arc<RawValue>>)]);
+
+/// `{"metas": [...]}`.
+struct Metas<'a> {
+    metas: &'a [Arc<RawValue>],
+}
+
+impl Serialize for Metas<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let metas: Vec<&RawValue> = self.metas.iter().map(|m| &**m).collect();
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("metas", &metas)?;
+        map.end()
+    }
+}
+
+impl Serialize for PresenceMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, metas) in self.0 {
+            map.serialize_entry(key, &Metas { metas })?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct DiffBody<'a> {
+    joins: PresenceMap<'a>,
+    leaves: PresenceMap<'a>,
+}
+
+/// A fresh `phx_ref`: 12 random bytes, URL-safe base64 (16 characters, like Phoenix's).
+fn new_ref() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
+}
+
+/// Appends `meta` under `key`, grouping by key in order of first appearance.
+fn push_keyed(list: &mut KeyedMetas, key: &str, meta: Arc<RawValue>) {
+    match list.iter_mut().rev().find(|(k, _)| k == key) {
+        Some((_, metas)) => metas.push(meta),
+        None => list.push((key.to_owned(), vec![meta])),
+    }
+}
+
+/// A diff ready to broadcast.
+#[derive(Debug)]
+pub struct Diff {
+    /// `{"joins": {...}, "leaves": {...}}`.
+    pub payload: Payload,
+    /// Whether the topic had any presence when the previous diff went out.
+    pub was_occupied: bool,
+    /// Whether it has any now.
+    pub occupied: bool,
+}
+
+/// The presences of one topic, plus what changed since the last diff.
+#[derive(Default)]
+pub struct TopicPresence {
+    keys: BTreeMap<String, Vec<Tracked>>,
+    joins: KeyedMetas,
+    leaves: KeyedMetas,
+    /// The encoded state, valid until the next diff goes out (see [`TopicPresence::snapshot`]).
+    snapshot: Option<Payload>,
+    occupied_at_last_diff: bool,
+}
+
+impl TopicPresence {
+    /// Tracks `owner` under `key` with `meta`; one presence per (owner, key), as in Phoenix.
+    pub fn track(&mut self, key: &str, owner: &Owner, meta: Meta) -> Result<String, PresenceError> {
+        let entries = self.keys.entry(key.to_owned()).or_default();
+        if entries.iter().any(|t| t.owner == owner.id) {
+            return Err(PresenceError::AlreadyTracked);
+        }
+        let (phx_ref, meta) = encode_meta(meta, None)?;
+        entries.push(Tracked {
+            owner: owner.id,
+            alive: owner.alive.clone(),
+            phx_ref: phx_ref.clone(),
+            meta: Arc::clone(&meta),
+        });
+        push_keyed(&mut self.joins, key, meta);
+        Ok(phx_ref)
+    }
+
+    /// Replaces the meta of `owner` under `key`: a new `phx_ref`, the old one as `phx_ref_prev`,
+    /// sent as a join of the new meta and a leave of the old one.
+    pub fn update(&mut self, key: &str, owner: SubscriberId, meta: Meta) -> Result<String, PresenceError> {
+        let tracked = self
+            .keys
+            .get_mut(key)
+            .and_then(|entries| entries.iter_mut().find(|t| t.owner == owner))
+            .ok_or(PresenceError::NoPresence)?;
+        let (phx_ref, meta) = encode_meta(meta, Some(&tracked.phx_ref))?;
+        let old = std::mem::replace(&mut tracked.meta, Arc::clone(&meta));
+        tracked.phx_ref = phx_ref.clone();
+        push_keyed(&mut self.joins, key, meta);
+        push_keyed(&mut self.leaves, key, old);
+        Ok(phx_ref)
+    }
+
+    /// Removes `owner`'s presence under `key`; false when there was none.
+    pub fn untrack(&mut self, key: &str, owner: SubscriberId) -> bool {
+        self.remove_where(Some(key), |t| t.owner == owner) > 0
+    }
+
+    /// Removes presences whose socket is gone without saying so; returns how many.
+    pub fn sweep(&mut self) -> usize {
+        self.remove_where(None, |t| t.alive.strong_count() == 0)
+    }
+
+    fn remove_where(&mut self, only_key: Option<&str>, mut gone: impl FnMut(&Tracked) -> bool) -> usize {
+        let mut removed = 0;
+        let leaves = &mut self.leaves;
+        let mut sift = |key: &str, entries: &mut Vec<Tracked>| {
+            if !entries.iter().any(&mut gone) {
+                return;
+            }
+            let (kept, left): (Vec<Tracked>, Vec<Tracked>) = std::mem::take(entries).into_iter().partition(|t| !gone(t));
+            for tracked in left {
+                push_keyed(leaves, key, tracked.meta);
+                removed += 1;
+            }
+            *entries = kept;
+        };
+        match only_key {
+            Some(key) => {
+                if let Some(entries) = self.keys.get_mut(key) {
+                    sift(key, entries);
+                    if entries.is_empty() {
+                        self.keys.remove(key);
+                    }
+                }
+            }
+            None => self.keys.retain(|key, entries| {
+                sift(key, entries);
+                !entries.is_empty()
+            }),
+        }
+        removed
+    }
+
+    /// Whether anything changed since the last diff.
+    pub fn is_dirty(&self) -> bool {
+        !self.joins.is_empty() || !self.leaves.is_empty()
+    }
+
+    /// Whether the topic holds nothing and owes no diff (so it can be forgotten).
+    pub fn is_idle(&self) -> bool {
+        self.keys.is_empty() && !self.is_dirty()
+    }
+
+    /// How many keys are present.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Takes what changed since the last diff, if anything did.
+    pub fn take_diff(&mut self) -> Option<Diff> {
+        if !self.is_dirty() {
+            return None;
+        }
+        let payload = Payload::json(&DiffBody { joins: PresenceMap(&self.joins), leaves: PresenceMap(&self.leaves) });
+        self.joins.clear();
+        self.leaves.clear();
+        // A cached snapshot predates this diff; a client that subscribes after it goes out must
+        // not get a state that the diff's changes are missing from.
+        self.snapshot = None;
+        let was_occupied = std::mem::replace(&mut self.occupied_at_last_diff, !self.keys.is_empty());
+        Some(Diff { payload, was_occupied, occupied: self.occupied_at_last_diff })
+    }
+
+    /// The `presence_state` payload. A client that subscribed before asking gets every diff
+    /// after the last one, so a state taken at any time since then stays valid for it; it is
+    /// therefore encoded at most once per diff window, however many sockets join meanwhile.
+    pub fn snapshot(&mut self) -> Payload {
+        if let Some(cached) = &self.snapshot {
+            return cached.clone();
+        }
+        let keyed: KeyedMetas = self
+            .keys
+            .iter()
+            .map(|(key, entries)| (key.clone(), entries.iter().map(|t| Arc::clone(&t.meta)).collect()))
+            .collect();
+        let payload = Payload::json(&PresenceMap(&keyed));
+        self.snapshot = Some(payload.clone());
+        payload
+    }
+}
+
+/// Adds `phx_ref` (and `phx_ref_prev`) to a meta and encodes it once for every frame to share.
+fn encode_meta(mut meta: Meta, prev: Option<&str>) -> Result<(String, Arc<RawValue>), PresenceError> {
+    let phx_ref = new_ref();
+    meta.insert("phx_ref".into(), phx_ref.clone().into());
+    match prev {
+        Some(prev) => meta.insert("phx_ref_prev".into(), prev.into()),
+        None => meta.remove("phx_ref_prev"),
+    };
+    let raw = serde_json::value::to_raw_value(&meta).map_err(|e| PresenceError::Invalid(e.to_string()))?;
+    Ok((phx_ref, Arc::from(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn owner(id: SubscriberId, alive: &Arc<()>) -> Owner {
+        Owner { id, alive: Arc::downgrade(alive) }
+    }
+
+    fn meta(v: Value) -> Meta {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("test metas are objects"),
+        }
+    }
+
+    fn value(p: &Payload) -> Value {
+        serde_json::from_str(p.as_json_str().unwrap()).unwrap()
+    }
+
+    /// phoenix.js's syncDiff, reduced to what matters: the set of refs per key.
+    fn apply(state: &mut BTreeMap<String, Vec<String>>, diff: &Value) {
+        for (key, p) in diff["joins"].as_object().unwrap() {
+            let refs = state.entry(key.clone()).or_default();
+            for m in p["metas"].as_array().unwrap() {
+                let r = m["phx_ref"].as_str().unwrap().to_owned();
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
+        }
+        for (key, p) in diff["leaves"].as_object().unwrap() {
+            if let Some(refs) = state.get_mut(key) {
+                let gone: Vec<&str> = p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].as_str().unwrap()).collect();
+                refs.retain(|r| !gone.contains(&r.as_str()));
+                if refs.is_empty() {
+                    state.remove(key);
+                }
+            }
+        }
+    }
+
+    fn refs_of(snapshot: &Value) -> BTreeMap<String, Vec<String>> {
+        snapshot
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, p)| {
+                let refs = p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].as_str().unwrap().to_owned());
+                (k.clone(), refs.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn track_update_untrack_make_phoenix_shaped_diffs() {
+        let alive = Arc::new(());
+        let mut t = TopicPresence::default();
+        let r1 = t.track("alice", &owner(1, &alive), meta(json!({"online_at": 5}))).unwrap();
+        assert_eq!(r1.len(), 16);
+        assert!(matches!(t.track("alice", &owner(1, &alive), Meta::new()), Err(PresenceError::AlreadyTracked)));
+        let r2 = t.track("alice", &owner(2, &alive), Meta::new()).unwrap();
+        let d = t.take_diff().unwrap();
+        assert!(!d.was_occupied && d.occupied);
+        assert_eq!(
+            value(&d.payload),
+            json!({"joins": {"alice": {"metas": [{"online_at": 5, "phx_ref": r1}, {"phx_ref": r2}]}}, "leaves": {}})
+        );
+        assert!(t.take_diff().is_none(), "nothing changed since");
+
+        let r3 = t.update("alice", 1, meta(json!({"online_at": 6, "phx_ref": "forged"}))).unwrap();
+        let d = value(&t.take_diff().unwrap().payload);
+        assert_eq!(d["joins"]["alice"]["metas"], json!([{"online_at": 6, "phx_ref": r3, "phx_ref_prev": r1}]));
+        assert_eq!(d["leaves"]["alice"]["metas"], json!([{"online_at": 5, "phx_ref": r1}]));
+        assert!(matches!(t.update("bob", 1, Meta::new()), Err(PresenceError::NoPresence)));
+
+        assert!(t.untrack("alice", 1));
+        assert!(!t.untrack("alice", 1), "a second untrack is a no-op");
+        assert!(t.untrack("alice", 2));
+        let d = t.take_diff().unwrap();
+        assert!(d.was_occupied && !d.occupied);
+        assert_eq!(value(&d.payload)["leaves"]["alice"]["metas"].as_array().unwrap().len(), 2);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_dead_owner_is_swept_once() {
+        let (alive, dead) = (Arc::new(()), Arc::new(()));
+        let mut t = TopicPresence::default();
+        t.track("a", &owner(1, &alive), Meta::new()).unwrap();
+        t.track("b", &owner(2, &dead), Meta::new()).unwrap();
+        t.take_diff();
+        drop(dead);
+        assert_eq!(t.sweep(), 1);
+        assert_eq!(t.sweep(), 0);
+        let d = value(&t.take_diff().unwrap().payload);
+        assert_eq!(d["leaves"].as_object().unwrap().keys().collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(t.key_count(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_from_anywhere_in_a_window_plus_the_window_diff_gives_the_true_state() {
+        let alive = Arc::new(());
+        let mut t = TopicPresence::default();
+        t.track("a", &owner(1, &alive), Meta::new()).unwrap();
+        t.track("b", &owner(2, &alive), Meta::new()).unwrap();
+        t.take_diff();
+        // Inside one window: c joins, a leaves, b updates, c leaves again, d joins.
+        let before = value(&t.snapshot());
+        t.track("c", &owner(3, &alive), Meta::new()).unwrap();
+        t.untrack("a", 1);
+        let cached = value(&t.snapshot());
+        assert_eq!(cached, before, "a snapshot is cached until the window's diff goes out");
+        t.update("b", 2, Meta::new()).unwrap();
+        t.untrack("c", 3);
+        t.track("d", &owner(4, &alive), Meta::new()).unwrap();
+        let diff = value(&t.take_diff().unwrap().payload);
+        let truth = refs_of(&value(&t.snapshot()));
+        assert_eq!(truth.keys().collect::<Vec<_>>(), vec!["b", "d"]);
+        // A client holding the cached snapshot ends at the truth after the raw diff.
+        let mut client = refs_of(&cached);
+        apply(&mut client, &diff);
+        assert_eq!(client, truth);
+        // So does one whose state was taken mid-window by another server (c present, a gone).
+        let mut mid = refs_of(&before);
+        mid.remove("a");
+        apply(&mut mid, &json!({"joins": {"c": diff["joins"]["c"]}, "leaves": {}}));
+        apply(&mut mid, &diff);
+        assert_eq!(mid, truth);
+    }
+}
