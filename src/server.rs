@@ -34,10 +34,7 @@ pub fn default_router(
 ) -> Router {
     Router::new()
         .channel("room:*", RoomChannels::new(Arc::clone(tracker)))
-        .channel(
-            "user:*",
-            UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker)),
-        )
+        .channel("user:*", UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker)))
         .channel("presence:*", PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
 }
 

@@ -39,7 +39,13 @@ pub struct PresenceReady(Result<Snapshot, PresenceError>);
 /// Tracks this socket under `key` on each of `topics`, then lists the first; the result comes
 /// back to the channel's `handle_info` as a [`PresenceReady`]. The calls are queued before this
 /// returns, so an untrack in `terminate` can never overtake them.
-pub fn track_and_list(ctx: &mut ChannelContext<'_>, tracker: &Arc<dyn Tracker>, topics: &[&str], key: &str, meta: Meta) {
+pub fn track_and_list(
+    ctx: &mut ChannelContext<'_>,
+    tracker: &Arc<dyn Tracker>,
+    topics: &[&str],
+    key: &str,
+    meta: Meta,
+) {
     let owner = ctx.socket.presence_owner();
     let tracks: Vec<_> = topics.iter().map(|topic| tracker.track(topic, key, owner.clone(), meta.clone())).collect();
     let listed = tracker.list(topics.first().copied().unwrap_or(ctx.topic));

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use futures_util::future::LocalBoxFuture;
 
 use super::presence::{base_meta, push_presence_state, track_and_list};
-use super::{
-    Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply,
-};
+use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
 use crate::presence::Tracker;
 use crate::protocol::Payload;
 

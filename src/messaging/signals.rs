@@ -95,7 +95,12 @@ impl Signals {
         let queued = stamp(origin, signal).map(|signal| {
             let (answer, reply) = oneshot::channel();
             let to = signal.to.as_ref().map(|to| to.eid.clone()).unwrap_or_default();
-            self.relay.do_send(Relay { pair: (origin.eid.clone(), to), from_socket: origin.connection, signal, answer });
+            self.relay.do_send(Relay {
+                pair: (origin.eid.clone(), to),
+                from_socket: origin.connection,
+                signal,
+                answer,
+            });
             reply
         });
         async move {

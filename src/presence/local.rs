@@ -10,9 +10,7 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
-use super::{
-    Meta, Occupancy, Owner, PRESENCE_DIFF, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker,
-};
+use super::{Meta, Occupancy, Owner, PRESENCE_DIFF, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
 use crate::messaging::now_millis;
 use crate::pubsub::{Broadcast, PubSub, SubscriberId};
 
@@ -270,7 +268,10 @@ mod tests {
 
         // An update is a join of the new meta and a leave of the old one, in one diff.
         let owner0 = Owner { id: 0, alive: Arc::downgrade(&sockets[0]) };
-        assert!(matches!(tracker.track("room:t", "user0", owner0, Meta::new()).await, Err(PresenceError::AlreadyTracked)));
+        assert!(matches!(
+            tracker.track("room:t", "user0", owner0, Meta::new()).await,
+            Err(PresenceError::AlreadyTracked)
+        ));
         let mut meta = Meta::new();
         meta.insert("status".into(), json!("away"));
         let new_ref = tracker.update("room:t", "user0", 0, meta).await.unwrap();
@@ -278,7 +279,10 @@ mod tests {
         let update = &diffs[1].0;
         assert_eq!(update["joins"]["user0"]["metas"][0]["phx_ref"], json!(new_ref));
         assert_eq!(update["joins"]["user0"]["metas"][0]["status"], json!("away"));
-        assert_eq!(update["leaves"]["user0"]["metas"][0]["phx_ref"], update["joins"]["user0"]["metas"][0]["phx_ref_prev"]);
+        assert_eq!(
+            update["leaves"]["user0"]["metas"][0]["phx_ref"],
+            update["joins"]["user0"]["metas"][0]["phx_ref_prev"]
+        );
         assert!(!diffs[1].1.changed());
 
         // Forty sockets die without untracking; the others untrack, one of them twice.

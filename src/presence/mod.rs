@@ -88,8 +88,13 @@ impl Occupancy {
 /// an `untrack` from the same socket always apply in that order.
 pub trait Tracker: Send + Sync + 'static {
     /// Tracks `owner` under `key` on `topic`; resolves to the new `phx_ref`.
-    fn track(&self, topic: &str, key: &str, owner: Owner, meta: Meta)
-    -> LocalBoxFuture<'static, Result<String, PresenceError>>;
+    fn track(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: Owner,
+        meta: Meta,
+    ) -> LocalBoxFuture<'static, Result<String, PresenceError>>;
     /// Replaces the meta of `owner`'s presence under `key`; resolves to the new `phx_ref`.
     fn update(
         &self,

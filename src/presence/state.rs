@@ -62,6 +62,11 @@ struct DiffBody<'a> {
     leaves: PresenceMap<'a>,
 }
 
+/// Topics with at most this many keys re-encode their state after every change, so a joining
+/// socket sees exactly the present members; bigger ones keep one encoding per diff window (see
+/// [`TopicPresence::snapshot`]), which stops a join storm from costing O(members²).
+const EXACT_SNAPSHOT_KEYS: usize = 100;
+
 /// A fresh `phx_ref`: 12 random bytes, URL-safe base64 (16 characters, like Phoenix's).
 fn new_ref() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
@@ -112,6 +117,7 @@ impl TopicPresence {
             meta: Arc::clone(&meta),
         });
         push_keyed(&mut self.joins, key, meta);
+        self.touched();
         Ok(phx_ref)
     }
 
@@ -128,6 +134,7 @@ impl TopicPresence {
         tracked.phx_ref = phx_ref.clone();
         push_keyed(&mut self.joins, key, meta);
         push_keyed(&mut self.leaves, key, old);
+        self.touched();
         Ok(phx_ref)
     }
 
@@ -148,7 +155,8 @@ impl TopicPresence {
             if !entries.iter().any(&mut gone) {
                 return;
             }
-            let (kept, left): (Vec<Tracked>, Vec<Tracked>) = std::mem::take(entries).into_iter().partition(|t| !gone(t));
+            let (kept, left): (Vec<Tracked>, Vec<Tracked>) =
+                std::mem::take(entries).into_iter().partition(|t| !gone(t));
             for tracked in left {
                 push_keyed(leaves, key, tracked.meta);
                 removed += 1;
@@ -169,7 +177,17 @@ impl TopicPresence {
                 !entries.is_empty()
             }),
         }
+        if removed > 0 {
+            self.touched();
+        }
         removed
+    }
+
+    /// Records that the state changed since the cached snapshot.
+    fn touched(&mut self) {
+        if self.keys.len() <= EXACT_SNAPSHOT_KEYS {
+            self.snapshot = None;
+        }
     }
 
     /// Whether anything changed since the last diff.
@@ -203,8 +221,9 @@ impl TopicPresence {
     }
 
     /// The `presence_state` payload. A client that subscribed before asking gets every diff
-    /// after the last one, so a state taken at any time since then stays valid for it; it is
-    /// therefore encoded at most once per diff window, however many sockets join meanwhile.
+    /// after the last one, so a state taken at any time since then stays valid for it: a big
+    /// topic's state is encoded at most once per diff window, however many sockets join
+    /// meanwhile, and the joiner finds itself in the next diff instead.
     pub fn snapshot(&mut self) -> Payload {
         if let Some(cached) = &self.snapshot {
             return cached.clone();
@@ -266,7 +285,8 @@ mod tests {
         }
         for (key, p) in diff["leaves"].as_object().unwrap() {
             if let Some(refs) = state.get_mut(key) {
-                let gone: Vec<&str> = p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].as_str().unwrap()).collect();
+                let gone: Vec<&str> =
+                    p["metas"].as_array().unwrap().iter().map(|m| m["phx_ref"].as_str().unwrap()).collect();
                 refs.retain(|r| !gone.contains(&r.as_str()));
                 if refs.is_empty() {
                     state.remove(key);
@@ -295,11 +315,19 @@ mod tests {
         assert_eq!(r1.len(), 16);
         assert!(matches!(t.track("alice", &owner(1, &alive), Meta::new()), Err(PresenceError::AlreadyTracked)));
         let r2 = t.track("alice", &owner(2, &alive), Meta::new()).unwrap();
+        assert_eq!(refs_of(&value(&t.snapshot()))["alice"], vec![r1.clone(), r2.clone()]);
+        let r_bob = t.track("bob", &owner(1, &alive), Meta::new()).unwrap();
+        assert_eq!(refs_of(&value(&t.snapshot()))["bob"], vec![r_bob.clone()], "a small topic's state is exact");
+        assert!(t.untrack("bob", 1));
         let d = t.take_diff().unwrap();
         assert!(!d.was_occupied && d.occupied);
         assert_eq!(
             value(&d.payload),
-            json!({"joins": {"alice": {"metas": [{"online_at": 5, "phx_ref": r1}, {"phx_ref": r2}]}}, "leaves": {}})
+            json!({
+                "joins": {"alice": {"metas": [{"online_at": 5, "phx_ref": r1}, {"phx_ref": r2}]}, "bob": {"metas": [{"phx_ref": r_bob}]}},
+                "leaves": {"bob": {"metas": [{"phx_ref": r_bob}]}},
+            }),
+            "bob joined and left inside the window: both go out, so any client state ends right"
         );
         assert!(t.take_diff().is_none(), "nothing changed since");
 
@@ -339,6 +367,10 @@ mod tests {
         let mut t = TopicPresence::default();
         t.track("a", &owner(1, &alive), Meta::new()).unwrap();
         t.track("b", &owner(2, &alive), Meta::new()).unwrap();
+        // Enough members that the snapshot is kept for the whole window.
+        for i in 0..EXACT_SNAPSHOT_KEYS {
+            t.track(&format!("member{i:03}"), &owner(100 + i as u64, &alive), Meta::new()).unwrap();
+        }
         t.take_diff();
         // Inside one window: c joins, a leaves, b updates, c leaves again, d joins.
         let before = value(&t.snapshot());
@@ -351,7 +383,8 @@ mod tests {
         t.track("d", &owner(4, &alive), Meta::new()).unwrap();
         let diff = value(&t.take_diff().unwrap().payload);
         let truth = refs_of(&value(&t.snapshot()));
-        assert_eq!(truth.keys().collect::<Vec<_>>(), vec!["b", "d"]);
+        assert_eq!(truth.len(), EXACT_SNAPSHOT_KEYS + 2);
+        assert!(truth.contains_key("b") && truth.contains_key("d") && !truth.contains_key("a"));
         // A client holding the cached snapshot ends at the truth after the raw diff.
         let mut client = refs_of(&cached);
         apply(&mut client, &diff);

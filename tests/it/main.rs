@@ -8,5 +8,7 @@ mod connect;
 mod limits;
 mod messaging;
 mod messaging_durability;
+mod presence;
 mod rooms;
 mod shutdown;
+mod signals;

@@ -21,7 +21,7 @@ use crate::accounts::{AccountError, Accounts};
 use crate::messaging::signals::Signals;
 use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{Messaging, Origin};
-use crate::presence::Tracker;
+use crate::presence::{Meta, Tracker};
 use crate::protocol::{Payload, Serializer};
 use crate::pubsub::{Broadcast, PubSub};
 use inbox::Inbox;
@@ -154,6 +154,7 @@ impl ChannelFactory for UserChannels {
                 tracker,
                 encoding: delivery.encoding,
                 signal_request: if delivery.pull { SIGNAL_REQUEST_PULL } else { SIGNAL_REQUEST_PUSH },
+                meta: Meta::new(),
                 inbox,
             };
             Ok(Joined { channel: Box::new(channel), response: Payload::json(&response) })
@@ -171,8 +172,20 @@ pub struct UserChannel {
     encoding: Encoding,
     /// Seed 004's delivery mode of this device: 1 pull, 2 push.
     signal_request: i32,
+    /// This device's presence meta, kept to apply `presence` updates to.
+    meta: Meta,
     inbox: Inbox,
 }
+
+/// The payload of the `presence` event: what the device says about itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceUpdate {
+    status: String,
+}
+
+/// Longest `status` a device may set on its presence.
+const MAX_STATUS_BYTES: usize = 64;
 
 /// The payload of the invite events: the other user.
 #[derive(Deserialize)]
@@ -186,6 +199,24 @@ fn error_reply(e: &AccountError) -> Reply {
 }
 
 impl UserChannel {
+    /// Sets this device's `status` in its presence meta, here and on `presence:<eid>`.
+    fn update_presence(&mut self, payload: &Payload, ctx: &ChannelContext<'_>) -> HandleIn {
+        let update = match payload.as_json_str().map(serde_json::from_str::<PresenceUpdate>) {
+            Some(Ok(u)) if !u.status.is_empty() && u.status.len() <= MAX_STATUS_BYTES => u,
+            _ => return HandleIn::Reply(Reply::error("expected {\"status\": a string of 1..=64 bytes}")),
+        };
+        self.meta.insert("status".into(), update.status.into());
+        let (key, owner) = (self.origin.device_key(), ctx.socket.connection_id);
+        let here = self.tracker.update(ctx.topic, key, owner, self.meta.clone());
+        let watched = self.tracker.update(&presence_topic(&self.origin.eid), key, owner, self.meta.clone());
+        HandleIn::Later(Box::pin(async move {
+            match (here.await, watched.await) {
+                (Ok(phx_ref), Ok(_)) => Reply::ok(Payload::json(&json!({ "phx_ref": phx_ref }))),
+                (Err(e), _) | (_, Err(e)) => Reply::error(&e.to_string()),
+            }
+        }))
+    }
+
     fn invite(&self, kind: &'static str, payload: &Payload, pubsub: &PubSub) -> HandleIn {
         let peer = match payload.as_json_str().map(serde_json::from_str::<InvitePeer>) {
             Some(Ok(peer)) if !peer.dest.is_empty() => peer.dest,
@@ -213,6 +244,7 @@ impl Channel for UserChannel {
     fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
         let mut meta = base_meta(ctx);
         meta.insert("signal_request".into(), self.signal_request.into());
+        self.meta = meta.clone();
         let watched = presence_topic(&self.origin.eid);
         let topic = ctx.topic.to_owned();
         track_and_list(ctx, &self.tracker, &[&topic, &watched], self.origin.device_key(), meta);
@@ -225,6 +257,7 @@ impl Channel for UserChannel {
         match event {
             "message" => self.send_message(payload),
             "signal" => self.send_signal(&payload),
+            "presence" => self.update_presence(&payload, ctx),
             "receipt" => self.receipt(&payload),
             "pull" => self.pull(&payload),
             "history" => self.history(&payload),

@@ -1,6 +1,6 @@
 // Spawns and stops the real `courier` binary for the phoenix.js tests.
 import { spawn } from "node:child_process";
-import { accessSync, mkdtempSync, rmSync, constants as fsConstants } from "node:fs";
+import { accessSync, mkdtempSync, rmSync, writeFileSync, constants as fsConstants } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -46,13 +46,24 @@ export function courierBin() {
   return bin;
 }
 
+// Config files written by startServer, numbered so that servers of one process never share one.
+let configs = 0;
+
 /**
  * Starts `courier --bind 127.0.0.1:<port>` (port 0 = any free port) and resolves once it logs
- * `listening on ADDR`.
+ * `listening on ADDR`. `config`, if given, is TOML text written to a file in the scratch
+ * directory and passed with `--config` (the `--bind` flag still wins over a `bind` in it).
  */
-export async function startServer({ port = 0 } = {}) {
+export async function startServer({ port = 0, config } = {}) {
   const bin = courierBin();
-  const child = spawn(bin, ["--bind", `127.0.0.1:${port}`], {
+  const args = ["--bind", `127.0.0.1:${port}`];
+  if (config !== undefined) {
+    configs += 1;
+    const file = path.join(scratchDir(), `courier-${configs}.toml`);
+    writeFileSync(file, config);
+    args.push("--config", file);
+  }
+  const child = spawn(bin, args, {
     cwd: scratchDir(),
     env: { ...process.env, RUST_LOG: "info" },
     stdio: ["ignore", "pipe", "pipe"],
