@@ -105,7 +105,7 @@ impl ChannelFactory for PresenceChannels {
                 accounts.authorize_message(&me, &eid).await.map_err(|e| Payload::reason(e.code()))?;
             }
             let last_seen = accounts.last_seen(&eid).await.map_err(|e| Payload::reason(e.code()))?;
-            let channel = WatchChannel { tracker, last_seen };
+            let channel = WatchChannel { tracker, last_seen, shown_online: None };
             Ok(Joined { channel: Box::new(channel), response: Payload::json(&json!({ "last_seen": last_seen })) })
         })
     }
@@ -115,10 +115,15 @@ impl ChannelFactory for PresenceChannels {
 struct WatchChannel {
     tracker: Arc<dyn Tracker>,
     last_seen: Option<i64>,
+    /// The online state last pushed, so a diff that only confirms it pushes nothing.
+    shown_online: Option<bool>,
 }
 
 impl WatchChannel {
-    fn push_status(&self, online: bool, ctx: &mut ChannelContext<'_>) {
+    fn push_status(&mut self, online: bool, ctx: &mut ChannelContext<'_>) {
+        if self.shown_online.replace(online) == Some(online) {
+            return;
+        }
         let last_seen = if online { None } else { self.last_seen };
         ctx.push(EVENT_STATUS, Payload::json(&json!({ "online": online, "last_seen": last_seen })));
     }
@@ -144,7 +149,7 @@ impl Channel for WatchChannel {
         if broadcast.event == PRESENCE_DIFF
             && let Some(occupancy) = broadcast.attachment::<Occupancy>().filter(|o| o.changed())
         {
-            if !occupancy.occupied {
+            if !occupancy.occupied && self.shown_online != Some(false) {
                 self.last_seen = Some(occupancy.at);
             }
             // The diff first, so a client that counts devices agrees with the status it gets.

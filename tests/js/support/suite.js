@@ -4,11 +4,14 @@ import { after, before } from "node:test";
 import { disconnectAll } from "./client.js";
 import { startServer } from "./server.js";
 
-/** Registers this file's hooks; the returned holder's `server` is live while its tests run. */
-export function serverPerFile() {
+/**
+ * Registers this file's hooks; the returned holder's `server` is live while its tests run.
+ * `options` go to startServer (e.g. `{config}`, a TOML string).
+ */
+export function serverPerFile(options = {}) {
   const holder = { server: undefined };
   before(async () => {
-    holder.server = await startServer();
+    holder.server = await startServer(options);
   });
   after(async () => {
     await disconnectAll();
