@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
-use crate::accounts::Accounts;
+use crate::accounts::{Accounts, LastSeen};
 use crate::channels::auth::SessionAuthenticator;
 use crate::channels::presence::PresenceChannels;
 use crate::channels::room::RoomChannels;
@@ -25,16 +25,19 @@ use crate::store::{Store, StoreOptions};
 use crate::transport::json_socket::{self, JsonEndpoint};
 use crate::transport::{Sockets, TransportState, websocket};
 
-/// The channel families every Courier serves.
+/// The channel families every Courier serves. Starts the last-seen writer, so it must run
+/// inside a runtime.
 pub fn default_router(
     accounts: &Accounts,
     messaging: &Messaging,
     signals: &Signals,
     tracker: &Arc<dyn Tracker>,
 ) -> Router {
+    let last_seen = LastSeen::start(accounts.clone());
+    let user = UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen);
     Router::new()
         .channel("room:*", RoomChannels::new(Arc::clone(tracker)))
-        .channel("user:*", UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker)))
+        .channel("user:*", user)
         .channel("presence:*", PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
 }
 

@@ -9,6 +9,7 @@ mod clock;
 mod config;
 mod error;
 pub mod json_protocol;
+mod last_seen;
 pub mod password;
 pub mod standards;
 mod token;
@@ -22,6 +23,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AccountsConfig, ConfigError};
 pub use error::{AccountError, RespCode};
 pub use json_protocol::{Effect, JsonProtocolSession, Outcome};
+pub use last_seen::LastSeen;
 pub use password::HashAlgorithm;
 pub use token::SessionToken;
 

@@ -226,15 +226,30 @@ async fn user_presence(db: Arc<TestDb>) {
     assert_eq!(statuses[0][4]["online"], false);
     assert!(statuses[0][4]["last_seen"].as_i64().is_some_and(|t| t >= connected_at), "{statuses:?}");
 
-    // A later watcher (alice herself) learns the last-seen time from storage.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut own = Device::connect(&server, &alice, "tablet").await;
-    own.send(json!(["1", "1", "presence:alice", "phx_join", {}])).await;
-    let reply = own.recv_json().await;
-    assert_eq!(reply[4]["status"], "ok", "{reply}");
-    assert!(reply[4]["response"]["last_seen"].as_i64().is_some_and(|t| t >= connected_at), "{reply}");
-    let status = own.recv_json().await;
-    assert_eq!((status[3].clone(), status[4]["online"].clone()), (json!("status"), json!(false)), "{status}");
+    // A later watcher (alice herself, on a socket without a device, so connecting records
+    // nothing) learns from storage when her devices left, not just when they connected. The
+    // leave times are written in the background, so this asks again until they are in.
+    let mut own = Client::connect(&server.url(&format!("vsn=2.0.0&token={alice}"))).await;
+    let mut stored = None;
+    for attempt in 1..=50 {
+        let r = attempt.to_string();
+        own.send(json!([r, r, "presence:alice", "phx_join", {}])).await;
+        let reply = loop {
+            let frame = own.recv_json().await;
+            if frame[3] == "phx_reply" && frame[1] == r.as_str() {
+                break frame;
+            }
+        };
+        assert_eq!(reply[4]["status"], "ok", "{reply}");
+        let status = own.recv_json().await;
+        assert_eq!((status[3].clone(), status[4]["online"].clone()), (json!("status"), json!(false)), "{status}");
+        stored = reply[4]["response"]["last_seen"].as_i64();
+        if stored.is_some_and(|t| t > connected_at) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored.is_some_and(|t| t > connected_at), "leave times stored: {stored:?} vs {connected_at}");
 
     // Who may not watch.
     let mut anonymous = server.client().await;

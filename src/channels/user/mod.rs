@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::presence::{base_meta, presence_topic, push_presence_state, track_and_list};
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
-use crate::accounts::{AccountError, Accounts};
+use crate::accounts::{AccountError, Accounts, LastSeen};
 use crate::messaging::signals::Signals;
 use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{Messaging, Origin};
@@ -59,12 +59,20 @@ pub struct UserChannels {
     messaging: Messaging,
     signals: Signals,
     tracker: Arc<dyn Tracker>,
+    last_seen: LastSeen,
 }
 
 impl UserChannels {
-    /// Serves user topics backed by these accounts, message logs, signal relay and tracker.
-    pub fn new(accounts: Accounts, messaging: Messaging, signals: Signals, tracker: Arc<dyn Tracker>) -> Self {
-        UserChannels { accounts, messaging, signals, tracker }
+    /// Serves user topics backed by these accounts, message logs, signal relay and tracker;
+    /// devices that leave are reported to `last_seen`.
+    pub fn new(
+        accounts: Accounts,
+        messaging: Messaging,
+        signals: Signals,
+        tracker: Arc<dyn Tracker>,
+        last_seen: LastSeen,
+    ) -> Self {
+        UserChannels { accounts, messaging, signals, tracker, last_seen }
     }
 }
 
@@ -111,7 +119,7 @@ fn parse_join(payload: &Payload, serializer: Serializer) -> Result<(Option<i64>,
 impl ChannelFactory for UserChannels {
     fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
         let (accounts, messaging) = (self.accounts.clone(), self.messaging.clone());
-        let (signals, tracker) = (self.signals.clone(), Arc::clone(&self.tracker));
+        let (signals, tracker, last_seen) = (self.signals.clone(), Arc::clone(&self.tracker), self.last_seen.clone());
         Box::pin(async move {
             let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
             let socket = &request.socket;
@@ -152,6 +160,7 @@ impl ChannelFactory for UserChannels {
                 messaging,
                 signals,
                 tracker,
+                last_seen,
                 encoding: delivery.encoding,
                 signal_request: if delivery.pull { SIGNAL_REQUEST_PULL } else { SIGNAL_REQUEST_PUSH },
                 meta: Meta::new(),
@@ -169,6 +178,7 @@ pub struct UserChannel {
     messaging: Messaging,
     signals: Signals,
     tracker: Arc<dyn Tracker>,
+    last_seen: LastSeen,
     encoding: Encoding,
     /// Seed 004's delivery mode of this device: 1 pull, 2 push.
     signal_request: i32,
@@ -296,13 +306,8 @@ impl Channel for UserChannel {
         self.tracker.untrack(ctx.topic, key, owner);
         self.tracker.untrack(&presence_topic(&self.origin.eid), key, owner);
         // The device's last_seen_at is what a watcher of an offline user is told.
-        if let Some(device) = self.origin.device.clone() {
-            let (accounts, eid) = (self.accounts.clone(), self.origin.eid.clone());
-            actix::spawn(async move {
-                if let Err(e) = accounts.register_device(&eid, &device).await {
-                    tracing::warn!(user = eid, error = %e, "last seen not recorded");
-                }
-            });
+        if let Some(device) = &self.origin.device {
+            self.last_seen.record(&self.origin.eid, device);
         }
     }
 }
