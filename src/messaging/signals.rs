@@ -196,18 +196,35 @@ impl Actor for SignalRelay {
     }
 }
 
+/// Why the accounts refuse a (sender, receiver) pair; every signal that waited on the check
+/// gets the same refusal.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    UnknownRecipient,
+    NotContacts,
+}
+
+impl Refusal {
+    fn error(self) -> MessagingError {
+        match self {
+            Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
+            Refusal::NotContacts => MessagingError::Forbidden("not_contacts".into()),
+        }
+    }
+}
+
 /// Whether `from` may signal `to`: `to` exists and, when required, is a contact.
 fn authorize(
     conn: &mut store::DbConnection,
     from: &str,
     to: &str,
     require_contacts: bool,
-) -> Result<Result<(), MessagingError>, StoreError> {
+) -> Result<Result<(), Refusal>, StoreError> {
     if !store::users::exists(conn, to)? {
-        return Ok(Err(MessagingError::UnknownRecipient));
+        return Ok(Err(Refusal::UnknownRecipient));
     }
     if require_contacts && !store::messages::are_contacts(conn, from, to)? {
-        return Ok(Err(MessagingError::Forbidden("not_contacts".into())));
+        return Ok(Err(Refusal::NotContacts));
     }
     Ok(Ok(()))
 }
@@ -245,7 +262,7 @@ impl Handler<Relay> for SignalRelay {
                 }
                 Ok(Err(refused)) => {
                     for waiting in queue {
-                        let _ = waiting.answer.send(Err(clone_refusal(&refused)));
+                        let _ = waiting.answer.send(Err(refused.error()));
                     }
                 }
                 Err(e) => {
@@ -256,14 +273,6 @@ impl Handler<Relay> for SignalRelay {
                 }
             }
         }));
-    }
-}
-
-/// The same refusal for every signal that waited on one check.
-fn clone_refusal(e: &MessagingError) -> MessagingError {
-    match e {
-        MessagingError::UnknownRecipient => MessagingError::UnknownRecipient,
-        other => MessagingError::Forbidden(other.reason()),
     }
 }
 

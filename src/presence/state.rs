@@ -105,11 +105,12 @@ pub struct TopicPresence {
 impl TopicPresence {
     /// Tracks `owner` under `key` with `meta`; one presence per (owner, key), as in Phoenix.
     pub fn track(&mut self, key: &str, owner: &Owner, meta: Meta) -> Result<String, PresenceError> {
-        let entries = self.keys.entry(key.to_owned()).or_default();
-        if entries.iter().any(|t| t.owner == owner.id) {
+        if self.keys.get(key).is_some_and(|entries| entries.iter().any(|t| t.owner == owner.id)) {
             return Err(PresenceError::AlreadyTracked);
         }
+        // Encoded before the key is created, so a failure cannot leave a key with no metas.
         let (phx_ref, meta) = encode_meta(meta, None)?;
+        let entries = self.keys.entry(key.to_owned()).or_default();
         entries.push(Tracked {
             owner: owner.id,
             alive: owner.alive.clone(),

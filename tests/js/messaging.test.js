@@ -8,12 +8,10 @@
 import assert from "node:assert/strict";
 import { afterEach, describe, test } from "node:test";
 
-import { WAIT_MS, connect, connected, disconnectAll, join, push, sleep, transcript, waitUntil } from "./support/client.js";
+import { WAIT_MS, api, connect, connected, disconnectAll, join, push, sleep, transcript, waitUntil } from "./support/client.js";
 import { jsonFrames } from "./support/frames.js";
 import { serverPerFile } from "./support/suite.js";
 
-// Signup and signin hash the password with Argon2id, about a second each in a debug build.
-const ACCOUNT_TIMEOUT_MS = 15_000;
 // Long enough for a stray frame to arrive on loopback, short enough to keep the suite quick.
 const QUIET_MS = 300;
 const PASSWORD = "phoenix-js-password";
@@ -30,21 +28,11 @@ afterEach(() => disconnectAll());
 // Every test gets users of its own, so offsets start at 1 whatever ran before on this server.
 let run = 0;
 
-async function api(route, body) {
-  const res = await fetch(`http://${suite.server.addr}${route}`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(ACCOUNT_TIMEOUT_MS),
-  });
-  return { status: res.status, body: await res.json() };
-}
-
 /** Signs `username` up (the phone's session) and in again (the laptop's session). */
 async function account(username) {
-  const up = await api("/api/signup", { username, password: PASSWORD });
+  const up = await api(suite.server, "/api/signup", { username, password: PASSWORD });
   assert.equal(up.status, 201, `signup ${username}: ${JSON.stringify(up.body)}`);
-  const signin = await api("/api/signin", { username, password: PASSWORD });
+  const signin = await api(suite.server, "/api/signin", { username, password: PASSWORD });
   assert.equal(signin.status, 200, `signin ${username}: ${JSON.stringify(signin.body)}`);
   for (const { body } of [up, signin]) {
     assert.equal(body.username, username);

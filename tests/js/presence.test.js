@@ -7,12 +7,10 @@ import assert from "node:assert/strict";
 import { afterEach, describe, test } from "node:test";
 import { Presence } from "phoenix";
 
-import { WAIT_MS, collect, connect, connected, disconnectAll, join, push, reply, sleep, transcript, waitUntil } from "./support/client.js";
+import { WAIT_MS, api, collect, connect, connected, disconnectAll, join, push, reply, sleep, transcript, waitUntil } from "./support/client.js";
 import { jsonFrames } from "./support/frames.js";
 import { serverPerFile } from "./support/suite.js";
 
-// Signup and signin hash the password with Argon2id, about a second each in a debug build.
-const ACCOUNT_TIMEOUT_MS = 15_000;
 // Long enough for a stray frame to arrive on loopback, short enough to keep the suite quick.
 const QUIET_MS = 300;
 const PASSWORD = "phoenix-js-password";
@@ -40,21 +38,11 @@ function names(...bases) {
   return bases.map((base) => `${base}-${run}`);
 }
 
-async function api(route, body) {
-  const res = await fetch(`http://${suite.server.addr}${route}`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(ACCOUNT_TIMEOUT_MS),
-  });
-  return { status: res.status, body: await res.json() };
-}
-
 /** Signs `username` up (the first device's session) and in again for each other device. */
 async function account(username, devices = ["phone", "laptop"]) {
   const sessions = {};
   for (const [i, device] of devices.entries()) {
-    const res = await api(i === 0 ? "/api/signup" : "/api/signin", { username, password: PASSWORD });
+    const res = await api(suite.server, i === 0 ? "/api/signup" : "/api/signin", { username, password: PASSWORD });
     assert.equal(res.status, i === 0 ? 201 : 200, `${username}: ${JSON.stringify(res.body)}`);
     sessions[device] = res.body.session;
   }

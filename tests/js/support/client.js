@@ -165,3 +165,17 @@ export async function disconnectAll(ms = WAIT_MS) {
 export function bytes(buffer) {
   return Array.from(new Uint8Array(buffer));
 }
+
+// Signup and signin hash the password with Argon2id, about a second each in a debug build.
+const ACCOUNT_TIMEOUT_MS = 15_000;
+
+/** POSTs `body` as JSON to `route` of `server` (e.g. `/api/signup`); resolves `{status, body}`. */
+export async function api(server, route, body) {
+  const res = await fetch(`http://${server.addr}${route}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(ACCOUNT_TIMEOUT_MS),
+  });
+  return { status: res.status, body: await res.json() };
+}
