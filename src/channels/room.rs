@@ -1,6 +1,8 @@
 //! `room:*`: open chat rooms, like Phoenix's chat example. Anyone may join a named room; every
 //! push except `ping` is relayed to the other members, and `ping` echoes its payload. Members
 //! are tracked with presence: by user name when the socket is signed in, else per connection.
+//! A join with `{"presence": false}` is an observer: not tracked, and sent no presence frames,
+//! so a 10,000-viewer broadcast room costs no presence state or diffs.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -9,8 +11,9 @@ use futures_util::future::LocalBoxFuture;
 
 use super::presence::{base_meta, push_presence_state, track_and_list};
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
-use crate::presence::Tracker;
+use crate::presence::{PRESENCE_DIFF, Tracker};
 use crate::protocol::Payload;
+use crate::pubsub::Broadcast;
 
 /// The topic prefix this family serves.
 pub const PREFIX: &str = "room:";
@@ -36,13 +39,35 @@ impl ChannelFactory for RoomChannels {
             Some(user) => user.clone(),
             None => format!("anonymous:{}", request.socket.connection_id),
         };
-        let channel = RoomChannel { tracker: Arc::clone(&self.tracker), key, device: identity.device.clone() };
+        let tracked = wants_presence(&request.payload);
+        let channel = RoomChannel {
+            tracker: Arc::clone(&self.tracker),
+            key,
+            device: identity.device.clone(),
+            tracked: tracked.unwrap_or(true),
+        };
         Box::pin(async move {
             if name_is_empty {
                 return Err(Payload::reason("room name must not be empty"));
             }
+            tracked.map_err(Payload::reason)?;
             Ok(Joined { channel: Box::new(channel), response: Payload::empty() })
         })
+    }
+}
+
+/// The join payload's `presence` flag: absent means tracked. Other keys are ignored, as Phoenix
+/// rooms ignore what they do not use.
+fn wants_presence(payload: &Payload) -> Result<bool, &'static str> {
+    let Some(json) = payload.as_json_str() else { return Ok(true) };
+    #[derive(serde::Deserialize)]
+    struct JoinParams {
+        presence: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<JoinParams>(json).map(|p| p.presence) {
+        Ok(None) | Err(_) => Ok(true),
+        Ok(Some(serde_json::Value::Bool(tracked))) => Ok(tracked),
+        Ok(Some(_)) => Err("presence must be true or false"),
     }
 }
 
@@ -51,10 +76,15 @@ pub struct RoomChannel {
     tracker: Arc<dyn Tracker>,
     key: String,
     device: Option<String>,
+    /// False for an observer, who is neither tracked nor sent presence frames.
+    tracked: bool,
 }
 
 impl Channel for RoomChannel {
     fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
+        if !self.tracked {
+            return;
+        }
         let mut meta = base_meta(ctx);
         if let Some(device) = &self.device {
             meta.insert("device".into(), device.clone().into());
@@ -74,11 +104,17 @@ impl Channel for RoomChannel {
         HandleIn::Reply(Reply::ok_empty())
     }
 
+    fn handle_out(&mut self, broadcast: &Broadcast, _ctx: &mut ChannelContext<'_>) -> bool {
+        self.tracked || broadcast.event != PRESENCE_DIFF
+    }
+
     fn handle_info(&mut self, info: Box<dyn Any>, ctx: &mut ChannelContext<'_>) {
         push_presence_state(info.as_ref(), ctx);
     }
 
     fn terminate(&mut self, _reason: LeaveReason, ctx: &mut ChannelContext<'_>) {
-        self.tracker.untrack(ctx.topic, &self.key, ctx.socket.connection_id);
+        if self.tracked {
+            self.tracker.untrack(ctx.topic, &self.key, ctx.socket.connection_id);
+        }
     }
 }

@@ -3,10 +3,12 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 
 use super::TransportState;
@@ -49,6 +51,9 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<Tran
         }
     };
 
+    let Some(body) = end_at_disconnect(&req, body) else {
+        return error(HttpResponse::InternalServerError(), "internal", "the request body could not be taken");
+    };
     let (mut response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok(parts) => parts,
         Err(e) => return e.error_response(),
@@ -69,6 +74,25 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<Tran
     let stream = super::limit_messages(stream, state.settings.max_frame_bytes);
     SocketSession::new(Rc::new(info), serializer, &state, session).start_with(stream);
     response
+}
+
+/// Turns the connection dropping into a plain end of the byte stream.
+///
+/// actix-http reports a peer that closes its TCP connection as a payload error, and actix-ws
+/// answers a payload error by discarding the bytes it has read but not yet decoded. A client
+/// that sends a last push and closes at once (a tab closing right after "send") would lose that
+/// push. Ending the stream instead lets the frames already received be handled first.
+/// `None` never happens in practice: taking a payload is infallible and ready at once.
+fn end_at_disconnect(req: &HttpRequest, body: web::Payload) -> Option<web::Payload> {
+    let until_disconnect = body.scan((), |_, chunk| {
+        std::future::ready(match chunk {
+            Err(PayloadError::Incomplete(_)) => None,
+            other => Some(other),
+        })
+    });
+    let stream: actix_http::BoxedPayloadStream = Box::pin(until_disconnect);
+    let mut payload = actix_http::Payload::Stream { payload: stream };
+    web::Payload::from_request(req, &mut payload).now_or_never()?.ok()
 }
 
 fn offered_subprotocols(req: &HttpRequest) -> Vec<String> {

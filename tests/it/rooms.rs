@@ -123,3 +123,54 @@ async fn a_broadcast_reaches_each_of_many_subscribers_exactly_once() {
         member.expect_silence(50).await;
     }
 }
+
+#[tokio::test]
+async fn a_push_sent_right_before_the_connection_drops_is_still_relayed() {
+    let server = TestServer::start();
+    let mut listener = server.client().await;
+    listener.join_ok("room:last", "1").await;
+    // The push, the close frame and the TCP FIN reach the server together; whether the server
+    // reads the FIN in the same read as the push is timing, so it is tried many times.
+    for n in 0..20 {
+        let mut leaving = server.client().await;
+        leaving.join_ok("room:last", "1").await;
+        leaving.send_and_vanish(&[json!(["1", "2", "room:last", "bye", {"n": n}])]).await;
+        assert_eq!(listener.recv_json().await, json!([null, null, "room:last", "bye", {"n": n}]));
+    }
+}
+
+/// Reads frames until one with `event`, skipping the rest.
+async fn next_event(client: &mut Client, event: &str) -> serde_json::Value {
+    loop {
+        let frame = client.recv_json().await;
+        if frame[3] == event {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_observer_is_not_tracked_and_gets_no_presence_but_does_get_broadcasts() {
+    let server = TestServer::start();
+    let mut member = server.client().await.see_presence();
+    member.join_ok("room:show", "1").await;
+    next_event(&mut member, "presence_state").await;
+    next_event(&mut member, "presence_diff").await;
+
+    let mut observer = server.client().await.see_presence();
+    observer.send(json!(["1", "1", "room:show", "phx_join", {"presence": false}])).await;
+    assert_eq!(observer.recv_json().await, ok_reply(Some("1"), "1", "room:show", json!({})));
+    // A tracked member joining after the observer sees two members: the first one and itself.
+    let mut late = server.client().await.see_presence();
+    late.join_ok("room:show", "1").await;
+    let state = next_event(&mut late, "presence_state").await;
+    assert_eq!(state[4].as_object().map(|members| members.len()), Some(2), "{state}");
+
+    member.send(json!(["1", "2", "room:show", "news", {"n": 1}])).await;
+    assert_eq!(observer.recv_json().await, json!([null, null, "room:show", "news", {"n": 1}]));
+    observer.expect_silence(200).await;
+
+    let mut bad = server.client().await;
+    bad.send(json!(["1", "1", "room:show", "phx_join", {"presence": "no"}])).await;
+    assert_eq!(bad.recv_json().await, error_reply(Some("1"), "1", "room:show", "presence must be true or false"));
+}

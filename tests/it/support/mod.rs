@@ -196,6 +196,16 @@ impl Client {
         self.ws.send(Message::Frame(frame)).await.expect("send raw frame");
     }
 
+    /// Sends `frames` and a close frame in one write, then drops the connection without
+    /// waiting for the server's close, as a closing browser tab does.
+    pub async fn send_and_vanish(mut self, frames: &[Value]) {
+        for frame in frames {
+            self.ws.feed(Message::text(frame.to_string())).await.expect("queue frame");
+        }
+        self.ws.feed(Message::Close(None)).await.expect("queue close");
+        self.ws.flush().await.expect("one write");
+    }
+
     /// Sends a client close frame.
     pub async fn close(&mut self) {
         let _ = self.ws.close(None).await;
