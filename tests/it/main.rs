@@ -6,6 +6,7 @@ mod accounts;
 mod channel_lifecycle;
 mod connect;
 mod limits;
+mod load;
 mod messaging;
 mod messaging_durability;
 mod presence;
