@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::conn::Connector;
 use crate::report::Report;
-use crate::server_stats::ServerProbe;
+use crate::server_stats::{Sample, ServerProbe, ServerStats};
 
 /// Why a connection or a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,19 @@ impl Ctx {
     /// A handle on the connector that a spawned task can own.
     pub fn connector_handle(&self) -> Arc<Connector> {
         Arc::clone(&self.connector)
+    }
+
+    /// The server's RSS and CPU now, when `--server-pid` was given.
+    pub fn server_sample(&self) -> Result<Option<Sample>, LoadError> {
+        self.probe.as_ref().map(ServerProbe::sample).transpose().map_err(LoadError::Setup)
+    }
+
+    /// What the server cost since `start` (a [`Ctx::server_sample`]).
+    pub fn server_since(&self, start: Option<Sample>) -> Result<Option<ServerStats>, LoadError> {
+        match (&self.probe, start) {
+            (Some(probe), Some(start)) => probe.since(start).map(Some).map_err(LoadError::Setup),
+            _ => Ok(None),
+        }
     }
 
     /// A progress bar of `len` steps, hidden with --quiet or when stderr is not a terminal.

@@ -193,7 +193,7 @@ pub async fn run(ctx: &Ctx, args: Args, churn: Option<Churn>) -> Result<Report, 
     let (stop_sending_tx, stop_sending) = Stop::new();
     let (stop_all_tx, stop_all) = Stop::new();
     let churners = churn.map_or(0, |c| (c.fraction.clamp(0.0, 1.0) * total_devices as f64).round() as usize);
-    let server_start = ctx.probe.as_ref().map(|p| p.sample()).transpose().map_err(LoadError::Setup)?;
+    let server_start = ctx.server_sample()?;
     let mut tasks = JoinSet::new();
     for (device, ws) in sockets {
         let churn = churn.filter(|_| device < churners);
@@ -210,10 +210,7 @@ pub async fn run(ctx: &Ctx, args: Args, churn: Option<Churn>) -> Result<Report, 
     let _ = stop_sending_tx.send(true);
     let send_secs = started.elapsed().as_secs_f64();
     let acked_in_window = shared.acked.load(Ordering::Relaxed);
-    let server = match (&ctx.probe, server_start) {
-        (Some(probe), Some(start)) => Some(probe.since(start).map_err(LoadError::Setup)?),
-        _ => None,
-    };
+    let server = ctx.server_since(server_start)?;
     settle(&shared, Duration::from_secs_f64(args.settle)).await;
     let _ = stop_all_tx.send(true);
     let logs = join_within(&mut tasks, Duration::from_secs(10)).await;

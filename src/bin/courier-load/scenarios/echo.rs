@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Stop, close, feed, flush, join_within, observer, open_all};
-use crate::conn::{Frame, Ws, join, text_of};
+use super::{Stop, close, feed, flush, join_as_observer, join_within, open_all};
+use crate::conn::{Frame, Ws, text_of};
 use crate::report::{Errors, Latencies, Report};
 use crate::{Ctx, LoadError, now_micros};
 
@@ -48,16 +48,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     let shared =
         Arc::new(Shared { round_trips: AtomicU64::new(0), latency: Latencies::new(), errors: Errors::default() });
     let sockets = open_all(ctx, args.sockets, "connect", &shared.errors, |_| {
-        let (connector, topic) = (ctx.connector_handle(), args.topic.clone());
-        async move {
-            let mut ws = connector.connect("").await?;
-            join(&mut ws, &topic, "1", &observer()).await?;
-            Ok(ws)
-        }
+        join_as_observer(ctx.connector_handle(), args.topic.clone())
     })
     .await;
 
-    let server_start = ctx.probe.as_ref().map(|p| p.sample()).transpose().map_err(LoadError::Setup)?;
+    let server_start = ctx.server_sample()?;
     let (stop_tx, stop) = Stop::new();
     let ping_body: Arc<str> = serde_json::json!({"body": "x".repeat(args.payload_bytes)}).to_string().into();
     let mut tasks = JoinSet::new();
@@ -77,10 +72,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     let _ = stop_tx.send(true);
     let elapsed = started.elapsed().as_secs_f64();
     let round_trips = shared.round_trips.load(Ordering::Relaxed);
-    let server = match (&ctx.probe, server_start) {
-        (Some(probe), Some(start)) => Some(probe.since(start).map_err(LoadError::Setup)?),
-        _ => None,
-    };
+    let server = ctx.server_since(server_start)?;
     join_within(&mut tasks, Duration::from_secs(5)).await;
 
     let mut report = Report::new("echo", &ctx.url, serde_json::to_value(&args).unwrap_or_default());

@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Stop, close, join_within, observer, open_all};
-use crate::conn::{Frame, HEARTBEAT_EVERY, Ws, heartbeat, join, text_of};
+use super::{Stop, close, join_as_observer, join_within, open_all};
+use crate::conn::{Frame, HEARTBEAT_EVERY, Ws, heartbeat, text_of};
 use crate::report::{Errors, Latencies, Report};
 use crate::{Ctx, LoadError, now_micros};
 
@@ -72,14 +72,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
         delivery: Latencies::new(),
         errors: Errors::default(),
     });
-    let open = |_| {
-        let (connector, topic) = (ctx.connector_handle(), args.topic.clone());
-        async move {
-            let mut ws = connector.connect("").await?;
-            join(&mut ws, &topic, "1", &observer()).await?;
-            Ok(ws)
-        }
-    };
+    let open = |_| join_as_observer(ctx.connector_handle(), args.topic.clone());
     let subscribers = open_all(ctx, args.subscribers, "subscribe", &shared.errors, open).await;
     let joined = subscribers.len();
     let Some((_, publisher)) = open_all(ctx, 1, "publisher", &shared.errors, open).await.pop() else {
@@ -97,7 +90,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
         });
     }
 
-    let server_start = ctx.probe.as_ref().map(|p| p.sample()).transpose().map_err(LoadError::Setup)?;
+    let server_start = ctx.server_sample()?;
     let first_publish = now_micros();
     let publishing = tokio::spawn(publish(publisher, args.clone(), broadcasts, Arc::clone(&shared)));
     ctx.timed_phase("fanout", Duration::from_secs_f64(args.duration), || {
@@ -110,10 +103,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     while shared.deliveries.load(Ordering::Relaxed) < expected && Instant::now() < settle_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server = match (&ctx.probe, server_start) {
-        (Some(probe), Some(start)) => Some(probe.since(start).map_err(LoadError::Setup)?),
-        _ => None,
-    };
+    let server = ctx.server_since(server_start)?;
     let _ = stop_tx.send(true);
     join_within(&mut tasks, Duration::from_secs(5)).await;
 

@@ -45,10 +45,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     let errors = Arc::new(Errors::default());
     let accounts: Arc<Vec<Account>> =
         Arc::new(if args.users > 0 { sign_up(&ctx.url, &run_prefix(), args.users).await? } else { Vec::new() });
-    let server_before = match &ctx.probe {
-        Some(probe) => Some(probe.sample().map_err(LoadError::Setup)?),
-        None => None,
-    };
+    let server_before = ctx.server_sample()?;
     let join_latency = Arc::new(Latencies::new());
     let started = Instant::now();
     let sockets = open_all(ctx, args.sockets, "connect", &errors, |i| {
@@ -84,15 +81,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
         });
     }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-    let in_use = match &ctx.probe {
-        Some(probe) => Some(probe.sample().map_err(LoadError::Setup)?),
-        None => None,
-    };
+    let in_use = ctx.server_sample()?;
     ctx.timed_phase("holding", Duration::from_secs_f64(args.hold), || format!("{held} sockets")).await;
-    let server = match (&ctx.probe, server_before) {
-        (Some(probe), Some(before)) => Some(probe.since(before).map_err(LoadError::Setup)?),
-        _ => None,
-    };
+    let server = ctx.server_since(server_before)?;
     let _ = stop_tx.send(true);
     join_within(&mut tasks, Duration::from_secs(10)).await;
 

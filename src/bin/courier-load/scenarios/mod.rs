@@ -13,7 +13,9 @@ use futures_util::SinkExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::conn::Ws;
+use std::sync::Arc;
+
+use crate::conn::{Connector, Ws, join};
 use crate::report::Errors;
 use crate::{Ctx, LoadError};
 
@@ -21,6 +23,13 @@ use crate::{Ctx, LoadError};
 /// is what a plain Phoenix room does too (it ignores the key).
 pub fn observer() -> serde_json::Value {
     serde_json::json!({"presence": false})
+}
+
+/// Connects an anonymous socket and joins `topic` as a room observer.
+pub async fn join_as_observer(connector: Arc<Connector>, topic: String) -> Result<Ws, LoadError> {
+    let mut ws = connector.connect("").await?;
+    join(&mut ws, &topic, "1", &observer()).await?;
+    Ok(ws)
 }
 
 /// Runs `open(i)` for `0..n` concurrently (the connector bounds the handshakes), counting
