@@ -7,6 +7,14 @@ use anyhow::Context;
 use clap::Parser;
 use courier::{Config, Courier};
 
+// glibc's malloc keeps a per-thread arena for every blocking thread that ever ran an argon2
+// hash or a database batch, and rarely gives their pages back: 1,000 signups left the server at
+// 1 GB, and a chat run held 700 MB. jemalloc returns freed pages to the system (a chat run now
+// peaks under 100 MB) and keeps idle sockets as small as glibc did; mimalloc, also tried, cost
+// 8 KB more per idle socket.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Courier: Phoenix Channels messaging server.
 #[derive(Debug, Parser)]
 #[command(version, about)]

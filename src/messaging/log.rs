@@ -131,15 +131,10 @@ fn append_all(
     let known = messages::existing_users(conn, &receivers)?;
 
     // Messages stored by earlier batches, by (sender, id).
-    let mut ids_by_sender: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (_, a) in &appends {
-        ids_by_sender.entry(a.sender.as_str()).or_default().push(a.message.id.as_str());
-    }
+    let keys: Vec<(&str, &str)> = appends.iter().map(|(_, a)| (a.sender.as_str(), a.message.id.as_str())).collect();
     let mut stored: HashMap<(String, String), MessageRow> = HashMap::new();
-    for (sender, ids) in &ids_by_sender {
-        for row in messages::find_sent(conn, sender, ids)? {
-            stored.insert((row.sender.clone(), row.client_id.clone()), row);
-        }
+    for row in messages::find_stored(conn, &keys)? {
+        stored.insert((row.sender.clone(), row.client_id.clone()), row);
     }
 
     // Which appends are new (the first of each (sender, id) not stored yet), and how many
@@ -170,17 +165,18 @@ fn append_all(
     }
 
     // Reserve offsets in a fixed (sorted) order so concurrent writers lock rows alike.
-    let mut next_log: HashMap<&str, i64> = HashMap::new();
-    for (&user, &n) in &log_counts {
-        let last = messages::advance_log(conn, user, n)?;
+    let log_counts: Vec<(&str, i64)> = log_counts.into_iter().collect();
+    let mut next_log: HashMap<&str, i64> = HashMap::with_capacity(log_counts.len());
+    for (&(user, n), last) in log_counts.iter().zip(messages::advance_logs(conn, &log_counts)?) {
         next_log.insert(user, last - n + 1);
     }
-    let mut next_user_offset: HashMap<(&str, &str), i64> = HashMap::new();
+    let conversation_counts: Vec<((&str, &str), i64)> = conversation_counts.into_iter().collect();
+    let mut next_user_offset: HashMap<(&str, &str), i64> = HashMap::with_capacity(conversation_counts.len());
     let mut conversation_rows: HashMap<(String, String), ConversationRow> = HashMap::new();
-    for (&(a, b), &n) in &conversation_counts {
-        let row = messages::advance_conversation(conn, a, b, n)?;
-        next_user_offset.insert((a, b), row.last_user_offset - n + 1);
-        conversation_rows.insert((a.to_owned(), b.to_owned()), row);
+    for (&(key, n), row) in conversation_counts.iter().zip(messages::advance_conversations(conn, &conversation_counts)?)
+    {
+        next_user_offset.insert(key, row.last_user_offset - n + 1);
+        conversation_rows.insert((key.0.to_owned(), key.1.to_owned()), row);
     }
 
     let mut rows = Vec::with_capacity(fresh.len());
@@ -268,11 +264,15 @@ fn record_receipt(
     let already = if receipt.read { log.read_offset } else { log.received_offset };
     let mut acks = Vec::new();
     if receipt.up_to > already {
-        for (sender, top, client_id) in messages::received_range(conn, &receipt.user, already, receipt.up_to)? {
-            let conversation = messages::ack_conversation(conn, &receipt.user, &sender, top, receipt.read)?;
-            let (received, read) = conversation.acked_by(&receipt.user);
-            let acked = if receipt.read { read } else { received };
-            acks.push(ConversationAck { sender, client_id, user_offset: top, acked });
+        for acked in messages::ack_received(conn, &receipt.user, already, receipt.up_to, receipt.read)? {
+            let (received, read) = acked.conversation.acked_by(&receipt.user);
+            let acked_to = if receipt.read { read } else { received };
+            acks.push(ConversationAck {
+                sender: acked.sender,
+                client_id: acked.client_id,
+                user_offset: acked.user_offset,
+                acked: acked_to,
+            });
         }
         // The log row was read above, inside this same write transaction.
         let received = log.received_offset.max(receipt.up_to);

@@ -100,7 +100,7 @@ pub fn status(conn: &mut DbConnection, from_id: &str, to_id: &str) -> Result<Opt
         .filter(invites::from_user.eq(from_id))
         .filter(invites::to_user.eq(to_id))
         .select(invites::status)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     raw.map(|s| InviteStatus::parse(&s)).transpose()
 }
@@ -174,7 +174,7 @@ pub fn are_contacts(conn: &mut DbConnection, a_id: &str, b_id: &str) -> Result<b
         .filter(contacts::user_id.eq(a_id))
         .filter(contacts::contact_id.eq(b_id))
         .select(contacts::contact_id)
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     Ok(found.is_some())
 }

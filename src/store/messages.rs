@@ -2,13 +2,50 @@
 //! `device_cursors`. Offsets are handed out here by row-locking upserts (`last + n`), so they
 //! stay gap-free whoever writes; what an offset means is decided by `crate::messaging`.
 
-use diesel::dsl::max;
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::upsert::excluded;
+use diesel::sql_types::{Array, BigInt, Binary, Bool, Nullable, Text};
+use diesel::sqlite::Sqlite;
 
 use super::dialect::per_backend;
 use super::schema::{contacts, conversations, device_cursors, messages, user_logs, users};
+use super::statement::Statement;
 use super::{DbConnection, Millis, StoreError};
+
+// Column lists and clauses that several statements share, as literals for `concat!`.
+
+/// The columns of a [`MessageRow`], in its field order.
+macro_rules! message_columns {
+    () => {
+        "sender, client_id, sender_device, receiver, user_offset, sender_offset, receiver_offset, sent_at, \
+         stored_at, payload, encryption_type, encrypted, signature"
+    };
+}
+
+/// The columns of a [`ConversationRow`], in its field order.
+macro_rules! conversation_columns {
+    () => {
+        "user_a, user_b, last_user_offset, a_received, a_read, b_received, b_read"
+    };
+}
+
+/// The SET list of a receipt on `conversations`, given a row source `k` with the `receiver`,
+/// the newest acknowledged user_offset (`top`) and `is_read`: the receiver's marks only move up.
+macro_rules! ack_marks {
+    () => {
+        concat!(
+            "a_received = CASE WHEN k.receiver = user_a AND k.top > a_received THEN k.top ELSE a_received END, ",
+            "a_read = CASE WHEN k.receiver = user_a AND k.is_read AND k.top > a_read THEN k.top ELSE a_read END, ",
+            "b_received = CASE WHEN k.receiver = user_b AND k.top > b_received THEN k.top ELSE b_received END, ",
+            "b_read = CASE WHEN k.receiver = user_b AND k.is_read AND k.top > b_read THEN k.top ELSE b_read END ",
+        )
+    };
+}
+
+/// The SQL types of a [`MessageRow`], in its field order.
+type MessageSql = (Text, Text, Nullable<Text>, Text, BigInt, BigInt, BigInt, BigInt, BigInt, Binary, Text, Text, Text);
+/// The SQL types of a [`ConversationRow`], in its field order.
+type ConversationSql = (Text, Text, BigInt, BigInt, BigInt, BigInt, BigInt);
 
 /// A stored message: written once, read from both users' logs.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -89,7 +126,23 @@ pub fn conversation_key<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
 
 /// Which of `usernames` exist.
 pub fn existing_users(conn: &mut DbConnection, usernames: &[&str]) -> Result<Vec<String>, StoreError> {
-    Ok(users::table.filter(users::username.eq_any(usernames)).select(users::username).load(conn)?)
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let mut found = Vec::with_capacity(usernames.len());
+            for name in usernames {
+                let row: Option<String> =
+                    Statement::<Sqlite, Text>::new("SELECT username FROM users WHERE username = ?")
+                        .bind::<Text, _>(*name)
+                        .get_result(c)
+                        .optional()?;
+                found.extend(row);
+            }
+            Ok(found)
+        }
+        DbConnection::Pg(c) => Ok(Statement::<Pg, Text>::new("SELECT username FROM users WHERE username = ANY(?)")
+            .bind::<Array<Text>, _>(usernames)
+            .load(c)?),
+    }
 }
 
 /// Whether `contact` is among `username`'s contacts.
@@ -111,63 +164,214 @@ pub fn find_sent(conn: &mut DbConnection, sender: &str, client_ids: &[&str]) -> 
         .load(conn)?)
 }
 
-/// Reserves `n` offsets at the end of `username`'s log; returns the new last offset.
-pub fn advance_log(conn: &mut DbConnection, username: &str, n: i64) -> Result<i64, StoreError> {
-    let values = (
-        user_logs::username.eq(username),
-        user_logs::last_offset.eq(n),
-        user_logs::received_offset.eq(0),
-        user_logs::read_offset.eq(0),
-    );
-    Ok(per_backend!(conn, c => diesel::insert_into(user_logs::table)
-        .values(values)
-        .on_conflict(user_logs::username)
-        .do_update()
-        .set(user_logs::last_offset.eq(user_logs::last_offset + excluded(user_logs::last_offset)))
-        .returning(user_logs::last_offset)
-        .get_result::<i64>(c))?)
+/// The stored messages among `keys`, each a `(sender, client_id)`, in no particular order.
+pub fn find_stored(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<Vec<MessageRow>, StoreError> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let mut found = Vec::new();
+            for &key in keys {
+                found.extend(messages::table.find(key).select(MessageRow::as_select()).get_result(c).optional()?);
+            }
+            Ok(found)
+        }
+        DbConnection::Pg(c) => {
+            let (senders, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+            Ok(Statement::<Pg, MessageSql>::new(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages ",
+                "WHERE (sender, client_id) IN (SELECT * FROM unnest(?, ?))"
+            ))
+            .bind::<Array<Text>, _>(senders)
+            .bind::<Array<Text>, _>(ids)
+            .load(c)?)
+        }
+    }
 }
 
-/// Reserves `n` user_offsets in the conversation of `x` and `y`; returns the updated row.
-pub fn advance_conversation(conn: &mut DbConnection, x: &str, y: &str, n: i64) -> Result<ConversationRow, StoreError> {
-    let (a, b) = conversation_key(x, y);
-    let values = (
-        conversations::user_a.eq(a),
-        conversations::user_b.eq(b),
-        conversations::last_user_offset.eq(n),
-        conversations::a_received.eq(0),
-        conversations::a_read.eq(0),
-        conversations::b_received.eq(0),
-        conversations::b_read.eq(0),
-    );
-    Ok(per_backend!(conn, c => diesel::insert_into(conversations::table)
-        .values(values)
-        .on_conflict((conversations::user_a, conversations::user_b))
-        .do_update()
-        .set(conversations::last_user_offset.eq(conversations::last_user_offset + excluded(conversations::last_user_offset)))
-        .returning(ConversationRow::as_returning())
-        .get_result(c))?)
+/// Reserves offsets at the end of users' logs: `counts` pairs a username with how many it
+/// needs. Returns each user's new last offset, in the order of `counts`.
+///
+/// Callers pass users in one fixed (sorted) order, so that concurrent writers lock rows alike.
+pub fn advance_logs(conn: &mut DbConnection, counts: &[(&str, i64)]) -> Result<Vec<i64>, StoreError> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let mut lasts = Vec::with_capacity(counts.len());
+            for &(user, n) in counts {
+                lasts.push(
+                    Statement::<Sqlite, BigInt>::new(concat!(
+                        "INSERT INTO user_logs (username, last_offset) VALUES (?, ?) ON CONFLICT (username) ",
+                        "DO UPDATE SET last_offset = user_logs.last_offset + excluded.last_offset RETURNING last_offset"
+                    ))
+                    .bind::<Text, _>(user)
+                    .bind::<BigInt, _>(n)
+                    .get_result(c)?,
+                );
+            }
+            Ok(lasts)
+        }
+        DbConnection::Pg(c) => {
+            let (users, ns): (Vec<&str>, Vec<i64>) = counts.iter().copied().unzip();
+            let rows: Vec<(String, i64)> = Statement::<Pg, (Text, BigInt)>::new(concat!(
+                "INSERT INTO user_logs (username, last_offset) SELECT * FROM unnest(?, ?) ON CONFLICT (username) ",
+                "DO UPDATE SET last_offset = user_logs.last_offset + excluded.last_offset ",
+                "RETURNING username, last_offset"
+            ))
+            .bind::<Array<Text>, _>(users)
+            .bind::<Array<BigInt>, _>(ns)
+            .load(c)?;
+            in_order_of(counts, rows, |&(user, _)| user.to_owned(), |(user, _)| user.clone())
+                .map(|rows| rows.into_iter().map(|(_, last)| last).collect())
+        }
+    }
+}
+
+/// Reserves user_offsets in conversations: `counts` pairs a conversation's key (as
+/// [`conversation_key`] orders it) with how many it needs. Returns the updated rows, in the
+/// order of `counts`; callers pass keys sorted, as for [`advance_logs`].
+pub fn advance_conversations(
+    conn: &mut DbConnection,
+    counts: &[((&str, &str), i64)],
+) -> Result<Vec<ConversationRow>, StoreError> {
+    match conn {
+        DbConnection::Sqlite(c) => {
+            let mut rows = Vec::with_capacity(counts.len());
+            for &((a, b), n) in counts {
+                rows.push(
+                    Statement::<Sqlite, ConversationSql>::new(concat!(
+                        "INSERT INTO conversations (user_a, user_b, last_user_offset) VALUES (?, ?, ?) ",
+                        "ON CONFLICT (user_a, user_b) DO UPDATE ",
+                        "SET last_user_offset = conversations.last_user_offset + excluded.last_user_offset ",
+                        "RETURNING ",
+                        conversation_columns!()
+                    ))
+                    .bind::<Text, _>(a)
+                    .bind::<Text, _>(b)
+                    .bind::<BigInt, _>(n)
+                    .get_result(c)?,
+                );
+            }
+            Ok(rows)
+        }
+        DbConnection::Pg(c) => {
+            let mut user_a = Vec::with_capacity(counts.len());
+            let mut user_b = Vec::with_capacity(counts.len());
+            let mut ns = Vec::with_capacity(counts.len());
+            for &((a, b), n) in counts {
+                user_a.push(a);
+                user_b.push(b);
+                ns.push(n);
+            }
+            let rows: Vec<ConversationRow> = Statement::<Pg, ConversationSql>::new(concat!(
+                "INSERT INTO conversations (user_a, user_b, last_user_offset) SELECT * FROM unnest(?, ?, ?) ",
+                "ON CONFLICT (user_a, user_b) DO UPDATE ",
+                "SET last_user_offset = conversations.last_user_offset + excluded.last_user_offset ",
+                "RETURNING ",
+                conversation_columns!()
+            ))
+            .bind::<Array<Text>, _>(user_a)
+            .bind::<Array<Text>, _>(user_b)
+            .bind::<Array<BigInt>, _>(ns)
+            .load(c)?;
+            in_order_of(
+                counts,
+                rows,
+                |&((a, b), _)| (a.to_owned(), b.to_owned()),
+                |row| (row.user_a.clone(), row.user_b.clone()),
+            )
+        }
+    }
+}
+
+/// Puts rows a set-based statement returned (in any order) in the order of the `asked` items
+/// they answer; an item without its row means the database did not do what was asked.
+fn in_order_of<A, R, K: std::hash::Hash + Eq + std::fmt::Debug>(
+    asked: &[A],
+    rows: Vec<R>,
+    key_of_asked: impl Fn(&A) -> K,
+    key_of_row: impl Fn(&R) -> K,
+) -> Result<Vec<R>, StoreError> {
+    let mut by_key: std::collections::HashMap<K, R> = rows.into_iter().map(|r| (key_of_row(&r), r)).collect();
+    asked
+        .iter()
+        .map(|a| {
+            let key = key_of_asked(a);
+            by_key.remove(&key).ok_or_else(|| StoreError::Corrupt(format!("no row came back for {key:?}")))
+        })
+        .collect()
 }
 
 /// Stores messages whose offsets are already reserved.
 pub fn insert_messages(conn: &mut DbConnection, rows: &[MessageRow]) -> Result<(), StoreError> {
-    // Kept well under SQLite's bound-parameter limit (13 per row).
-    for chunk in rows.chunks(500) {
-        per_backend!(conn, c => diesel::insert_into(messages::table).values(chunk).execute(c))?;
+    if rows.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    match conn {
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                Statement::<Sqlite>::new(concat!(
+                    "INSERT INTO messages (",
+                    message_columns!(),
+                    ") ",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind::<Text, _>(row.sender.as_str())
+                .bind::<Text, _>(row.client_id.as_str())
+                .bind::<Nullable<Text>, _>(row.sender_device.as_deref())
+                .bind::<Text, _>(row.receiver.as_str())
+                .bind::<BigInt, _>(row.user_offset)
+                .bind::<BigInt, _>(row.sender_offset)
+                .bind::<BigInt, _>(row.receiver_offset)
+                .bind::<BigInt, _>(row.sent_at)
+                .bind::<BigInt, _>(row.stored_at)
+                .bind::<Binary, _>(row.payload.as_slice())
+                .bind::<Text, _>(row.encryption_type.as_str())
+                .bind::<Text, _>(row.encrypted.as_str())
+                .bind::<Text, _>(row.signature.as_str())
+                .execute(c)?;
+            }
+            Ok(())
+        }
+        DbConnection::Pg(c) => {
+            let column = |f: fn(&MessageRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+            let number = |f: fn(&MessageRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+            Statement::<Pg>::new(concat!(
+                "INSERT INTO messages (",
+                message_columns!(),
+                ") ",
+                "SELECT * FROM unnest(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind::<Array<Text>, _>(column(|r| &r.sender))
+            .bind::<Array<Text>, _>(column(|r| &r.client_id))
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.sender_device.as_deref()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(column(|r| &r.receiver))
+            .bind::<Array<BigInt>, _>(number(|r| r.user_offset))
+            .bind::<Array<BigInt>, _>(number(|r| r.sender_offset))
+            .bind::<Array<BigInt>, _>(number(|r| r.receiver_offset))
+            .bind::<Array<BigInt>, _>(number(|r| r.sent_at))
+            .bind::<Array<BigInt>, _>(number(|r| r.stored_at))
+            .bind::<Array<Binary>, _>(rows.iter().map(|r| r.payload.as_slice()).collect::<Vec<&[u8]>>())
+            .bind::<Array<Text>, _>(column(|r| &r.encryption_type))
+            .bind::<Array<Text>, _>(column(|r| &r.encrypted))
+            .bind::<Array<Text>, _>(column(|r| &r.signature))
+            .execute(c)?;
+            Ok(())
+        }
+    }
 }
 
 /// A user's log counters (all zero for a user who never sent or received).
 pub fn log_state(conn: &mut DbConnection, username: &str) -> Result<LogRow, StoreError> {
-    Ok(user_logs::table.find(username).select(LogRow::as_select()).first(conn).optional()?.unwrap_or_default())
+    Ok(user_logs::table.find(username).select(LogRow::as_select()).get_result(conn).optional()?.unwrap_or_default())
 }
 
 /// Sets how far `username`'s devices have acknowledged the log (received, read).
 pub fn set_log_acks(conn: &mut DbConnection, username: &str, received: i64, read: i64) -> Result<(), StoreError> {
-    diesel::update(user_logs::table.find(username))
-        .set((user_logs::received_offset.eq(received), user_logs::read_offset.eq(read)))
-        .execute(conn)?;
+    per_backend!(conn, c => Statement::<_>::new("UPDATE user_logs SET received_offset = ?, read_offset = ? WHERE username = ?")
+        .bind::<BigInt, _>(received)
+        .bind::<BigInt, _>(read)
+        .bind::<Text, _>(username)
+        .execute(c))?;
     Ok(())
 }
 
@@ -236,7 +440,7 @@ pub fn conversations_of(
     for other in others {
         let (a, b) = conversation_key(username, other);
         if let Some(row) =
-            conversations::table.find((a, b)).select(ConversationRow::as_select()).first(conn).optional()?
+            conversations::table.find((a, b)).select(ConversationRow::as_select()).get_result(conn).optional()?
         {
             rows.push(row);
         }
@@ -244,64 +448,120 @@ pub fn conversations_of(
     Ok(rows)
 }
 
-/// For messages `receiver` got at log offsets in `(after, up_to]`: each sender with the highest
-/// user_offset among them and that message's client id.
-pub fn received_range(
+/// What a receipt acknowledged in one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedUpTo {
+    /// The sender of the acknowledged messages.
+    pub sender: String,
+    /// The newest acknowledged message's user_offset.
+    pub user_offset: i64,
+    /// That message's client id.
+    pub client_id: String,
+    /// The conversation after the receipt.
+    pub conversation: ConversationRow,
+}
+
+/// Records that `receiver` acknowledged the messages at its log offsets in `(after, up_to]`
+/// (received, and read too when `read`): each of their conversations is acknowledged up to
+/// the newest such message of its sender, never back. One entry per sender.
+pub fn ack_received(
     conn: &mut DbConnection,
     receiver: &str,
     after: i64,
     up_to: i64,
-) -> Result<Vec<(String, i64, String)>, StoreError> {
-    let in_range = messages::receiver
-        .eq(receiver)
-        .and(messages::receiver_offset.gt(after))
-        .and(messages::receiver_offset.le(up_to));
-    let tops: Vec<(String, Option<i64>)> = messages::table
-        .filter(in_range)
-        .group_by(messages::sender)
-        .select((messages::sender, max(messages::user_offset)))
-        .load(conn)?;
-    let mut out = Vec::with_capacity(tops.len());
-    for (sender, top) in tops {
-        let Some(top) = top else { continue };
-        let client_id: String = messages::table
-            .filter(messages::sender.eq(&sender).and(messages::receiver.eq(receiver)))
-            .filter(messages::user_offset.eq(top))
-            .select(messages::client_id)
-            .first(conn)?;
-        out.push((sender, top, client_id));
-    }
-    Ok(out)
-}
-
-/// Records that `receiver` acknowledged its conversation with `sender` up to `user_offset`
-/// (received, and read too when `read`); never moves back. Returns the updated row.
-pub fn ack_conversation(
-    conn: &mut DbConnection,
-    receiver: &str,
-    sender: &str,
-    user_offset: i64,
     read: bool,
-) -> Result<ConversationRow, StoreError> {
-    let (a, b) = conversation_key(receiver, sender);
-    let key = conversations::table.find((a, b));
-    let mut row: ConversationRow = key.select(ConversationRow::as_select()).first(conn)?;
-    let receiver_is_a = receiver == row.user_a;
-    let (received, read_mark) =
-        if receiver_is_a { (&mut row.a_received, &mut row.a_read) } else { (&mut row.b_received, &mut row.b_read) };
-    *received = (*received).max(user_offset);
-    if read {
-        *read_mark = (*read_mark).max(user_offset);
+) -> Result<Vec<ReceivedUpTo>, StoreError> {
+    // A sender's messages to one receiver take user_offsets and receiver_offsets in the same
+    // order (both are reserved under the same row locks), so the newest by either is one row.
+    match conn {
+        DbConnection::Sqlite(c) => {
+            // SQLite fills the bare `client_id` from the row that holds the max().
+            let tops: Vec<(String, i64, String)> = Statement::<Sqlite, (Text, BigInt, Text)>::new(concat!(
+                "SELECT sender, max(user_offset), client_id FROM messages ",
+                "WHERE receiver = ? AND receiver_offset > ? AND receiver_offset <= ? GROUP BY sender"
+            ))
+            .bind::<Text, _>(receiver)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(up_to)
+            .load(c)?;
+            let mut out = Vec::with_capacity(tops.len());
+            for (sender, user_offset, client_id) in tops {
+                let (a, b) = conversation_key(receiver, &sender);
+                let conversation = Statement::<Sqlite, ConversationSql>::new(concat!(
+                    "UPDATE conversations SET ",
+                    ack_marks!(),
+                    "FROM (SELECT ? AS key_a, ? AS key_b, ? AS receiver, ? AS top, ? AS is_read) AS k ",
+                    "WHERE user_a = k.key_a AND user_b = k.key_b ",
+                    "RETURNING ",
+                    conversation_columns!()
+                ))
+                .bind::<Text, _>(a)
+                .bind::<Text, _>(b)
+                .bind::<Text, _>(receiver)
+                .bind::<BigInt, _>(user_offset)
+                .bind::<Bool, _>(read)
+                .get_result(c)?;
+                out.push(ReceivedUpTo { sender, user_offset, client_id, conversation });
+            }
+            Ok(out)
+        }
+        DbConnection::Pg(c) => {
+            let tops: Vec<(String, i64, String)> = Statement::<Pg, (Text, BigInt, Text)>::new(concat!(
+                "SELECT DISTINCT ON (sender) sender, user_offset, client_id FROM messages ",
+                "WHERE receiver = ? AND receiver_offset > ? AND receiver_offset <= ? ",
+                "ORDER BY sender, user_offset DESC"
+            ))
+            .bind::<Text, _>(receiver)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(up_to)
+            .load(c)?;
+            if tops.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut keys_a = Vec::with_capacity(tops.len());
+            let mut keys_b = Vec::with_capacity(tops.len());
+            for (sender, _, _) in &tops {
+                let (a, b) = conversation_key(receiver, sender);
+                keys_a.push(a);
+                keys_b.push(b);
+            }
+            let offsets: Vec<i64> = tops.iter().map(|(_, top, _)| *top).collect();
+            let rows: Vec<ConversationRow> = Statement::<Pg, ConversationSql>::new(concat!(
+                "UPDATE conversations SET ",
+                ack_marks!(),
+                "FROM (SELECT u.key_a, u.key_b, u.top, ?::text AS receiver, ?::boolean AS is_read ",
+                "FROM unnest(?, ?, ?) AS u(key_a, key_b, top)) AS k ",
+                "WHERE user_a = k.key_a AND user_b = k.key_b ",
+                "RETURNING ",
+                conversation_columns!()
+            ))
+            .bind::<Text, _>(receiver)
+            .bind::<Bool, _>(read)
+            .bind::<Array<Text>, _>(&keys_a)
+            .bind::<Array<Text>, _>(&keys_b)
+            .bind::<Array<BigInt>, _>(offsets)
+            .load(c)?;
+            let conversations = in_order_of(
+                &tops,
+                rows,
+                |(sender, _, _)| {
+                    let (a, b) = conversation_key(receiver, sender);
+                    (a.to_owned(), b.to_owned())
+                },
+                |row| (row.user_a.clone(), row.user_b.clone()),
+            )?;
+            Ok(tops
+                .into_iter()
+                .zip(conversations)
+                .map(|((sender, user_offset, client_id), conversation)| ReceivedUpTo {
+                    sender,
+                    user_offset,
+                    client_id,
+                    conversation,
+                })
+                .collect())
+        }
     }
-    diesel::update(key)
-        .set((
-            conversations::a_received.eq(row.a_received),
-            conversations::a_read.eq(row.a_read),
-            conversations::b_received.eq(row.b_received),
-            conversations::b_read.eq(row.b_read),
-        ))
-        .execute(conn)?;
-    Ok(row)
 }
 
 /// How far `device` of `username` has acknowledged the log (0 for a new device).
@@ -309,7 +569,7 @@ pub fn cursor(conn: &mut DbConnection, username: &str, device: &str) -> Result<i
     Ok(device_cursors::table
         .find((username, device))
         .select(device_cursors::acked_offset)
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .unwrap_or(0))
 }
@@ -322,21 +582,17 @@ pub fn advance_cursor(
     offset: i64,
     now: Millis,
 ) -> Result<i64, StoreError> {
-    let current = cursor(conn, username, device)?;
-    let next = current.max(offset);
-    let values = (
-        device_cursors::username.eq(username),
-        device_cursors::device_id.eq(device),
-        device_cursors::acked_offset.eq(next),
-        device_cursors::updated_at.eq(now),
-    );
-    per_backend!(conn, c => diesel::insert_into(device_cursors::table)
-        .values(values)
-        .on_conflict((device_cursors::username, device_cursors::device_id))
-        .do_update()
-        .set((device_cursors::acked_offset.eq(next), device_cursors::updated_at.eq(now)))
-        .execute(c))?;
-    Ok(next)
+    Ok(per_backend!(conn, c => Statement::<_, BigInt>::new(concat!(
+        "INSERT INTO device_cursors (username, device_id, acked_offset, updated_at) VALUES (?, ?, ?, ?) ",
+        "ON CONFLICT (username, device_id) DO UPDATE SET updated_at = excluded.updated_at, acked_offset = ",
+        "CASE WHEN excluded.acked_offset > device_cursors.acked_offset THEN excluded.acked_offset ",
+        "ELSE device_cursors.acked_offset END RETURNING acked_offset"
+    ))
+    .bind::<Text, _>(username)
+    .bind::<Text, _>(device)
+    .bind::<BigInt, _>(offset)
+    .bind::<BigInt, _>(now)
+    .get_result(c))?)
 }
 
 /// Every offset in `username`'s log, ascending (for consistency checks and tests).

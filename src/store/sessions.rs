@@ -35,7 +35,7 @@ pub fn find(conn: &mut DbConnection, token_hash: &[u8]) -> Result<Option<(Sessio
         .inner_join(users::table)
         .filter(sessions::token_hash.eq(token_hash))
         .select((SessionRow::as_select(), users::username))
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 

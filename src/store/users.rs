@@ -27,12 +27,12 @@ pub fn insert(conn: &mut DbConnection, row: &UserRow) -> Result<(), StoreError> 
 
 /// The user with this exact username, if any.
 pub fn find_by_username(conn: &mut DbConnection, username: &str) -> Result<Option<UserRow>, StoreError> {
-    Ok(users::table.filter(users::username.eq(username)).select(UserRow::as_select()).first(conn).optional()?)
+    Ok(users::table.filter(users::username.eq(username)).select(UserRow::as_select()).get_result(conn).optional()?)
 }
 
 /// The id of the user with this username, if any.
 pub fn id_of(conn: &mut DbConnection, username: &str) -> Result<Option<String>, StoreError> {
-    Ok(users::table.filter(users::username.eq(username)).select(users::id).first(conn).optional()?)
+    Ok(users::table.filter(users::username.eq(username)).select(users::id).get_result(conn).optional()?)
 }
 
 /// Whether a user with this username exists.

@@ -8,5 +8,6 @@ mod support;
 mod accounts;
 mod http_api;
 mod invites;
+mod log_writer;
 mod restart;
 mod schema;
