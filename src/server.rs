@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_factory, fn_service, map_config};
+use actix_web::dev::{AppConfig, ServerHandle};
+use actix_web::{App, web};
 
 use crate::accounts::{Accounts, LastSeen};
 use crate::channels::auth::SessionAuthenticator;
@@ -22,7 +24,8 @@ use crate::messaging::signals::Signals;
 use crate::presence::{LocalTracker, Tracker};
 use crate::pubsub::{Broker, LocalBroker, PubSub};
 use crate::store::{Store, StoreOptions};
-use crate::transport::json_socket::{self, JsonEndpoint};
+use crate::transport::json_socket::JsonEndpoint;
+use crate::transport::upgrade::Upgrades;
 use crate::transport::{Sockets, TransportState, websocket};
 
 /// The channel families every Courier serves. Starts the last-seen writer, so it must run
@@ -123,35 +126,52 @@ impl Courier {
             n => n,
         };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
-        let server = HttpServer::new(move || {
-            let app = App::new()
-                .app_data(transport.clone())
-                .app_data(admin.clone())
-                .app_data(json.clone())
-                .app_data(accounts.clone())
-                .app_data(crate::http::json_config())
-                .route("/socket/websocket", web::get().to(websocket::upgrade))
-                .route("/json/websocket", web::get().to(json_socket::upgrade))
-                .configure(admin::configure)
-                .configure(crate::http::api::configure);
-            match &static_dir {
-                Some(dir) => app.service(
-                    actix_files::Files::new("/", dir)
-                        .index_file("index.html")
-                        .default_handler(web::to(crate::http::not_found)),
-                ),
-                None => app.default_service(web::to(crate::http::not_found)),
-            }
-        })
-        .workers(workers)
-        // Chat frames are small and latency-bound: without this, a frame written right after
-        // another waits for the client's delayed ACK (~40 ms).
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(2)
-        .bind(&config.bind)?;
-        let addr = server.addrs().first().copied().ok_or_else(|| io::Error::other("no address bound"))?;
-        let server = server.run();
+        let upgrades = Upgrades { phoenix: transport.clone(), json: json.clone() };
+        let listener = std::net::TcpListener::bind(&config.bind)?;
+        let addr = listener.local_addr()?;
+        let server = actix_server::Server::build()
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(2)
+            .listen("courier", listener, move || {
+                let app = App::new()
+                    .app_data(transport.clone())
+                    .app_data(admin.clone())
+                    .app_data(json.clone())
+                    .app_data(accounts.clone())
+                    .app_data(crate::http::json_config())
+                    .route("/socket/websocket", web::get().to(websocket::not_upgraded))
+                    .route("/json/websocket", web::get().to(websocket::not_upgraded))
+                    .configure(admin::configure)
+                    .configure(crate::http::api::configure);
+                let app = match &static_dir {
+                    Some(dir) => app.service(
+                        actix_files::Files::new("/", dir)
+                            .index_file("index.html")
+                            .default_handler(web::to(crate::http::not_found)),
+                    ),
+                    None => app.default_service(web::to(crate::http::not_found)),
+                };
+                let upgrades = upgrades.clone();
+                HttpService::build()
+                    // Chat frames are small and latency-bound: without this, a frame written
+                    // right after another waits for the client's delayed ACK (~40 ms).
+                    .tcp_nodelay(true)
+                    .local_addr(addr)
+                    // WebSocket handshakes leave the HTTP dispatcher (see `transport::upgrade`).
+                    .upgrade(fn_factory(move || {
+                        let upgrades = upgrades.clone();
+                        async move {
+                            Ok::<_, ()>(fn_service(move |(req, framed)| upgrades.clone().handle(req, framed)))
+                        }
+                    }))
+                    .finish(map_config(
+                        app.into_factory().map_err(|err| err.error_response()),
+                        |_| AppConfig::default(),
+                    ))
+                    .tcp()
+            })?
+            .run();
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
         tracing::info!(%addr, workers, node = config.node, "listening on {addr}");

@@ -7,10 +7,12 @@
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_http::{Request, StatusCode};
+use actix_web::web;
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytestring::ByteString;
 
+use super::upgrade::{Accepted, Refusal};
 use super::writer::{Outbound, QueueError};
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets};
 use crate::accounts::Accounts;
@@ -33,29 +35,36 @@ pub struct JsonEndpoint {
     pub outbound_queue: usize,
 }
 
-/// Handles the WebSocket upgrade for seed-002 JSON clients.
-pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<JsonEndpoint>) -> HttpResponse {
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
-        Ok(parts) => parts,
-        Err(e) => return e.error_response(),
-    };
-    let stream = super::limit_messages(stream, state.max_frame_bytes);
-    let connection = JsonConnection {
-        id: state.sockets.next_connection_id(),
-        protocol: Some(JsonProtocolSession::new(state.accounts.clone())),
-        accounts: state.accounts.clone(),
-        pubsub: state.pubsub.clone(),
-        sockets: Arc::clone(&state.sockets),
-        outbound: Outbound::start(session, state.outbound_queue),
-        subscribed: None,
-        closing: false,
-    };
-    tracing::info!(conn = connection.id, peer = ?req.peer_addr(), "json socket connected");
-    JsonConnection::create(move |ctx| {
-        ctx.add_stream(stream);
-        connection
-    });
-    response
+/// Checks a seed-002 JSON client's handshake; the connection starts once the `101` is out (see
+/// [`super::upgrade`]). Authentication happens later, in the protocol's own frames.
+pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted, Refusal> {
+    if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad_handshake", e.to_string()));
+    }
+    let response = actix_http::ws::handshake_response(req.head()).finish().drop_body();
+    let state = web::Data::clone(state);
+    let peer = req.peer_addr();
+    Ok(Accepted {
+        response,
+        max_bytes: state.max_frame_bytes,
+        start: Box::new(move |reader, writer| {
+            let connection = JsonConnection {
+                id: state.sockets.next_connection_id(),
+                protocol: Some(JsonProtocolSession::new(state.accounts.clone())),
+                accounts: state.accounts.clone(),
+                pubsub: state.pubsub.clone(),
+                sockets: Arc::clone(&state.sockets),
+                outbound: Outbound::start(writer, state.outbound_queue),
+                subscribed: None,
+                closing: false,
+            };
+            tracing::info!(conn = connection.id, ?peer, "json socket connected");
+            JsonConnection::create(move |ctx| {
+                ctx.add_stream(reader);
+                connection
+            });
+        }),
+    })
 }
 
 struct JsonConnection {

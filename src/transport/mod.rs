@@ -1,11 +1,14 @@
-//! Transports: how frames reach channels. The WebSocket endpoint (`/socket/websocket`) upgrades
-//! connections, authenticates them, and runs one [`socket::SocketSession`] actor per connection.
-//! No SQL and no channel rules live here.
+//! Transports: how frames reach channels. [`upgrade`] takes upgraded connections out of the HTTP
+//! server; the WebSocket endpoint (`/socket/websocket`) authenticates them and runs one
+//! [`socket::SocketSession`] actor per connection over [`ws_io`]'s framing. No SQL and no channel
+//! rules live here.
 
 pub mod json_socket;
 pub mod socket;
+pub mod upgrade;
 pub mod websocket;
 pub mod writer;
+pub mod ws_io;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,11 +22,6 @@ use crate::pubsub::PubSub;
 
 /// After the server sends a close frame, how long it waits for the client's before dropping.
 const CLOSE_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
-
-/// Reads whole WebSocket messages of at most `max_bytes`, however the client fragments them.
-fn limit_messages(stream: actix_ws::MessageStream, max_bytes: usize) -> actix_ws::AggregatedMessageStream {
-    stream.max_frame_size(max_bytes).aggregate_continuations().max_continuation_size(max_bytes)
-}
 
 /// Live-socket bookkeeping shared by every worker: counts and the shutdown signal.
 #[derive(Debug)]

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture,
 };
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError, Session};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use futures_util::{FutureExt, Stream};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::writer::{Outbound, QueueError};
+use super::ws_io::WsWriter;
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets, TransportState};
 use crate::channels::{
     Channel, ChannelContext, ChannelTask, Effects, HandleIn, JoinRequest, Joined, LeaveReason, Reply, Router,
@@ -73,14 +74,14 @@ pub struct SocketSession {
 
 impl SocketSession {
     /// Prepares the actor for an upgraded connection.
-    pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, session: Session) -> Self {
+    pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, writer: WsWriter) -> Self {
         let settings = Arc::clone(&state.settings);
         let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_burst).unwrap_or(NonZeroU32::MIN);
         SocketSession {
             info,
             serializer,
-            outbound: Outbound::start(session, settings.outbound_queue),
+            outbound: Outbound::start(writer, settings.outbound_queue),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             settings,
             router: Arc::clone(&state.router),

@@ -1,18 +1,18 @@
-//! `GET /socket/websocket`: vsn negotiation, the `authToken` subprotocol, authentication, upgrade.
+//! `GET /socket/websocket`: vsn negotiation, the `authToken` subprotocol, authentication, and the
+//! socket actor's start once the connection is upgraded.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use actix_web::error::PayloadError;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use actix_http::header::{self, HeaderMap, HeaderValue};
+use actix_http::{Request, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use futures_util::{FutureExt, StreamExt};
-use serde_json::json;
 
 use super::TransportState;
 use super::socket::SocketSession;
+use super::upgrade::{Accepted, Refusal};
 use crate::channels::{ConnectError, ConnectRequest, SocketInfo};
 use crate::protocol::Serializer;
 
@@ -20,21 +20,25 @@ use crate::protocol::Serializer;
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
 const BEARER_PREFIX: &str = "base64url.bearer.phx.";
 
-/// Handles the WebSocket upgrade for Phoenix clients.
-pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<TransportState>) -> HttpResponse {
+/// Checks a Phoenix client's handshake and authenticates it; the socket starts once the `101`
+/// is out (see [`super::upgrade`]).
+pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<Accepted, Refusal> {
     if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
-        return error(HttpResponse::BadRequest(), "bad_handshake", &e.to_string());
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad_handshake", e.to_string()));
     }
-    let params = match web::Query::<HashMap<String, String>>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(_) => return error(HttpResponse::BadRequest(), "bad_query", "the query string is not valid form encoding"),
-    };
+    let params = web::Query::<HashMap<String, String>>::from_query(req.uri().query().unwrap_or_default())
+        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad_query", "the query string is not valid form encoding"))?
+        .into_inner();
     let Some(serializer) = Serializer::negotiate(params.get("vsn").map(String::as_str)) else {
-        return error(HttpResponse::Forbidden(), "unsupported_vsn", "vsn must be 1.0.0 or 2.0.0");
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "unsupported_vsn", "vsn must be 1.0.0 or 2.0.0"));
     };
-    let offered = offered_subprotocols(&req);
+    let offered = offered_subprotocols(&req.head().headers);
     if !offered.is_empty() && !offered.iter().any(|p| p == PHOENIX_SUBPROTOCOL) {
-        return error(HttpResponse::Forbidden(), "unsupported_subprotocol", "offer the \"phoenix\" subprotocol");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "unsupported_subprotocol",
+            "offer the \"phoenix\" subprotocol",
+        ));
     }
     let auth_token = offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)).and_then(decode_token);
 
@@ -43,60 +47,51 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, state: web::Data<Tran
         Ok(identity) => identity,
         Err(e @ ConnectError::Refused(_)) => {
             tracing::info!(peer = ?request.peer, reason = %e, "socket refused");
-            return error(HttpResponse::Forbidden(), "unauthorized", &e.to_string());
+            return Err(Refusal::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string()));
         }
         Err(e @ ConnectError::Unavailable(_)) => {
             tracing::warn!(peer = ?request.peer, reason = %e, "socket refused");
-            return error(HttpResponse::ServiceUnavailable(), "unavailable", &e.to_string());
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()));
         }
     };
 
-    let Some(body) = end_at_disconnect(&req, body) else {
-        return error(HttpResponse::InternalServerError(), "internal", "the request body could not be taken");
-    };
-    let (mut response, session, stream) = match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
-        Ok(parts) => parts,
-        Err(e) => return e.error_response(),
-    };
+    let mut response = actix_http::ws::handshake_response(req.head()).finish().drop_body();
     if !offered.is_empty() {
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PHOENIX_SUBPROTOCOL));
     }
     let info = SocketInfo::new(state.sockets.next_connection_id(), identity, request.params, serializer);
-    tracing::info!(
-        conn = info.connection_id,
-        socket_id = info.identity.socket_id.as_deref(),
-        user = info.identity.user.as_deref(),
-        device = info.identity.device.as_deref(),
-        vsn = ?serializer,
-        peer = ?request.peer,
-        "socket connected"
-    );
-    let stream = super::limit_messages(stream, state.settings.max_frame_bytes);
-    SocketSession::new(Rc::new(info), serializer, &state, session).start_with(stream);
-    response
+    let state = web::Data::clone(state);
+    let peer = request.peer;
+    Ok(Accepted {
+        response,
+        max_bytes: state.settings.max_frame_bytes,
+        start: Box::new(move |reader, writer| {
+            tracing::info!(
+                conn = info.connection_id,
+                socket_id = info.identity.socket_id.as_deref(),
+                user = info.identity.user.as_deref(),
+                device = info.identity.device.as_deref(),
+                vsn = ?serializer,
+                ?peer,
+                "socket connected"
+            );
+            SocketSession::new(Rc::new(info), serializer, &state, writer).start_with(reader);
+        }),
+    })
 }
 
-/// Turns the connection dropping into a plain end of the byte stream.
-///
-/// actix-http reports a peer that closes its TCP connection as a payload error, and actix-ws
-/// answers a payload error by discarding the bytes it has read but not yet decoded. A client
-/// that sends a last push and closes at once (a tab closing right after "send") would lose that
-/// push. Ending the stream instead lets the frames already received be handled first.
-/// `None` never happens in practice: taking a payload is infallible and ready at once.
-fn end_at_disconnect(req: &HttpRequest, body: web::Payload) -> Option<web::Payload> {
-    let until_disconnect = body.scan((), |_, chunk| {
-        std::future::ready(match chunk {
-            Err(PayloadError::Incomplete(_)) => None,
-            other => Some(other),
-        })
-    });
-    let stream: actix_http::BoxedPayloadStream = Box::pin(until_disconnect);
-    let mut payload = actix_http::Payload::Stream { payload: stream };
-    web::Payload::from_request(req, &mut payload).now_or_never()?.ok()
+/// `GET /socket/websocket` (and `/json/websocket`) without `Connection: upgrade`: upgrade
+/// requests never reach the HTTP routes, so this answers only handshakes that are not one.
+pub async fn not_upgraded(req: HttpRequest) -> HttpResponse {
+    let reason = match actix_http::ws::verify_handshake(req.head()) {
+        Err(e) => e.to_string(),
+        Ok(()) => "the request is not a WebSocket upgrade".to_owned(),
+    };
+    HttpResponse::BadRequest().json(serde_json::json!({ "error": "bad_handshake", "reason": reason }))
 }
 
-fn offered_subprotocols(req: &HttpRequest) -> Vec<String> {
-    req.headers()
+fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -113,10 +108,6 @@ fn decode_token(encoded: &str) -> Option<String> {
         GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient),
     ];
     engines.iter().find_map(|engine| engine.decode(encoded).ok()).and_then(|bytes| String::from_utf8(bytes).ok())
-}
-
-fn error(mut builder: actix_web::HttpResponseBuilder, code: &str, reason: &str) -> HttpResponse {
-    builder.json(json!({ "error": code, "reason": reason }))
 }
 
 #[cfg(test)]

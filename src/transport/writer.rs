@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use actix_ws::{CloseCode, CloseReason, Session};
+use actix_ws::{CloseCode, CloseReason, Message};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::ws_io::{Closed, WsWriter};
 use crate::protocol::WireFrame;
 
 /// How long a close frame may wait behind frames a slow client has not read yet.
@@ -38,7 +39,7 @@ pub struct Outbound {
 
 impl Outbound {
     /// Starts the writer task for `session` with room for `capacity` queued frames.
-    pub fn start(session: Session, capacity: usize) -> Self {
+    pub fn start(session: WsWriter, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
         let (abort_tx, abort_rx) = oneshot::channel();
         actix_web::rt::spawn(drain(session, rx, abort_rx));
@@ -78,37 +79,75 @@ impl Outbound {
     }
 }
 
-async fn drain(mut session: Session, mut rx: mpsc::Receiver<Item>, abort: oneshot::Receiver<CloseReason>) {
+/// Frames already waiting when a write starts go out with it, up to this many bytes: a burst of
+/// replies or broadcasts costs one system call instead of one per frame.
+const BATCH_BYTES: usize = 64 * 1024;
+
+async fn drain(mut session: WsWriter, mut rx: mpsc::Receiver<Item>, abort: oneshot::Receiver<CloseReason>) {
     // Dropping the sender without aborting (the actor stopped) must not cut the queue short.
     let mut abort = Some(abort);
     loop {
-        let item = tokio::select! {
+        let first = tokio::select! {
             biased;
-            reason = wait_abort(&mut abort) => {
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
-                return;
-            }
+            reason = wait_abort(&mut abort) => return close(session, reason).await,
             item = rx.recv() => item,
         };
-        let written = match item {
-            // The actor is gone without closing: the peer went away first.
-            None => return,
-            Some(Item::Close(reason)) => {
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
-                return;
-            }
-            Some(Item::Frame(WireFrame::Text(text))) => write(&mut abort, session.text(text)).await,
-            Some(Item::Frame(WireFrame::Binary(data))) => write(&mut abort, session.binary(data)).await,
-            Some(Item::Pong(data)) => write(&mut abort, session.pong(&data)).await,
-        };
-        match written {
+        let (queued, then) = take_batch(&mut session, &mut rx, first);
+        if queued.is_err() {
+            return;
+        }
+        match write(&mut abort, session.flush()).await {
             Written::Ok => {}
             Written::Gone => return,
-            Written::Aborted(reason) => {
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
-                return;
-            }
+            Written::Aborted(reason) => return close(session, reason).await,
         }
+        match then {
+            Then::More => {}
+            // The actor is gone without closing: the peer went away first.
+            Then::Stop => return,
+            Then::Close(reason) => return close(session, reason).await,
+        }
+    }
+}
+
+/// Sends the close frame, giving up after [`CLOSE_WRITE_TIMEOUT`] on a client that reads nothing.
+async fn close(session: WsWriter, reason: CloseReason) {
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(Some(reason))).await;
+}
+
+/// What the writer does once the batch is written.
+enum Then {
+    More,
+    Stop,
+    Close(CloseReason),
+}
+
+/// Encodes `first` and whatever else is already queued (up to [`BATCH_BYTES`]) for one write.
+fn take_batch(
+    session: &mut WsWriter,
+    rx: &mut mpsc::Receiver<Item>,
+    first: Option<Item>,
+) -> (Result<(), Closed>, Then) {
+    let mut next = first;
+    loop {
+        let queued = match next {
+            None => return (Ok(()), Then::Stop),
+            Some(Item::Close(reason)) => return (Ok(()), Then::Close(reason)),
+            Some(Item::Frame(WireFrame::Text(text))) => session.queue(Message::Text(text)),
+            Some(Item::Frame(WireFrame::Binary(data))) => session.queue(Message::Binary(data)),
+            Some(Item::Pong(data)) => session.queue(Message::Pong(data)),
+        };
+        if queued.is_err() {
+            return (queued, Then::Stop);
+        }
+        if session.buffered() >= BATCH_BYTES {
+            return (Ok(()), Then::More);
+        }
+        next = match rx.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::error::TryRecvError::Empty) => return (Ok(()), Then::More),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
     }
 }
 
@@ -132,7 +171,7 @@ enum Written {
 /// Waits for one write, unless an abort arrives first (a write can block on a client that stopped reading).
 async fn write<F>(abort: &mut Option<oneshot::Receiver<CloseReason>>, write: F) -> Written
 where
-    F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
+    F: std::future::Future<Output = Result<(), Closed>>,
 {
     tokio::select! {
         biased;

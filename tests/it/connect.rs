@@ -123,3 +123,99 @@ async fn the_static_index_is_served_at_the_root() {
     assert_eq!(status, 404);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "not_found");
 }
+
+/// An upgrade request as a browser sends it, with `extra` bytes right after the head in the
+/// same write.
+fn upgrade_request(method: &str, path: &str, extra: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(extra);
+    request
+}
+
+/// A masked client text frame (payloads under 126 bytes).
+fn masked_text(payload: &str) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let len = u8::try_from(payload.len()).ok().filter(|n| *n < 126).expect("a short payload");
+    let mut frame = vec![0x81, 0x80 | len];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Writes `request` on a new connection and reads until the server closes it.
+async fn until_closed(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    let mut response = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the server closes the connection after answering")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn json_body(response: &str) -> Value {
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("a JSON body ({e}): {response}"))
+}
+
+#[tokio::test]
+async fn an_upgrade_anywhere_but_a_socket_endpoint_is_a_404_and_the_connection_closes() {
+    let server = TestServer::start();
+    for (method, path) in [("GET", "/no/such/socket"), ("POST", "/socket/websocket?vsn=2.0.0"), ("GET", "/health")] {
+        let response = until_closed(server.addr, &upgrade_request(method, path, b"")).await;
+        assert!(response.starts_with("HTTP/1.1 404"), "{method} {path}: {response}");
+        assert_eq!(json_body(&response)["error"], "not_found", "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_says_why_in_json_and_closes() {
+    let server = TestServer::start();
+    let response = until_closed(server.addr, &upgrade_request("GET", "/socket/websocket?vsn=3.0.0", b"")).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert_eq!(json_body(&response)["error"], "unsupported_vsn");
+    let old_version = String::from_utf8(upgrade_request("GET", "/socket/websocket?vsn=2.0.0", b""))
+        .expect("ASCII")
+        .replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+    let response = until_closed(server.addr, old_version.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert_eq!(json_body(&response)["error"], "bad_handshake");
+}
+
+#[tokio::test]
+async fn a_frame_written_together_with_the_handshake_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let heartbeat = masked_text(r#"[null,"7","phoenix","heartbeat",{}]"#);
+    stream.write_all(&upgrade_request("GET", "/socket/websocket?vsn=2.0.0", &heartbeat)).await.expect("write");
+
+    // The 101 head, then one unmasked text frame with the heartbeat's reply.
+    let mut received = Vec::new();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the server closed before replying: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&received);
+            let Some(head_end) = text.find("\r\n\r\n") else { continue };
+            assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+            let frame = &received[head_end + 4..];
+            if frame.len() >= 2 && frame.len() >= 2 + usize::from(frame[1] & 0x7f) {
+                assert_eq!(frame[0], 0x81, "a final text frame");
+                let len = usize::from(frame[1]);
+                return serde_json::from_slice::<Value>(&frame[2..2 + len]).expect("a JSON frame");
+            }
+        }
+    })
+    .await
+    .expect("a reply to the heartbeat sent with the handshake");
+    assert_eq!(reply, json!([null, "7", "phoenix", "phx_reply", {"status": "ok", "response": {}}]));
+}

@@ -1,0 +1,104 @@
+//! Where upgraded connections leave actix-http: its HTTP/1 dispatcher hands every request with
+//! `Connection: upgrade` here, together with the raw TCP stream and any bytes it read past the
+//! request head. The handshake is answered here, and the socket then runs on [`super::ws_io`].
+//!
+//! Why not an actix-web route: the dispatcher behind a route keeps a read and a write buffer of
+//! 8 KiB each for as long as the connection lives, which was 16 KiB of an idle socket's 19 KB.
+
+use std::io;
+use std::sync::Arc;
+
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::header::{self, HeaderValue};
+use actix_http::{ConnectionType, Method, Request, Response, StatusCode, h1};
+use actix_web::web;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio::net::TcpStream;
+
+use super::TransportState;
+use super::json_socket::{self, JsonEndpoint};
+use super::websocket;
+use super::ws_io::{WsReader, WsWriter};
+
+/// A refused upgrade: answered with `status` and `{"error": code, "reason": reason}`.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The machine-readable error.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `status`, `code` and `reason`.
+    pub fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Refusal {
+        Refusal { status, code, reason: reason.into() }
+    }
+}
+
+/// An accepted WebSocket handshake: the `101` response and what runs the socket afterwards.
+pub struct Accepted {
+    /// The `101 Switching Protocols` response to send.
+    pub response: Response<()>,
+    /// The largest message the socket reads.
+    pub max_bytes: usize,
+    /// Starts the socket on its reader and writer once the response is out.
+    pub start: Box<dyn FnOnce(WsReader, WsWriter)>,
+}
+
+/// The upgrade service: the WebSocket endpoints, by path.
+#[derive(Clone)]
+pub struct Upgrades {
+    /// `GET /socket/websocket`, the Phoenix endpoint.
+    pub phoenix: web::Data<TransportState>,
+    /// `GET /json/websocket`, the seed-002 JSON endpoint.
+    pub json: web::Data<JsonEndpoint>,
+}
+
+impl Upgrades {
+    /// Answers one upgrade request and, when accepted, starts the socket on the raw stream.
+    ///
+    /// The error type is what actix-http's upgrade hook asks for; the only errors are the
+    /// stream's own, while the handshake's answer is written.
+    pub async fn handle(self, req: Request, framed: Framed<TcpStream, h1::Codec>) -> Result<(), actix_http::Error> {
+        self.answer(req, framed).await.map_err(|e| actix_http::ws::ProtocolError::Io(e).into())
+    }
+
+    async fn answer(self, req: Request, mut framed: Framed<TcpStream, h1::Codec>) -> io::Result<()> {
+        let accepted = match (req.method() == Method::GET, req.path()) {
+            (true, "/socket/websocket") => websocket::accept(&req, &self.phoenix).await,
+            (true, "/json/websocket") => json_socket::accept(&req, &self.json),
+            _ => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {} {}", req.method(), req.path()),
+            )),
+        };
+        match accepted {
+            Ok(accepted) => {
+                framed.send(h1::Message::Item((accepted.response, BodySize::None))).await?;
+                let parts = framed.into_parts();
+                let io = Arc::new(parts.io);
+                (accepted.start)(WsReader::new(Arc::clone(&io), parts.read_buf, accepted.max_bytes), WsWriter::new(io));
+                Ok(())
+            }
+            Err(refusal) => refuse(&mut framed, refusal).await,
+        }
+    }
+}
+
+/// Sends the refusal as a JSON error response, then the connection closes.
+async fn refuse(framed: &mut Framed<TcpStream, h1::Codec>, refusal: Refusal) -> io::Result<()> {
+    let body = Bytes::from(json!({ "error": refusal.code, "reason": refusal.reason }).to_string());
+    let mut response = Response::with_body(refusal.status, ());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.head_mut().set_connection_type(ConnectionType::Close);
+    framed.feed(h1::Message::Item((response, BodySize::Sized(body.len() as u64)))).await?;
+    framed.feed(h1::Message::Chunk(Some(body))).await?;
+    framed.send(h1::Message::Chunk(None)).await
+}
