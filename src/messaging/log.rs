@@ -4,7 +4,7 @@
 //! A per-item problem (unknown recipient, `up_to` past the end) fails only that item; a
 //! database error fails the whole batch, which the writer then retries item by item.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::MessagingError;
 use crate::pb;
@@ -127,8 +127,9 @@ fn append_all(
         return Ok(());
     }
 
-    let receivers: Vec<&str> = appends.iter().map(|(_, a)| receiver_of(a)).collect();
-    let known = messages::existing_users(conn, &receivers)?;
+    let receivers: BTreeSet<&str> = appends.iter().map(|(_, a)| receiver_of(a)).collect();
+    let receivers: Vec<&str> = receivers.into_iter().collect();
+    let known: HashSet<String> = messages::existing_users(conn, &receivers)?.into_iter().collect();
 
     // Messages stored by earlier batches, by (sender, id).
     let keys: Vec<(&str, &str)> = appends.iter().map(|(_, a)| (a.sender.as_str(), a.message.id.as_str())).collect();
@@ -145,7 +146,7 @@ fn append_all(
     let mut conversation_counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for &(index, append) in &appends {
         let receiver = receiver_of(append);
-        if !known.iter().any(|k| k == receiver) {
+        if !known.contains(receiver) {
             results[index] = Some(Err(MessagingError::UnknownRecipient));
             continue;
         }
