@@ -8,6 +8,7 @@ use diesel::QueryResult;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
 use super::DbConnection;
+use super::checkpoint::AUTOCHECKPOINT_PAGES;
 
 /// Settings every new SQLite connection gets.
 ///
@@ -21,6 +22,9 @@ use super::DbConnection;
 /// default 2 MiB page cache they were read back from the kernel (`pread`) on nearly every
 /// statement. A memory map serves them from the kernel's page cache without a copy, shared by
 /// every connection, and a larger private cache keeps each connection's hot pages decoded.
+///
+/// Commits checkpoint the WAL only once it is 64 MiB long: the store's checkpointer thread does
+/// the copying before that (see `super::checkpoint`).
 pub(crate) fn sqlite_pragmas(busy_timeout: Duration) -> String {
     let millis = busy_timeout.as_millis().min(i32::MAX as u128);
     format!(
@@ -29,7 +33,8 @@ pub(crate) fn sqlite_pragmas(busy_timeout: Duration) -> String {
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA mmap_size = {MMAP_BYTES};
-         PRAGMA cache_size = -{CACHE_KIB};"
+         PRAGMA cache_size = -{CACHE_KIB};
+         PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES};"
     )
 }
 

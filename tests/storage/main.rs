@@ -11,3 +11,4 @@ mod invites;
 mod log_writer;
 mod restart;
 mod schema;
+mod wal;

@@ -51,6 +51,11 @@ impl TestDb {
         Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, schema }) })
     }
 
+    /// The SQLite file's path, or `None` for PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<&str> {
+        self.pg.is_none().then_some(self.url.as_str())
+    }
+
     /// Whether this database is a PostgreSQL schema.
     pub fn is_postgres(&self) -> bool {
         self.pg.is_some()
