@@ -156,14 +156,6 @@ pub fn are_contacts(conn: &mut DbConnection, username: &str, contact: &str) -> R
     Ok(found > 0)
 }
 
-/// The messages `sender` already stored under any of `client_ids`.
-pub fn find_sent(conn: &mut DbConnection, sender: &str, client_ids: &[&str]) -> Result<Vec<MessageRow>, StoreError> {
-    Ok(messages::table
-        .filter(messages::sender.eq(sender).and(messages::client_id.eq_any(client_ids)))
-        .select(MessageRow::as_select())
-        .load(conn)?)
-}
-
 /// The stored messages among `keys`, each a `(sender, client_id)`, in no particular order.
 pub fn find_stored(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<Vec<MessageRow>, StoreError> {
     match conn {

@@ -92,10 +92,7 @@ async fn drain(mut session: WsWriter, mut rx: mpsc::Receiver<Item>, abort: onesh
             reason = wait_abort(&mut abort) => return close(session, reason).await,
             item = rx.recv() => item,
         };
-        let (queued, then) = take_batch(&mut session, &mut rx, first);
-        if queued.is_err() {
-            return;
-        }
+        let Ok(then) = take_batch(&mut session, &mut rx, first) else { return };
         match write(&mut abort, session.flush()).await {
             Written::Ok => {}
             Written::Gone => return,
@@ -123,29 +120,22 @@ enum Then {
 }
 
 /// Encodes `first` and whatever else is already queued (up to [`BATCH_BYTES`]) for one write.
-fn take_batch(
-    session: &mut WsWriter,
-    rx: &mut mpsc::Receiver<Item>,
-    first: Option<Item>,
-) -> (Result<(), Closed>, Then) {
+fn take_batch(session: &mut WsWriter, rx: &mut mpsc::Receiver<Item>, first: Option<Item>) -> Result<Then, Closed> {
     let mut next = first;
     loop {
-        let queued = match next {
-            None => return (Ok(()), Then::Stop),
-            Some(Item::Close(reason)) => return (Ok(()), Then::Close(reason)),
-            Some(Item::Frame(WireFrame::Text(text))) => session.queue(Message::Text(text)),
-            Some(Item::Frame(WireFrame::Binary(data))) => session.queue(Message::Binary(data)),
-            Some(Item::Pong(data)) => session.queue(Message::Pong(data)),
-        };
-        if queued.is_err() {
-            return (queued, Then::Stop);
+        match next {
+            None => return Ok(Then::Stop),
+            Some(Item::Close(reason)) => return Ok(Then::Close(reason)),
+            Some(Item::Frame(WireFrame::Text(text))) => session.queue(Message::Text(text))?,
+            Some(Item::Frame(WireFrame::Binary(data))) => session.queue(Message::Binary(data))?,
+            Some(Item::Pong(data)) => session.queue(Message::Pong(data))?,
         }
         if session.buffered() >= BATCH_BYTES {
-            return (Ok(()), Then::More);
+            return Ok(Then::More);
         }
         next = match rx.try_recv() {
             Ok(item) => Some(item),
-            Err(mpsc::error::TryRecvError::Empty) => return (Ok(()), Then::More),
+            Err(mpsc::error::TryRecvError::Empty) => return Ok(Then::More),
             Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
     }

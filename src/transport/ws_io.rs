@@ -243,8 +243,8 @@ impl fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-/// The outbound half of a server-side WebSocket: sends unmasked frames, one per call, or several
-/// with one write through [`queue`](Self::queue) and [`flush`](Self::flush).
+/// The outbound half of a server-side WebSocket: sends unmasked frames, one per [`send`](Self::send),
+/// or several with one write through [`queue`](Self::queue) and [`flush`](Self::flush).
 ///
 /// A call's future may be dropped mid-write; the rest of what was queued goes out ahead of
 /// anything later, so the peer never sees a torn frame.
@@ -259,26 +259,6 @@ impl WsWriter {
     /// Writes server frames to `io`.
     pub fn new(io: Arc<TcpStream>) -> WsWriter {
         WsWriter { io, codec: Codec::new(), buf: BytesMut::new(), closed: false }
-    }
-
-    /// Sends a text message.
-    pub async fn text(&mut self, text: impl Into<ByteString>) -> Result<(), Closed> {
-        self.send(Message::Text(text.into())).await
-    }
-
-    /// Sends a binary message.
-    pub async fn binary(&mut self, data: impl Into<Bytes>) -> Result<(), Closed> {
-        self.send(Message::Binary(data.into())).await
-    }
-
-    /// Sends a ping (RFC 6455 limits control payloads to 125 bytes).
-    pub async fn ping(&mut self, data: &[u8]) -> Result<(), Closed> {
-        self.send(Message::Ping(Bytes::copy_from_slice(data))).await
-    }
-
-    /// Sends a pong (RFC 6455 limits control payloads to 125 bytes).
-    pub async fn pong(&mut self, data: &[u8]) -> Result<(), Closed> {
-        self.send(Message::Pong(Bytes::copy_from_slice(data))).await
     }
 
     /// Sends a close frame and gives up the writer.
@@ -310,7 +290,8 @@ impl WsWriter {
         self.buf.capacity()
     }
 
-    async fn send(&mut self, message: Message) -> Result<(), Closed> {
+    /// Sends one message (RFC 6455 limits control payloads to 125 bytes).
+    pub async fn send(&mut self, message: Message) -> Result<(), Closed> {
         self.queue(message)?;
         self.flush().await
     }
@@ -432,9 +413,9 @@ mod tests {
         assert!(matches!(next_ok(&mut reader).await, AggregatedMessage::Binary(b) if b == bin));
         assert_eq!(reader.buffered_capacity(), 0);
 
-        timeout(LIMIT, writer.text("from server")).await.expect("timed out").expect("text");
-        timeout(LIMIT, writer.binary(bin.clone())).await.expect("timed out").expect("binary");
-        timeout(LIMIT, writer.pong(b"p")).await.expect("timed out").expect("pong");
+        timeout(LIMIT, writer.send(text("from server"))).await.expect("timed out").expect("text");
+        timeout(LIMIT, writer.send(Message::Binary(bin.clone()))).await.expect("timed out").expect("binary");
+        timeout(LIMIT, writer.send(Message::Pong(Bytes::from_static(b"p")))).await.expect("timed out").expect("pong");
         assert_eq!(writer.buffered_capacity(), 0);
 
         let mut codec = Codec::new().client_mode();
@@ -610,7 +591,7 @@ mod tests {
         let big = Bytes::from(vec![7u8; 16 * 1024 * 1024]);
         let expected = big.clone();
         let sending = tokio::spawn(async move {
-            let sent = writer.binary(big).await;
+            let sent = writer.send(Message::Binary(big)).await;
             (sent, writer.buffered_capacity())
         });
         // The payload is bigger than the socket buffers, so the writer must wait for the reader.
@@ -643,7 +624,7 @@ mod tests {
         drop(client);
         let failed = timeout(LIMIT, async {
             loop {
-                if writer.text("anyone there?").await.is_err() {
+                if writer.send(text("anyone there?")).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -652,6 +633,6 @@ mod tests {
         .await;
         assert!(failed.is_ok(), "writes to a reset socket kept succeeding");
         assert_eq!(writer.buffered_capacity(), 0);
-        assert_eq!(timeout(LIMIT, writer.ping(b"")).await.expect("timed out"), Err(Closed));
+        assert_eq!(timeout(LIMIT, writer.send(Message::Ping(Bytes::new()))).await.expect("timed out"), Err(Closed));
     }
 }

@@ -98,7 +98,7 @@ async fn a_batch_over_many_conversations_is_gap_free_and_deduplicated(db: &TestD
                 assert!(!dup, "{} is new", row.client_id);
                 let pair = messages::conversation_key(&row.sender, &row.receiver);
                 conversation_offsets.entry((pair.0.to_owned(), pair.1.to_owned())).or_default().push(row.user_offset);
-                let found = messages::find_sent(conn, &row.sender, &[row.client_id.as_str()])?;
+                let found = messages::find_stored(conn, &[(row.sender.as_str(), row.client_id.as_str())])?;
                 assert_eq!(found, vec![row.clone()], "the returned row is the stored row");
             }
             for user in USERS {

@@ -235,10 +235,8 @@ async fn snapshot(url: &str, users: &[String], ids_by_sender: &BTreeMap<String, 
         }
         let mut rows = Vec::new();
         for (sender, ids) in &ids_by_sender {
-            for chunk in ids.chunks(200) {
-                let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                rows.extend(messages::find_sent(conn, sender, &chunk)?);
-            }
+            let keys: Vec<(&str, &str)> = ids.iter().map(|id| (sender.as_str(), id.as_str())).collect();
+            rows.extend(messages::find_stored(conn, &keys)?);
         }
         Ok(Snapshot { logs, rows })
     });
