@@ -4,11 +4,11 @@
 //! A per-item problem (unknown recipient, `up_to` past the end) fails only that item; a
 //! database error fails the whole batch, which the writer then retries item by item.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::MessagingError;
 use crate::pb;
-use crate::store::messages::{self, ConversationRow, MessageRow, conversation_key};
+use crate::store::messages::{self, MessageRow, NewMessage, ReceiptOutcome, ReceiptRequest};
 use crate::store::{DbConnection, Millis, StoreError};
 
 /// A validated message to append (its `from`, `to.eid`, `id` and `timestamp` are set).
@@ -101,11 +101,7 @@ pub fn apply(
 ) -> Result<Vec<Result<Written, MessagingError>>, StoreError> {
     let mut results: Vec<Option<Result<Written, MessagingError>>> = writes.iter().map(|_| None).collect();
     append_all(conn, writes, now, &mut results)?;
-    for (index, write) in writes.iter().enumerate() {
-        if let Write::Receipt(receipt) = write {
-            results[index] = Some(record_receipt(conn, receipt, now)?.map(Written::Receipt));
-        }
-    }
+    record_receipts(conn, writes, now, &mut results)?;
     Ok(results.into_iter().map(|r| r.unwrap_or(Err(MessagingError::Unavailable))).collect())
 }
 
@@ -115,170 +111,112 @@ fn append_all(
     now: Millis,
     results: &mut [Option<Result<Written, MessagingError>>],
 ) -> Result<(), StoreError> {
-    let appends: Vec<(usize, &Append)> = writes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match w {
-            Write::Append(a) => Some((i, a)),
-            Write::Receipt(_) => None,
-        })
-        .collect();
-    if appends.is_empty() {
-        return Ok(());
-    }
-
-    let receivers: BTreeSet<&str> = appends.iter().map(|(_, a)| receiver_of(a)).collect();
-    let receivers: Vec<&str> = receivers.into_iter().collect();
-    let known: HashSet<String> = messages::existing_users(conn, &receivers)?.into_iter().collect();
-
-    // Messages stored by earlier batches, by (sender, id).
-    let keys: Vec<(&str, &str)> = appends.iter().map(|(_, a)| (a.sender.as_str(), a.message.id.as_str())).collect();
-    let mut stored: HashMap<(String, String), MessageRow> = HashMap::new();
-    for row in messages::find_stored(conn, &keys)? {
-        stored.insert((row.sender.clone(), row.client_id.clone()), row);
-    }
-
-    // Which appends are new (the first of each (sender, id) not stored yet), and how many
-    // offsets each log and conversation needs.
-    let mut fresh: Vec<(usize, &Append)> = Vec::new();
+    // The first write of each (sender, id) goes to the store; a later one in the same batch is
+    // its duplicate and gets the same row.
+    let mut batch: Vec<NewMessage<'_>> = Vec::new();
+    let mut slot_of: Vec<(usize, usize)> = Vec::new();
     let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut log_counts: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut conversation_counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for &(index, append) in &appends {
+    for (index, write) in writes.iter().enumerate() {
+        let Write::Append(append) = write else { continue };
         let receiver = receiver_of(append);
-        if !known.contains(receiver) {
-            results[index] = Some(Err(MessagingError::UnknownRecipient));
-            continue;
-        }
         if append.require_contact && !messages::are_contacts(conn, &append.sender, receiver)? {
-            results[index] = Some(Err(MessagingError::Forbidden("not_contacts".into())));
+            // A stranger and a user who does not exist are told apart, as without contacts.
+            results[index] = Some(Err(if messages::user_exists(conn, receiver)? {
+                MessagingError::Forbidden("not_contacts".into())
+            } else {
+                MessagingError::UnknownRecipient
+            }));
             continue;
         }
         let key = (append.sender.as_str(), append.message.id.as_str());
-        if stored.contains_key(&(key.0.to_owned(), key.1.to_owned())) || first_in_batch.contains_key(&key) {
-            continue;
-        }
-        first_in_batch.insert(key, index);
-        fresh.push((index, append));
-        *log_counts.entry(append.sender.as_str()).or_default() += 1;
-        *log_counts.entry(receiver).or_default() += 1;
-        *conversation_counts.entry(conversation_key(&append.sender, receiver)).or_default() += 1;
+        let slot = *first_in_batch.entry(key).or_insert_with(|| {
+            let m = &append.message;
+            batch.push(NewMessage {
+                sender: &append.sender,
+                client_id: &m.id,
+                sender_device: append.sender_device.as_deref(),
+                receiver,
+                sent_at: m.timestamp,
+                payload: &m.payload,
+                encryption_type: &m.encryption_type,
+                encrypted: &m.encrypted,
+                signature: &m.signature,
+            });
+            batch.len() - 1
+        });
+        slot_of.push((index, slot));
+    }
+    if batch.is_empty() {
+        return Ok(());
     }
 
-    // Reserve offsets in a fixed (sorted) order so concurrent writers lock rows alike.
-    let log_counts: Vec<(&str, i64)> = log_counts.into_iter().collect();
-    let mut next_log: HashMap<&str, i64> = HashMap::with_capacity(log_counts.len());
-    for (&(user, n), last) in log_counts.iter().zip(messages::advance_logs(conn, &log_counts)?) {
-        next_log.insert(user, last - n + 1);
-    }
-    let conversation_counts: Vec<((&str, &str), i64)> = conversation_counts.into_iter().collect();
-    let mut next_user_offset: HashMap<(&str, &str), i64> = HashMap::with_capacity(conversation_counts.len());
-    let mut conversation_rows: HashMap<(String, String), ConversationRow> = HashMap::new();
-    for (&(key, n), row) in conversation_counts.iter().zip(messages::advance_conversations(conn, &conversation_counts)?)
-    {
-        next_user_offset.insert(key, row.last_user_offset - n + 1);
-        conversation_rows.insert((key.0.to_owned(), key.1.to_owned()), row);
-    }
-
-    let mut rows = Vec::with_capacity(fresh.len());
-    for &(_, append) in &fresh {
-        let receiver = receiver_of(append);
-        let sender_offset = take_next(&mut next_log, append.sender.as_str())?;
-        let receiver_offset = take_next(&mut next_log, receiver)?;
-        let user_offset = take_next(&mut next_user_offset, conversation_key(&append.sender, receiver))?;
-        let m = &append.message;
-        let row = MessageRow {
-            sender: append.sender.clone(),
-            client_id: m.id.clone(),
-            sender_device: append.sender_device.clone(),
-            receiver: receiver.to_owned(),
-            user_offset,
-            sender_offset,
-            receiver_offset,
-            sent_at: m.timestamp,
-            stored_at: now,
-            payload: m.payload.clone(),
-            encryption_type: m.encryption_type.clone(),
-            encrypted: m.encrypted.clone(),
-            signature: m.signature.clone(),
-        };
-        stored.insert((row.sender.clone(), row.client_id.clone()), row.clone());
-        rows.push(row);
-    }
-    messages::insert_messages(conn, &rows)?;
-
-    // Conversations that only saw duplicates still need their peer offsets for the acks.
-    for &(index, append) in &appends {
-        if matches!(results[index], Some(Err(_))) {
-            continue;
-        }
-        let key = (append.sender.clone(), append.message.id.clone());
-        let Some(row) = stored.get(&key).cloned() else {
-            return Err(StoreError::Corrupt(format!("message {} of {} vanished mid-batch", key.1, key.0)));
-        };
-        let (a, b) = conversation_key(&row.sender, &row.receiver);
-        let conversation = match conversation_rows.get(&(a.to_owned(), b.to_owned())) {
-            Some(c) => c.clone(),
-            None => {
-                let found = messages::conversations_of(conn, &row.sender, &[row.receiver.as_str()])?;
-                let Some(c) = found.into_iter().next() else {
-                    return Err(StoreError::Corrupt(format!("conversation {a}/{b} missing")));
-                };
-                conversation_rows.insert((a.to_owned(), b.to_owned()), c.clone());
-                c
+    let stored = messages::append(conn, &batch, now)?;
+    let mut answered = vec![false; batch.len()];
+    for (index, slot) in slot_of {
+        results[index] = Some(match &stored[slot] {
+            None => Err(MessagingError::UnknownRecipient),
+            Some(found) => {
+                let duplicate = found.existed || answered[slot];
+                answered[slot] = true;
+                Ok(Written::Appended(Appended {
+                    row: found.row.clone(),
+                    peer_received: found.peer_received,
+                    duplicate,
+                }))
             }
-        };
-        let duplicate = first_in_batch.get(&(append.sender.as_str(), append.message.id.as_str())) != Some(&index);
-        let peer_received = conversation.acked_by(&row.receiver).0;
-        results[index] = Some(Ok(Written::Appended(Appended { row, peer_received, duplicate })));
+        });
     }
     Ok(())
-}
-
-/// Hands out the next reserved offset for `key`.
-fn take_next<K: std::hash::Hash + Eq + std::fmt::Debug>(map: &mut HashMap<K, i64>, key: K) -> Result<i64, StoreError> {
-    let Some(slot) = map.get_mut(&key) else {
-        return Err(StoreError::Corrupt(format!("no offsets reserved for {key:?}")));
-    };
-    let offset = *slot;
-    *slot += 1;
-    Ok(offset)
 }
 
 fn receiver_of(append: &Append) -> &str {
     append.message.to.as_ref().map_or("", |to| to.eid.as_str())
 }
 
-fn record_receipt(
+fn record_receipts(
     conn: &mut DbConnection,
-    receipt: &Receipt,
+    writes: &[Write],
     now: Millis,
-) -> Result<Result<Receipted, MessagingError>, StoreError> {
-    let log = messages::log_state(conn, &receipt.user)?;
-    if receipt.up_to > log.last_offset {
-        return Ok(Err(MessagingError::invalid(format!(
-            "up_to {} is past the end of the log (last_offset {})",
-            receipt.up_to, log.last_offset
-        ))));
+    results: &mut [Option<Result<Written, MessagingError>>],
+) -> Result<(), StoreError> {
+    let (indices, receipts): (Vec<usize>, Vec<&Receipt>) = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Receipt(r) => Some((i, r)),
+            Write::Append(_) => None,
+        })
+        .unzip();
+    if receipts.is_empty() {
+        return Ok(());
     }
-    let cursor = messages::advance_cursor(conn, &receipt.user, &receipt.device, receipt.up_to, now)?;
-    let already = if receipt.read { log.read_offset } else { log.received_offset };
-    let mut acks = Vec::new();
-    if receipt.up_to > already {
-        for acked in messages::ack_received(conn, &receipt.user, already, receipt.up_to, receipt.read)? {
-            let (received, read) = acked.conversation.acked_by(&receipt.user);
-            let acked_to = if receipt.read { read } else { received };
-            acks.push(ConversationAck {
-                sender: acked.sender,
-                client_id: acked.client_id,
-                user_offset: acked.user_offset,
-                acked: acked_to,
-            });
-        }
-        // The log row was read above, inside this same write transaction.
-        let received = log.received_offset.max(receipt.up_to);
-        let read = if receipt.read { log.read_offset.max(receipt.up_to) } else { log.read_offset };
-        messages::set_log_acks(conn, &receipt.user, received, read)?;
+    let requests: Vec<ReceiptRequest<'_>> = receipts
+        .iter()
+        .map(|r| ReceiptRequest { username: &r.user, device: &r.device, up_to: r.up_to, read: r.read })
+        .collect();
+    let outcomes = messages::record_receipts(conn, &requests, now)?;
+    for ((index, receipt), outcome) in indices.into_iter().zip(receipts).zip(outcomes) {
+        results[index] = Some(match outcome {
+            ReceiptOutcome::PastEnd { last_offset } => Err(MessagingError::invalid(format!(
+                "up_to {} is past the end of the log (last_offset {last_offset})",
+                receipt.up_to
+            ))),
+            ReceiptOutcome::Recorded { cursor, acks } => Ok(Written::Receipt(Receipted {
+                cursor,
+                acks: acks
+                    .into_iter()
+                    .map(|acked| {
+                        let (received, read) = acked.conversation.acked_by(&receipt.user);
+                        ConversationAck {
+                            sender: acked.sender,
+                            client_id: acked.client_id,
+                            user_offset: acked.user_offset,
+                            acked: if receipt.read { read } else { received },
+                        }
+                    })
+                    .collect(),
+            })),
+        });
     }
-    Ok(Ok(Receipted { cursor, acks }))
+    Ok(())
 }

@@ -3,7 +3,9 @@
 //! Requests queue in a bounded channel. The writer takes everything queued (up to
 //! `max_batch`), commits it in one transaction (group commit: one fsync for the batch, not one
 //! per message), then answers each request and only then publishes the new `message` and
-//! `receipt` events, in commit order. While a batch commits, the next one fills up.
+//! `receipt` events, in commit order. While a batch commits, the next one fills up. The writer
+//! keeps its database connection between batches (`store::HeldWriter`), so no batch waits on
+//! the pool's check-out test.
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use super::{EVENT_MESSAGE, EVENT_RECEIPT, LiveMessage, MessagingError, now_milli
 use crate::pb;
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, PubSub, SubscriberId};
-use crate::store::Store;
+use crate::store::{HeldWriter, Store};
 
 /// How many requests may wait for the writer before senders wait too.
 const QUEUE: usize = 16 * 1024;
@@ -38,11 +40,12 @@ pub(crate) fn start(store: Store, pubsub: PubSub, max_batch: usize) -> mpsc::Sen
 }
 
 async fn run(store: Store, pubsub: PubSub, max_batch: usize, mut rx: mpsc::Receiver<Job>) {
+    let mut store = store.held_writer();
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let (writes, waiting): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, (j.origin, j.reply))).unzip();
         let writes = Arc::new(writes);
-        let results = commit(&store, &writes).await;
+        let results = commit(&mut store, &writes).await;
         for ((write, (origin, reply)), result) in writes.iter().zip(waiting).zip(results) {
             // Built before the reply takes the result, published after it: the sender hears
             // "stored" before anyone is told about the message.
@@ -61,7 +64,7 @@ async fn run(store: Store, pubsub: PubSub, max_batch: usize, mut rx: mpsc::Recei
 
 /// Commits the batch; if the transaction fails as a whole, retries each write on its own so
 /// one bad write cannot fail its neighbours.
-async fn commit(store: &Store, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, MessagingError>> {
+async fn commit(store: &mut HeldWriter, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, MessagingError>> {
     let now = now_millis();
     let all = Arc::clone(writes);
     match store.write(move |conn| log::apply(conn, &all, now)).await {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use diesel::r2d2::Pool;
+use diesel::r2d2::{Pool, PooledConnection};
 
 pub use connection::{Backend, DbConnection};
 pub use error::StoreError;
@@ -147,6 +147,45 @@ impl Store {
         T: Send + 'static,
     {
         self.run(move |conn| write_transaction(conn, f)).await
+    }
+
+    /// A writer that keeps one pooled connection across its writes, for a caller that writes
+    /// all the time (the log writer).
+    pub fn held_writer(&self) -> HeldWriter {
+        HeldWriter { pool: self.pool.clone(), held: None }
+    }
+}
+
+/// Writes on a connection kept between calls. Checking a connection out of the pool tests it
+/// first, which on PostgreSQL is a round trip per batch; a held connection skips that. After a
+/// failed write the connection goes back to the pool, which drops it if it is broken, and the
+/// next write checks out a tested one.
+pub struct HeldWriter {
+    pool: Pool<Manager>,
+    held: Option<PooledConnection<Manager>>,
+}
+
+impl HeldWriter {
+    /// Runs `f` inside a write transaction on the blocking pool; commits on `Ok`, rolls back on `Err`.
+    pub async fn write<F, T>(&mut self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let held = self.held.take();
+        let (kept, result) = tokio::task::spawn_blocking(move || {
+            let mut conn = match held.map_or_else(|| pool.get(), Ok) {
+                Ok(conn) => conn,
+                Err(e) => return (None, Err(StoreError::from(e))),
+            };
+            let result = write_transaction(&mut conn, f);
+            (result.is_ok().then_some(conn), result)
+        })
+        .await
+        .map_err(|e| StoreError::TaskFailed(e.to_string()))?;
+        self.held = kept;
+        result
     }
 }
 

@@ -39,13 +39,24 @@ where
 pub(crate) struct Statement<'a, DB: Backend, ST = Untyped> {
     sql: &'static str,
     binds: Vec<Box<dyn Bind<DB> + 'a>>,
+    planned_per_run: bool,
     row: PhantomData<fn() -> ST>,
 }
 
 impl<'a, DB: Backend, ST> Statement<'a, DB, ST> {
     /// A statement whose `?`s are filled, in order, by the [`bind`](Self::bind) calls.
     pub(crate) fn new(sql: &'static str) -> Self {
-        Statement { sql, binds: Vec::new(), row: PhantomData }
+        Statement { sql, binds: Vec::new(), planned_per_run: false, row: PhantomData }
+    }
+
+    /// Leaves the statement out of diesel's cache, so that the database plans it for its
+    /// binds on every run. For a lookup whose best plan depends on how many keys it gets and
+    /// on how large the table has grown: PostgreSQL fixes a cached statement's plan at its
+    /// sixth run, guessing ten elements per array, and on a new database that plan scans the
+    /// whole table for good. On PostgreSQL an uncached statement is still one round trip.
+    pub(crate) fn planned_per_run(mut self) -> Self {
+        self.planned_per_run = true;
+        self
     }
 
     /// Binds the next `?` to `value`, sent as SQL type `BT`.
@@ -60,6 +71,9 @@ impl<'a, DB: Backend, ST> Statement<'a, DB, ST> {
 
 impl<DB: Backend, ST> QueryFragment<DB> for Statement<'_, DB, ST> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        if self.planned_per_run {
+            out.unsafe_to_cache_prepared();
+        }
         let mut parts = self.sql.split('?');
         out.push_sql(parts.next().unwrap_or_default());
         let mut binds = self.binds.iter();
