@@ -148,13 +148,14 @@ async fn publish(mut ws: Ws, args: Args, broadcasts: usize, shared: Arc<Shared>)
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(0.001)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut sent = 0;
+    let mut answered = 0;
     'publishing: for seq in 0..broadcasts {
         loop {
             tokio::select! {
                 _ = tick.tick() => break,
                 // Replies are read so the publisher's socket never backs up.
                 next = ws.next() => {
-                    if !matches!(next, Some(Ok(_))) {
+                    if count_reply(next, &mut answered, &shared).is_err() {
                         shared.errors.count("publisher: closed");
                         break 'publishing;
                     }
@@ -170,8 +171,39 @@ async fn publish(mut ws: Ws, args: Args, broadcasts: usize, shared: Arc<Shared>)
         }
         sent += 1;
     }
+    // A push is the server's once it is answered. Closing before that (a backlogged server may
+    // not have read the last pushes yet) would lose them with the connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.settle);
+    while answered < sent {
+        let Ok(next) = tokio::time::timeout_at(deadline, ws.next()).await else { break };
+        if count_reply(next, &mut answered, &shared).is_err() {
+            break;
+        }
+    }
+    if answered < sent {
+        shared.errors.count("publisher: pushes unanswered");
+    }
     close(ws).await;
     sent
+}
+
+/// Counts one frame the publisher got: an ok reply to a push, or an error reply; fails once
+/// the connection is closed.
+fn count_reply(
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    answered: &mut usize,
+    shared: &Shared,
+) -> Result<(), LoadError> {
+    let Some(text) = text_of(next)? else { return Ok(()) };
+    let frame = Frame::parse(&text)?;
+    if frame.event() == "phx_reply" {
+        match frame.reply() {
+            Ok(reply) if reply.is_ok() => *answered += 1,
+            Ok(reply) => shared.errors.count(format!("publisher: push refused: {}", reply.reason())),
+            Err(_) => shared.errors.count("publisher: bad reply"),
+        }
+    }
+    Ok(())
 }
 
 async fn subscriber(conn: usize, mut ws: Ws, shared: &Shared, mut stop: Stop) -> Result<(), LoadError> {
