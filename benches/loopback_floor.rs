@@ -55,6 +55,12 @@ fn main() {
 /// The sending side: accepts `sockets` connections, prints nothing until it listens, then each
 /// round stamps a frame with the round's start and writes it to every socket.
 fn send(sockets: usize, threads: usize, rounds: usize) {
+    // The measuring side kills this process when it gives up; this covers it being killed
+    // itself before it could.
+    thread::spawn(|| {
+        thread::sleep(RUN_LIMIT);
+        std::process::exit(2);
+    });
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind on loopback");
     println!("{}", listener.local_addr().expect("local address").port());
     let mut groups: Vec<Vec<TcpStream>> = (0..threads).map(|_| Vec::new()).collect();
@@ -124,6 +130,11 @@ fn receive(sockets: usize, threads: usize, rounds: usize) -> Vec<f64> {
     }
     let started = Instant::now();
     while finished.load(Ordering::Acquire) < sockets && started.elapsed() < RUN_LIMIT {
+        if let Ok(Some(status)) = child.0.try_wait()
+            && !status.success()
+        {
+            panic!("the sending side failed: {status}");
+        }
         thread::sleep(Duration::from_millis(20));
     }
     let _ = child.0.wait();

@@ -112,10 +112,12 @@ fn append_all(
     results: &mut [Option<Result<Written, MessagingError>>],
 ) -> Result<(), StoreError> {
     // The first write of each (sender, id) goes to the store; a later one in the same batch is
-    // its duplicate and gets the same row.
+    // its duplicate and gets the same row. A later one naming another receiver is stored on its
+    // own afterwards, exactly as if it came in a later batch.
     let mut batch: Vec<NewMessage<'_>> = Vec::new();
     let mut slot_of: Vec<(usize, usize)> = Vec::new();
     let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut afterwards: Vec<(usize, NewMessage<'_>)> = Vec::new();
     for (index, write) in writes.iter().enumerate() {
         let Write::Append(append) = write else { continue };
         let receiver = receiver_of(append);
@@ -128,45 +130,70 @@ fn append_all(
             }));
             continue;
         }
-        let key = (append.sender.as_str(), append.message.id.as_str());
-        let slot = *first_in_batch.entry(key).or_insert_with(|| {
-            let m = &append.message;
-            batch.push(NewMessage {
-                sender: &append.sender,
-                client_id: &m.id,
-                sender_device: append.sender_device.as_deref(),
-                receiver,
-                sent_at: m.timestamp,
-                payload: &m.payload,
-                encryption_type: &m.encryption_type,
-                encrypted: &m.encrypted,
-                signature: &m.signature,
-            });
-            batch.len() - 1
-        });
-        slot_of.push((index, slot));
+        let message = new_message(append);
+        match first_in_batch.get(&(message.sender, message.client_id)) {
+            Some(&slot) if batch.get(slot).is_some_and(|first| first.receiver == receiver) => {
+                slot_of.push((index, slot));
+            }
+            Some(_) => afterwards.push((index, message)),
+            None => {
+                first_in_batch.insert((message.sender, message.client_id), batch.len());
+                slot_of.push((index, batch.len()));
+                batch.push(message);
+            }
+        }
     }
     if batch.is_empty() {
         return Ok(());
     }
 
     let stored = messages::append(conn, &batch, now)?;
-    let mut answered = vec![false; batch.len()];
+    let mut answered = vec![false; stored.len()];
     for (index, slot) in slot_of {
-        results[index] = Some(match &stored[slot] {
-            None => Err(MessagingError::UnknownRecipient),
-            Some(found) => {
-                let duplicate = found.existed || answered[slot];
-                answered[slot] = true;
-                Ok(Written::Appended(Appended {
-                    row: found.row.clone(),
-                    peer_received: found.peer_received,
-                    duplicate,
-                }))
-            }
-        });
+        let (Some(outcome), Some(seen)) = (stored.get(slot), answered.get_mut(slot)) else {
+            return Err(StoreError::Corrupt(format!(
+                "the store answered {} of {} messages",
+                stored.len(),
+                batch.len()
+            )));
+        };
+        results[index] = Some(appended(outcome.as_ref(), *seen));
+        *seen = true;
+    }
+    for (index, message) in afterwards {
+        let stored = messages::append(conn, &[message], now)?;
+        results[index] = Some(appended(stored.first().and_then(Option::as_ref), false));
     }
     Ok(())
+}
+
+/// The store's view of a message the client sent.
+fn new_message(append: &Append) -> NewMessage<'_> {
+    let m = &append.message;
+    NewMessage {
+        sender: &append.sender,
+        client_id: &m.id,
+        sender_device: append.sender_device.as_deref(),
+        receiver: receiver_of(append),
+        sent_at: m.timestamp,
+        payload: &m.payload,
+        encryption_type: &m.encryption_type,
+        encrypted: &m.encrypted,
+        signature: &m.signature,
+    }
+}
+
+/// The outcome of an append from what the store made of it (`None`: unknown receiver); an
+/// earlier copy in the same batch makes it a duplicate too.
+fn appended(stored: Option<&messages::StoredMessage>, earlier_copy: bool) -> Result<Written, MessagingError> {
+    match stored {
+        None => Err(MessagingError::UnknownRecipient),
+        Some(found) => Ok(Written::Appended(Appended {
+            row: found.row.clone(),
+            peer_received: found.peer_received,
+            duplicate: found.existed || earlier_copy,
+        })),
+    }
 }
 
 fn receiver_of(append: &Append) -> &str {

@@ -26,10 +26,10 @@ pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use diesel::r2d2::{Pool, PooledConnection};
+use diesel::r2d2::{Pool, PooledConnection, R2D2Connection};
 
 pub use connection::{Backend, DbConnection};
 pub use error::StoreError;
@@ -152,17 +152,23 @@ impl Store {
     /// A writer that keeps one pooled connection across its writes, for a caller that writes
     /// all the time (the log writer).
     pub fn held_writer(&self) -> HeldWriter {
-        HeldWriter { pool: self.pool.clone(), held: None }
+        HeldWriter { store: self.clone(), held: None }
     }
 }
 
+/// How long a held connection may sit unused before it is tested again, as a check-out from the
+/// pool would: the server may have closed it meanwhile (a restart, an idle timeout).
+const HELD_IDLE_TEST: Duration = Duration::from_secs(1);
+
 /// Writes on a connection kept between calls. Checking a connection out of the pool tests it
-/// first, which on PostgreSQL is a round trip per batch; a held connection skips that. After a
-/// failed write the connection goes back to the pool, which drops it if it is broken, and the
-/// next write checks out a tested one.
+/// first, which on PostgreSQL is a round trip per batch; a held connection is tested only after
+/// sitting idle. After a failed write the connection goes back to the pool, which drops it if it
+/// is broken, and the next write checks out a tested one. With a pool of one connection nothing
+/// is held, or every other query would wait on the writer.
 pub struct HeldWriter {
-    pool: Pool<Manager>,
-    held: Option<PooledConnection<Manager>>,
+    store: Store,
+    /// The connection, and when it last finished a write.
+    held: Option<(PooledConnection<Manager>, Instant)>,
 }
 
 impl HeldWriter {
@@ -172,15 +178,19 @@ impl HeldWriter {
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.pool.clone();
+        let pool = self.store.pool.clone();
+        let hold = pool.max_size() >= 2;
         let held = self.held.take();
         let (kept, result) = tokio::task::spawn_blocking(move || {
+            let held = held.and_then(|(mut conn, last_used)| {
+                (last_used.elapsed() < HELD_IDLE_TEST || conn.ping().is_ok()).then_some(conn)
+            });
             let mut conn = match held.map_or_else(|| pool.get(), Ok) {
                 Ok(conn) => conn,
                 Err(e) => return (None, Err(StoreError::from(e))),
             };
             let result = write_transaction(&mut conn, f);
-            (result.is_ok().then_some(conn), result)
+            ((hold && result.is_ok()).then(|| (conn, Instant::now())), result)
         })
         .await
         .map_err(|e| StoreError::TaskFailed(e.to_string()))?;

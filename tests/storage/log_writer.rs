@@ -1,8 +1,9 @@
 //! The log writer's batch (`messaging::log::apply`) on each backend: offsets reserved for many
 //! logs and conversations at once come back gap-free and matched to the right rows, duplicates
 //! are found within and across batches, and a batch of a shape seen before prepares no new
-//! statement (diesel caches every statement on this path). On PostgreSQL the messages of a
-//! batch take two statements and each receipt one.
+//! statement (diesel caches every statement on this path but PostgreSQL's lookup, planned per
+//! run on purpose). On PostgreSQL the messages of a batch take two statements and the receipts
+//! one per round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,8 @@ use crate::support::{PW, T0, TestDb, config};
 backend_tests!(
     a_batch_over_many_conversations_is_gap_free_and_deduplicated,
     a_repeated_batch_shape_prepares_nothing_new,
-    receipts_in_one_batch_act_as_if_one_after_another
+    receipts_in_one_batch_act_as_if_one_after_another,
+    one_id_sent_to_two_receivers_in_a_batch_acts_as_in_two_batches
 );
 
 const USERS: [&str; 5] = ["ann", "ben", "cat", "dan", "eve"];
@@ -35,7 +37,8 @@ async fn with_users(db: &TestDb) -> courier::store::Store {
     db.open()
 }
 
-fn append(sender: &str, to: &str, id: &str) -> Write {
+/// A message from `sender` to `to` with the client id `id` (from a "phone", except eve's).
+pub(crate) fn append(sender: &str, to: &str, id: &str) -> Write {
     Write::Append(Append {
         sender: sender.to_owned(),
         sender_device: Some("phone".to_owned()).filter(|_| sender != "eve"),
@@ -292,6 +295,39 @@ async fn receipts_in_one_batch_act_as_if_one_after_another(db: &TestDb) {
             assert_eq!((ben.received_offset, ben.read_offset), (5, 5));
             let ann = messages::log_state(conn, "ann")?;
             assert_eq!((ann.received_offset, ann.read_offset), (5, 5));
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .expect("store");
+}
+
+/// A client reusing an id for another receiver within one batch gets what two batches would
+/// give: the copy whose receiver exists is stored once, the other is told its receiver is unknown
+/// or, when the first copy was stored, that it is a duplicate.
+async fn one_id_sent_to_two_receivers_in_a_batch_acts_as_in_two_batches(db: &TestDb) {
+    let store = with_users(db).await;
+    store
+        .run(|conn| {
+            let writes = [
+                append("ann", "nobody", "x1"),
+                append("ann", "ben", "x1"),
+                append("ann", "ben", "x2"),
+                append("ann", "nobody", "x2"),
+                append("ann", "cat", "x2"),
+            ];
+            let results = apply(conn, &writes);
+            assert!(matches!(results[0], Err(MessagingError::UnknownRecipient)), "{:?}", results[0]);
+            let (x1, dup) = appended(&results[1]);
+            assert!(!dup, "x1 is stored by its second copy, whose receiver exists");
+            // Stored after the rest of the batch, so after x2 in ann's log.
+            assert_eq!((x1.receiver.as_str(), x1.sender_offset), ("ben", 2));
+            let (x2, dup) = appended(&results[2]);
+            assert!(!dup);
+            assert!(matches!(results[3], Err(MessagingError::UnknownRecipient)), "{:?}", results[3]);
+            let (again, dup) = appended(&results[4]);
+            assert!(dup, "x2 was stored for ben; the copy for cat is its duplicate");
+            assert_eq!(again, x2);
+            assert_eq!(messages::log_offsets(conn, "ann")?, [1, 2], "two messages stored, no gap");
             Ok::<_, StoreError>(())
         })
         .await

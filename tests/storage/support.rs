@@ -22,9 +22,11 @@ pub struct TestDb {
     pg: Option<PgSchema>,
 }
 
+/// What a PostgreSQL test made on the server, dropped with the test.
 struct PgSchema {
     admin_url: String,
-    schema: String,
+    /// The statement that drops it: a schema, or a whole database.
+    drop: String,
 }
 
 impl TestDb {
@@ -37,10 +39,7 @@ impl TestDb {
 
     /// A fresh schema on the `COURIER_TEST_PG` server, or `None` (with a notice) when unset.
     pub fn postgres(test: &str) -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var(PG_ENV) else {
-            eprintln!("skipping PostgreSQL variant of {test}: set {PG_ENV}=postgres://... to run it");
-            return None;
-        };
+        let admin_url = admin_url(test)?;
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::establish(&admin_url).expect("connect to COURIER_TEST_PG");
         admin.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
@@ -48,7 +47,46 @@ impl TestDb {
         // the migrations table) lands in this test's schema.
         let sep = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
-        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, schema }) })
+        let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, drop }) })
+    }
+
+    /// A fresh database on the `COURIER_TEST_PG` server whose default collation is ICU's
+    /// `en-US` (as on many production servers), not the byte order of the `test` database; or
+    /// `None` (with a notice) when unset.
+    pub fn postgres_icu(test: &str) -> Option<TestDb> {
+        let admin_url = admin_url(test)?;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&admin_url).expect("connect to COURIER_TEST_PG");
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
+                 LOCALE 'C.UTF-8'"
+            ))
+            .expect("create an ICU test database");
+        let (base, query) = admin_url.split_once('?').map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
+        let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+        let url = match query {
+            Some(q) => format!("{server}/{name}?{q}"),
+            None => format!("{server}/{name}"),
+        };
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, drop }) })
+    }
+
+    /// The options [`open`](Self::open) uses.
+    pub fn options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.url.clone(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A connection to the PostgreSQL server as the tests' administrator, or `None` for SQLite.
+    pub fn pg_admin(&self) -> Option<PgConnection> {
+        self.pg.as_ref().map(|pg| PgConnection::establish(&pg.admin_url).expect("connect to COURIER_TEST_PG"))
     }
 
     /// The SQLite file's path, or `None` for PostgreSQL.
@@ -63,13 +101,7 @@ impl TestDb {
 
     /// Opens (or re-opens) a store on this database, running migrations.
     pub fn open(&self) -> Store {
-        let options = StoreOptions {
-            url: self.url.clone(),
-            pool_size: 4,
-            connect_timeout: Duration::from_secs(10),
-            busy_timeout: Duration::from_secs(10),
-        };
-        Store::open_with(&options).expect("open test store")
+        Store::open_with(&self.options()).expect("open test store")
     }
 
     /// An accounts service on a new store over this database.
@@ -84,16 +116,25 @@ impl TestDb {
     }
 }
 
+/// The `COURIER_TEST_PG` server's URL, or `None` with a notice that `test` is skipped.
+fn admin_url(test: &str) -> Option<String> {
+    let url = std::env::var(PG_ENV).ok();
+    if url.is_none() {
+        eprintln!("skipping PostgreSQL variant of {test}: set {PG_ENV}=postgres://... to run it");
+    }
+    url
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(pg) = &self.pg {
             match PgConnection::establish(&pg.admin_url) {
                 Ok(mut admin) => {
-                    if let Err(e) = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pg.schema)) {
-                        eprintln!("could not drop test schema {}: {e}", pg.schema);
+                    if let Err(e) = admin.batch_execute(&pg.drop) {
+                        eprintln!("could not clean up ({}): {e}", pg.drop);
                     }
                 }
-                Err(e) => eprintln!("could not drop test schema {}: {e}", pg.schema),
+                Err(e) => eprintln!("could not clean up ({}): {e}", pg.drop),
             }
         }
     }

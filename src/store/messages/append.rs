@@ -2,8 +2,9 @@
 //! every new message (the sender's log, the receiver's log, the conversation), and the insert.
 //!
 //! On SQLite this is a run of cached one-row statements, and a round trip is a function call.
-//! On PostgreSQL every round trip costs wake-ups on both sides, so a batch is two statements:
-//! one lookup, and one write that reserves the offsets and inserts the rows.
+//! On PostgreSQL every round trip costs wake-ups on both sides, so a batch is two statements
+//! whatever its size: one lookup, and one write that reserves the offsets and inserts the rows
+//! (a third reads the conversations of messages stored before, when there are any).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -56,7 +57,7 @@ pub struct StoredMessage {
 ///
 /// Offsets are handed out in batch order: messages that share a log or a conversation get
 /// consecutive offsets in it, in the order they come. Logs and conversations are locked in
-/// sorted order, so concurrent writers cannot deadlock. Runs inside the caller's transaction.
+/// sorted order, so concurrent appends lock them alike. Runs inside the caller's transaction.
 pub fn append(
     conn: &mut DbConnection,
     batch: &[NewMessage<'_>],

@@ -2,9 +2,9 @@
 //! `device_cursors`. Offsets are handed out here by row-locking upserts (`last + n`), so they
 //! stay gap-free whoever writes; what an offset means is decided by `crate::messaging`.
 //!
-//! The log writer's two writes have their own modules: [`append`] (a batch of messages) and
-//! [`record_receipts`]. On PostgreSQL, where a round trip is the cost, each takes a statement or
-//! two per batch.
+//! The log writer's two writes have their own modules: `append` (a batch of messages) and
+//! `receipt`. On PostgreSQL, where a round trip is the cost, a batch of messages takes two
+//! statements whatever its size, and a batch's receipts one statement per round.
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -198,7 +198,8 @@ pub fn are_contacts(conn: &mut DbConnection, username: &str, contact: &str) -> R
     Ok(found > 0)
 }
 
-/// The stored messages among `keys`, each a `(sender, client_id)`, in no particular order.
+/// The stored messages among `keys`, each a `(sender, client_id)`, in no particular order (for
+/// checks and tests; the log writer looks messages up in [`append`]).
 pub fn find_stored(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<Vec<MessageRow>, StoreError> {
     match conn {
         DbConnection::Sqlite(c) => {

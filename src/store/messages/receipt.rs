@@ -31,11 +31,12 @@ pub struct ReceivedUpTo {
     pub user_offset: i64,
     /// That message's client id.
     pub client_id: String,
-    /// The conversation after the receipt.
+    /// The conversation after the receipt (on PostgreSQL, after its round, which may include
+    /// the other user's marks from a receipt later in the batch; this user's marks are exact).
     pub conversation: ConversationRow,
 }
 
-/// What [`record_receipt`] did.
+/// What [`record_receipts`] did with one receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiptOutcome {
     /// `up_to` is past the end of the log, whose last offset is given; nothing changed.

@@ -187,18 +187,22 @@ async fn publish(mut ws: Ws, args: Args, broadcasts: usize, shared: Arc<Shared>)
     sent
 }
 
-/// Counts one frame the publisher got: an ok reply to a push, or an error reply; fails once
-/// the connection is closed.
+/// Counts one frame the publisher got: every reply answers a push (an error reply is also
+/// counted as an error); fails only once the connection is closed.
 fn count_reply(
     next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     answered: &mut usize,
     shared: &Shared,
 ) -> Result<(), LoadError> {
     let Some(text) = text_of(next)? else { return Ok(()) };
-    let frame = Frame::parse(&text)?;
+    let Ok(frame) = Frame::parse(&text) else {
+        shared.errors.count("publisher: bad frame");
+        return Ok(());
+    };
     if frame.event() == "phx_reply" {
+        *answered += 1;
         match frame.reply() {
-            Ok(reply) if reply.is_ok() => *answered += 1,
+            Ok(reply) if reply.is_ok() => {}
             Ok(reply) => shared.errors.count(format!("publisher: push refused: {}", reply.reason())),
             Err(_) => shared.errors.count("publisher: bad reply"),
         }
