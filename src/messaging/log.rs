@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::MessagingError;
 use crate::pb;
 use crate::store::messages::{self, MessageRow, NewMessage, ReceiptOutcome, ReceiptRequest};
-use crate::store::{DbConnection, Millis, StoreError};
+use crate::store::{self, DbConnection, Millis, StoreError};
 
 /// A validated message to append (its `from`, `to.eid`, `id` and `timestamp` are set).
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ fn append_all(
         let receiver = receiver_of(append);
         if append.require_contact && !messages::are_contacts(conn, &append.sender, receiver)? {
             // A stranger and a user who does not exist are told apart, as without contacts.
-            results[index] = Some(Err(if messages::user_exists(conn, receiver)? {
+            results[index] = Some(Err(if store::users::exists(conn, receiver)? {
                 MessagingError::Forbidden("not_contacts".into())
             } else {
                 MessagingError::UnknownRecipient

@@ -252,6 +252,7 @@ fn append_sqlite(
     Ok(outcomes)
 }
 
+/// `store::users::exists` on the inner SQLite connection this path holds.
 fn user_exists(c: &mut SqliteConnection, username: &str) -> Result<bool, StoreError> {
     let found: Option<String> = Statement::<Sqlite, Text>::new("SELECT username FROM users WHERE username = ?")
         .bind::<Text, _>(username)

@@ -182,11 +182,6 @@ pub fn conversation_key<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
     if x <= y { (x, y) } else { (y, x) }
 }
 
-/// Whether `username` is a user.
-pub fn user_exists(conn: &mut DbConnection, username: &str) -> Result<bool, StoreError> {
-    Ok(diesel::select(diesel::dsl::exists(users::table.filter(users::username.eq(username)))).get_result(conn)?)
-}
-
 /// Whether `contact` is among `username`'s contacts.
 pub fn are_contacts(conn: &mut DbConnection, username: &str, contact: &str) -> Result<bool, StoreError> {
     let id_of = |name: &str| users::table.filter(users::username.eq(name.to_owned())).select(users::id);
