@@ -76,6 +76,8 @@ pub struct SocketConfig {
     pub max_event_bytes: usize,
     /// Frames queued for a socket before it counts as too slow and is closed.
     pub outbound_queue: usize,
+    /// Bytes queued for a socket (and not yet written) before it counts as too slow and is closed.
+    pub outbound_queue_bytes: usize,
     /// Sustained frames per second a socket may send.
     pub rate_per_sec: u32,
     /// Frames a socket may send in a burst above the sustained rate.
@@ -93,6 +95,7 @@ impl Default for SocketConfig {
             max_topic_bytes: 255,
             max_event_bytes: 255,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             rate_per_sec: 200,
             rate_burst: 400,
             shutdown_grace_ms: 10_000,
@@ -101,6 +104,11 @@ impl Default for SocketConfig {
 }
 
 impl SocketConfig {
+    /// The outbound queue's bounds.
+    pub fn queue_limits(&self) -> crate::transport::writer::QueueLimits {
+        crate::transport::writer::QueueLimits { frames: self.outbound_queue, bytes: self.outbound_queue_bytes }
+    }
+
     /// The idle timeout as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
@@ -169,7 +177,7 @@ impl Config {
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.socket;
-        let checks: [(&'static str, bool, &str); 7] = [
+        let checks: [(&'static str, bool, &str); 8] = [
             ("bind", self.bind.parse::<std::net::SocketAddr>().is_ok(), "must be an IP:port address"),
             ("socket.idle_timeout_ms", s.idle_timeout_ms >= 100, "must be at least 100"),
             ("socket.max_frame_bytes", s.max_frame_bytes >= 1024, "must be at least 1024"),
@@ -180,6 +188,7 @@ impl Config {
                 "must be 1..=255 (binary frames carry one length byte)",
             ),
             ("socket.outbound_queue", s.outbound_queue >= 8, "must be at least 8"),
+            ("socket.outbound_queue_bytes", s.outbound_queue_bytes >= 64 * 1024, "must be at least 65536"),
             (
                 "socket.rate_per_sec",
                 s.rate_per_sec >= 1 && s.rate_burst >= 1,

@@ -117,8 +117,7 @@ impl Courier {
             accounts: accounts.clone(),
             pubsub: pubsub.clone(),
             sockets: Arc::clone(&sockets),
-            max_frame_bytes: config.socket.max_frame_bytes,
-            outbound_queue: config.socket.outbound_queue,
+            settings: Arc::new(config.socket.clone()),
         });
         let accounts = web::Data::new(accounts);
         let workers = match config.workers {

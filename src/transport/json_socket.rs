@@ -5,6 +5,7 @@
 //! and carries out deliveries to other users through pub/sub.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
 use actix_http::{Request, StatusCode};
@@ -18,6 +19,7 @@ use super::{CLOSE_HANDSHAKE_GRACE, Sockets};
 use crate::accounts::Accounts;
 use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
 use crate::channels::user::{json_topic, notify_account_event};
+use crate::config::SocketConfig;
 use crate::protocol::WireFrame;
 use crate::pubsub::{Deliver, PubSub};
 
@@ -29,10 +31,8 @@ pub struct JsonEndpoint {
     pub pubsub: PubSub,
     /// Live sockets and shutdown.
     pub sockets: Arc<Sockets>,
-    /// Largest accepted frame.
-    pub max_frame_bytes: usize,
-    /// Frames queued before the connection counts as too slow.
-    pub outbound_queue: usize,
+    /// The socket limits (frame size, outbound queue, idle timeout), shared with the Phoenix endpoint.
+    pub settings: Arc<SocketConfig>,
 }
 
 /// Checks a seed-002 JSON client's handshake; the connection starts once the `101` is out (see
@@ -46,7 +46,7 @@ pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted
     let peer = req.peer_addr();
     Ok(Accepted {
         response,
-        max_bytes: state.max_frame_bytes,
+        max_bytes: state.settings.max_frame_bytes,
         start: Box::new(move |reader, writer| {
             let connection = JsonConnection {
                 id: state.sockets.next_connection_id(),
@@ -54,7 +54,9 @@ pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted
                 accounts: state.accounts.clone(),
                 pubsub: state.pubsub.clone(),
                 sockets: Arc::clone(&state.sockets),
-                outbound: Outbound::start(writer, state.outbound_queue),
+                outbound: Outbound::start(writer, state.settings.queue_limits()),
+                settings: Arc::clone(&state.settings),
+                last_received: Instant::now(),
                 subscribed: None,
                 closing: false,
             };
@@ -75,6 +77,8 @@ struct JsonConnection {
     pubsub: PubSub,
     sockets: Arc<Sockets>,
     outbound: Outbound,
+    settings: Arc<SocketConfig>,
+    last_received: Instant,
     subscribed: Option<String>,
     closing: bool,
 }
@@ -86,7 +90,14 @@ impl JsonConnection {
         }
         match self.outbound.send(WireFrame::Text(ByteString::from(text))) {
             Ok(()) => {}
-            Err(QueueError::Full) => self.close(ctx, CloseCode::Away, "slow consumer: outbound queue full"),
+            Err(QueueError::Full) => {
+                if !self.closing {
+                    tracing::info!(conn = self.id, "closing slow json socket");
+                    self.closing = true;
+                    self.outbound.abort(CloseCode::Away, "slow consumer: outbound queue full");
+                    ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
+                }
+            }
             Err(QueueError::Closed) => ctx.stop(),
         }
     }
@@ -163,6 +174,13 @@ impl Actor for JsonConnection {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sockets.opened();
+        let idle = self.settings.idle_timeout();
+        ctx.run_interval(super::idle_check_interval(idle), move |act, ctx| {
+            if !act.closing && act.last_received.elapsed() >= idle {
+                tracing::info!(conn = act.id, "closing idle json socket");
+                act.close(ctx, CloseCode::Away, "idle timeout");
+            }
+        });
         ctx.spawn(
             self.sockets
                 .shutdown_requested()
@@ -185,6 +203,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for JsonConnection 
         if self.closing {
             return;
         }
+        self.last_received = Instant::now();
         match item {
             Ok(AggregatedMessage::Text(text)) => self.handle_text(ctx, text),
             Ok(AggregatedMessage::Binary(_)) => {
@@ -199,8 +218,11 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for JsonConnection 
                 self.outbound.close(reason.map_or(CloseCode::Normal, |r| r.code), "");
                 ctx.stop();
             }
-            Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::Size, "frame too large"),
-            Err(_) => self.close(ctx, CloseCode::Protocol, "websocket protocol error"),
+            Err(e) => {
+                let (code, reason) = super::read_error_close(&e);
+                tracing::debug!(conn = self.id, error = %e, "closing json socket on a websocket error");
+                self.close(ctx, code, reason);
+            }
         }
     }
 }

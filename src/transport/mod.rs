@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use actix_ws::{CloseCode, ProtocolError};
 use tokio::sync::watch;
 
 use crate::channels::{Router, SocketAuthenticator};
@@ -22,6 +23,21 @@ use crate::pubsub::PubSub;
 
 /// After the server sends a close frame, how long it waits for the client's before dropping.
 const CLOSE_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a socket checks whether it has been idle for `idle`.
+fn idle_check_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5))
+}
+
+/// The close code and reason for a client frame the reader could not take (RFC 6455 §7.4.1):
+/// 1009 for a frame over the limit, 1007 for text that is not UTF-8, 1002 for the rest.
+fn read_error_close(error: &ProtocolError) -> (CloseCode, &'static str) {
+    match error {
+        ProtocolError::Overflow => (CloseCode::Size, "frame too large"),
+        ProtocolError::Io(e) if ws_io::is_invalid_utf8(e) => (CloseCode::Invalid, "text frame is not valid UTF-8"),
+        _ => (CloseCode::Protocol, "websocket protocol error"),
+    }
+}
 
 /// Live-socket bookkeeping shared by every worker: counts and the shutdown signal.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture,
@@ -81,7 +81,7 @@ impl SocketSession {
         SocketSession {
             info,
             serializer,
-            outbound: Outbound::start(writer, settings.outbound_queue),
+            outbound: Outbound::start(writer, settings.queue_limits()),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             settings,
             router: Arc::clone(&state.router),
@@ -123,8 +123,8 @@ impl SocketSession {
         match self.outbound.send(frame) {
             Ok(()) => {}
             Err(QueueError::Full) => {
-                tracing::warn!(conn = self.conn(), queue = self.settings.outbound_queue, "closing slow socket");
-                self.close(ctx, CloseCode::Away, "slow consumer: outbound queue full");
+                tracing::info!(conn = self.conn(), queued_bytes = self.outbound.queued_bytes(), "closing slow socket");
+                self.abort(ctx, CloseCode::Away, "slow consumer: outbound queue full");
             }
             Err(QueueError::Closed) => ctx.stop(),
         }
@@ -218,6 +218,17 @@ impl SocketSession {
         self.phase = Phase::Closing;
         self.close_reason = reason;
         self.outbound.close(code, reason);
+        ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
+    }
+
+    /// Like [`Self::close`], but drops what is queued: the client is not reading it.
+    fn abort(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.phase = Phase::Closing;
+        self.close_reason = reason;
+        self.outbound.abort(code, reason);
         ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
     }
 
@@ -465,8 +476,7 @@ impl Actor for SocketSession {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sockets.opened();
         let idle = self.settings.idle_timeout();
-        let check_every = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5));
-        ctx.run_interval(check_every, move |act, ctx| {
+        ctx.run_interval(super::idle_check_interval(idle), move |act, ctx| {
             if act.phase != Phase::Closing && act.last_received.elapsed() >= idle {
                 tracing::info!(conn = act.conn(), "closing idle socket");
                 act.close(ctx, CloseCode::Away, "idle timeout");
@@ -507,10 +517,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SocketSession {
     fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
         let msg = match item {
             Ok(msg) => msg,
-            Err(ProtocolError::Overflow) => return self.close(ctx, CloseCode::Size, "frame too large"),
             Err(e) => {
-                tracing::info!(conn = self.conn(), error = %e, "websocket protocol error");
-                return self.close(ctx, CloseCode::Protocol, "websocket protocol error");
+                let (code, reason) = super::read_error_close(&e);
+                tracing::debug!(conn = self.conn(), error = %e, "closing socket on a websocket error");
+                return self.close(ctx, code, reason);
             }
         };
         self.last_received = Instant::now();

@@ -3,7 +3,15 @@
 //! The socket actor never awaits a write: it `try_send`s into this queue. A client that does
 //! not read fills the queue, and the socket is then closed as too slow instead of buffering
 //! without bound or slowing the broadcasts to everyone else.
+//!
+//! The queue is bounded twice: in frames, and in bytes. Frames alone did not bound memory: a
+//! thousand replies of 30 MB each fit in a thousand frames. Bytes are counted from the moment a
+//! frame is queued until its write has finished, so the bound covers the batch being written as
+//! well as what waits behind it. A slow consumer is closed by aborting the queue: what it has
+//! not read is dropped at once, and only the close frame is still tried.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason, Message};
@@ -15,6 +23,16 @@ use crate::protocol::WireFrame;
 
 /// How long a close frame may wait behind frames a slow client has not read yet.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much one socket may have queued and not yet written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Frames waiting to be written.
+    pub frames: usize,
+    /// Bytes of those frames plus the batch being written. One frame larger than this is still
+    /// taken when nothing else is queued, so a large reply to a reading client goes out.
+    pub bytes: usize,
+}
 
 enum Item {
     Frame(WireFrame),
@@ -31,19 +49,34 @@ pub enum QueueError {
     Closed,
 }
 
+impl Item {
+    /// The bytes this item holds while queued.
+    fn size(&self) -> usize {
+        match self {
+            Item::Frame(WireFrame::Text(text)) => text.len(),
+            Item::Frame(WireFrame::Binary(data)) | Item::Pong(data) => data.len(),
+            Item::Close(_) => 0,
+        }
+    }
+}
+
 /// The sending side, owned by the socket actor.
 pub struct Outbound {
     tx: mpsc::Sender<Item>,
     abort: Option<oneshot::Sender<CloseReason>>,
+    /// Bytes queued and not yet written, shared with the writer task (same thread).
+    queued_bytes: Rc<Cell<usize>>,
+    max_bytes: usize,
 }
 
 impl Outbound {
-    /// Starts the writer task for `session` with room for `capacity` queued frames.
-    pub fn start(session: WsWriter, capacity: usize) -> Self {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// Starts the writer task for `session` within `limits`.
+    pub fn start(session: WsWriter, limits: QueueLimits) -> Self {
+        let (tx, rx) = mpsc::channel(limits.frames.max(1));
         let (abort_tx, abort_rx) = oneshot::channel();
-        actix_web::rt::spawn(drain(session, rx, abort_rx));
-        Outbound { tx, abort: Some(abort_tx) }
+        let queued_bytes = Rc::new(Cell::new(0));
+        actix_web::rt::spawn(drain(session, rx, abort_rx, Rc::clone(&queued_bytes)));
+        Outbound { tx, abort: Some(abort_tx), queued_bytes, max_bytes: limits.bytes }
     }
 
     /// Queues a frame without waiting.
@@ -56,16 +89,45 @@ impl Outbound {
         self.tx.capacity()
     }
 
+    /// How many more bytes the queue can take right now.
+    pub fn room_bytes(&self) -> usize {
+        self.max_bytes.saturating_sub(self.queued_bytes.get())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
     /// Queues a pong for a client ping.
     pub fn pong(&self, data: Bytes) -> Result<(), QueueError> {
         self.try_send(Item::Pong(data))
     }
 
     fn try_send(&self, item: Item) -> Result<(), QueueError> {
+        let size = item.size();
+        let queued = self.queued_bytes.get();
+        if queued > 0 && queued.saturating_add(size) > self.max_bytes {
+            return Err(QueueError::Full);
+        }
         self.tx.try_send(item).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => QueueError::Full,
             mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-        })
+        })?;
+        self.queued_bytes.set(queued.saturating_add(size));
+        Ok(())
+    }
+
+    /// Drops everything queued and closes: for a client that does not read, whose queue
+    /// should not be kept alive while its close frame waits.
+    pub fn abort(&mut self, code: CloseCode, description: &str) {
+        let reason = CloseReason { code, description: Some(description.to_owned()) };
+        if let Some(abort) = self.abort.take()
+            && let Err(reason) = abort.send(reason)
+        {
+            // The writer is gone already; queue the close in case it is only between batches.
+            let _ = self.tx.try_send(Item::Close(reason));
+        }
     }
 
     /// Closes after the frames already queued; a full queue is skipped so the close still goes out.
@@ -83,20 +145,33 @@ impl Outbound {
 /// replies or broadcasts costs one system call instead of one per frame.
 const BATCH_BYTES: usize = 64 * 1024;
 
-async fn drain(mut session: WsWriter, mut rx: mpsc::Receiver<Item>, abort: oneshot::Receiver<CloseReason>) {
+async fn drain(
+    mut session: WsWriter,
+    mut rx: mpsc::Receiver<Item>,
+    abort: oneshot::Receiver<CloseReason>,
+    queued_bytes: Rc<Cell<usize>>,
+) {
     // Dropping the sender without aborting (the actor stopped) must not cut the queue short.
     let mut abort = Some(abort);
     loop {
         let first = tokio::select! {
             biased;
-            reason = wait_abort(&mut abort) => return close(session, reason).await,
+            reason = wait_abort(&mut abort) => {
+                drop(rx);
+                return close(session, reason).await;
+            }
             item = rx.recv() => item,
         };
-        let Ok(then) = take_batch(&mut session, &mut rx, first) else { return };
+        let mut batch_bytes = 0;
+        let Ok(then) = take_batch(&mut session, &mut rx, first, &mut batch_bytes) else { return };
         match write(&mut abort, session.flush()).await {
-            Written::Ok => {}
+            Written::Ok => queued_bytes.set(queued_bytes.get().saturating_sub(batch_bytes)),
             Written::Gone => return,
-            Written::Aborted(reason) => return close(session, reason).await,
+            Written::Aborted(reason) => {
+                // What the client has not read goes now; only the close frame is still tried.
+                drop(rx);
+                return close(session, reason).await;
+            }
         }
         match then {
             Then::More => {}
@@ -119,10 +194,19 @@ enum Then {
     Close(CloseReason),
 }
 
-/// Encodes `first` and whatever else is already queued (up to [`BATCH_BYTES`]) for one write.
-fn take_batch(session: &mut WsWriter, rx: &mut mpsc::Receiver<Item>, first: Option<Item>) -> Result<Then, Closed> {
+/// Encodes `first` and whatever else is already queued (up to [`BATCH_BYTES`]) for one write,
+/// adding the queued sizes of what it took to `taken`.
+fn take_batch(
+    session: &mut WsWriter,
+    rx: &mut mpsc::Receiver<Item>,
+    first: Option<Item>,
+    taken: &mut usize,
+) -> Result<Then, Closed> {
     let mut next = first;
     loop {
+        if let Some(item) = &next {
+            *taken += item.size();
+        }
         match next {
             None => return Ok(Then::Stop),
             Some(Item::Close(reason)) => return Ok(Then::Close(reason)),

@@ -23,6 +23,12 @@ use tokio::net::TcpStream;
 /// How much room is made in the read buffer before each read.
 const READ_CHUNK: usize = 4 * 1024;
 
+/// How long a closed socket keeps reading what its client still sends, before it is dropped.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often a lingering writer checks whether the reader has let go of the stream.
+const LINGER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Opcode of a continuation frame (RFC 6455 §5.2).
 const OPCODE_CONTINUE: u8 = 0x0;
 
@@ -216,8 +222,18 @@ fn frame_header(buf: &[u8]) -> Option<(u8, u64)> {
     Some((first & 0x0F, len))
 }
 
+/// A text message whose bytes are not UTF-8, carried as the I/O error `ProtocolError` has room for.
+#[derive(Debug, thiserror::Error)]
+#[error("text frame is not valid UTF-8")]
+struct InvalidUtf8;
+
 fn utf8(data: Bytes) -> Result<ByteString, ProtocolError> {
-    ByteString::try_from(data).map_err(|e| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))
+    ByteString::try_from(data).map_err(|_| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8)))
+}
+
+/// Whether a reader error is a text message that was not UTF-8 (closed with 1007, not 1002).
+pub fn is_invalid_utf8(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<InvalidUtf8>())
 }
 
 fn join(mut parts: Vec<Bytes>, size: usize) -> Bytes {
@@ -261,9 +277,41 @@ impl WsWriter {
         WsWriter { io, codec: Codec::new(), buf: BytesMut::new(), closed: false }
     }
 
-    /// Sends a close frame and gives up the writer.
+    /// Sends a close frame, then lingers (see [`Self::linger`]) and gives up the writer.
     pub async fn close(mut self, reason: Option<CloseReason>) -> Result<(), Closed> {
-        self.send(Message::Close(reason)).await
+        self.send(Message::Close(reason)).await?;
+        self.linger().await;
+        Ok(())
+    }
+
+    /// After the close frame: once the reader is gone, half-closes the stream and reads and
+    /// discards what the client still sends until it closes too, for at most [`LINGER`].
+    ///
+    /// Closing a socket with unread bytes in its receive buffer makes the kernel send a reset,
+    /// and a reset can overtake the close frame: a client whose frame was too large saw a
+    /// broken connection instead of 1009. Draining first lets the close frame arrive.
+    async fn linger(self) {
+        let io = self.io;
+        let _ = tokio::time::timeout(LINGER, async move {
+            // The reader still runs until the client's own close frame (or an error) ends it.
+            while Arc::strong_count(&io) > 1 {
+                tokio::time::sleep(LINGER_POLL).await;
+            }
+            let _ = socket2::SockRef::from(&*io).shutdown(std::net::Shutdown::Write);
+            let mut scratch = [0u8; 4096];
+            loop {
+                if io.readable().await.is_err() {
+                    return;
+                }
+                match io.try_read(&mut scratch) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .await;
     }
 
     /// Encodes a message into the write buffer without writing it: [`flush`](Self::flush) then

@@ -132,3 +132,93 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_get_everything() {
     }
     assert!(received < total as usize, "the slow socket got everything ({received})");
 }
+
+/// 400 broadcasts of 64 KiB are far fewer frames than the queue's 1,024 but 25 MiB: the
+/// byte bound is what closes a socket that does not read them.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_by_queued_bytes_within_the_frame_limit() {
+    let mut config = test_config();
+    config.socket.rate_per_sec = 10_000;
+    config.socket.rate_burst = 10_000;
+    assert_eq!(config.socket.outbound_queue, 1024, "the default frame bound, which 400 frames stay under");
+    let server = TestServer::start_with(config, |c| c);
+    let mut slow = server.client().await;
+    let mut sender = server.client().await;
+    slow.join_ok("room:bytes", "1").await;
+    sender.join_ok("room:bytes", "1").await;
+    let chunk = "b".repeat(64 * 1024);
+    let total = 400;
+    for n in 0..total {
+        sender.send(json!(["1", format!("{n}"), "room:bytes", "blob", {"n": n, "data": chunk}])).await;
+        assert_eq!(sender.recv_json().await[4]["status"], "ok");
+    }
+    let (closed, received) = slow.drain_until_close(Duration::from_secs(15)).await.expect("slow socket ends");
+    match closed {
+        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
+        (1006, _) => {}
+        other => panic!("unexpected close {other:?}"),
+    }
+    assert!(received < total, "the slow socket got everything ({received})");
+}
+
+/// A socket that pushes large pings and never reads their replies pins its own replies; the
+/// byte bound closes it instead of buffering every reply.
+#[tokio::test]
+async fn a_socket_that_pings_and_never_reads_its_replies_is_closed() {
+    let mut config = test_config();
+    config.socket.rate_per_sec = 10_000;
+    config.socket.rate_burst = 10_000;
+    let server = TestServer::start_with(config, |c| c);
+    let mut pinger = server.client().await;
+    pinger.join_ok("room:pings", "1").await;
+    let chunk = "p".repeat(500 * 1024);
+    let total = 80; // 40 MB of replies, under the 1,024-frame bound
+    for n in 0..total {
+        if !pinger.try_send(json!(["1", format!("{n}"), "room:pings", "ping", {"data": chunk}])).await {
+            break;
+        }
+    }
+    let (closed, received) = pinger.drain_until_close(Duration::from_secs(15)).await.expect("pinger ends");
+    match closed {
+        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
+        (1006, _) => {}
+        other => panic!("unexpected close {other:?}"),
+    }
+    assert!(received < total, "every reply was buffered for a socket that did not read ({received})");
+    let mut other = server.client().await;
+    other.send(json!([null, "1", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(other.recv_json().await[4]["status"], "ok");
+}
+
+/// A client that has written the whole over-size frame still reads the 1009 close: the server
+/// drains what it sent instead of closing with unread bytes, which would send a reset that
+/// overtakes the close frame.
+#[tokio::test]
+async fn the_1009_close_reaches_a_client_that_wrote_the_whole_frame() {
+    let server = TestServer::start();
+    let big = "x".repeat(3 * 1024 * 1024);
+    for attempt in 0..20 {
+        let mut c = server.client().await;
+        // A reset while writing is what a browser reports instead of the close.
+        let written = c.try_send(json!([null, "1", "phoenix", "heartbeat", {"big": big}])).await;
+        assert!(written, "attempt {attempt}: the connection was reset while the frame was written");
+        assert_eq!(c.recv_close().await.0, 1009, "attempt {attempt}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_json_socket_is_closed_with_1001() {
+    let mut config = test_config();
+    config.socket.idle_timeout_ms = 400;
+    let server = TestServer::start_with(config, |c| c);
+    let mut quiet = Client::connect(&format!("ws://{}/json/websocket", server.addr)).await;
+    let mut chatty = Client::connect(&format!("ws://{}/json/websocket", server.addr)).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        chatty.send(json!({"type": "identification", "version": "1.0.0", "client": "test"})).await;
+        assert_eq!(chatty.recv_json().await["type"], "identification");
+    }
+    assert_eq!(quiet.recv_close().await, (1001, "idle timeout".into()));
+    chatty.send(json!({"type": "identification", "version": "1.0.0", "client": "test"})).await;
+    assert_eq!(chatty.recv_json().await["resp_code"], 0);
+}

@@ -176,6 +176,11 @@ impl Client {
         self.send_text(&frame.to_string()).await;
     }
 
+    /// Sends a JSON value; `false` when the server has already closed the connection.
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        self.ws.send(Message::text(frame.to_string())).await.is_ok()
+    }
+
     /// Sends raw text.
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send text");
