@@ -12,7 +12,7 @@ use actix_web::dev::{AppConfig, ServerHandle};
 use actix_web::{App, web};
 
 use crate::accounts::{Accounts, LastSeen};
-use crate::channels::auth::SessionAuthenticator;
+use crate::channels::auth::{AnnounceSessionEnds, SessionAuthenticator};
 use crate::channels::presence::PresenceChannels;
 use crate::channels::room::RoomChannels;
 use crate::channels::user::UserChannels;
@@ -94,6 +94,7 @@ impl Courier {
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
+        accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
         let require_contacts = config.accounts.require_contacts;
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, require_contacts);
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts);

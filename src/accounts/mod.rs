@@ -38,6 +38,16 @@ pub struct SessionInfo {
     pub device_id: Option<String>,
     /// When the token stops being accepted (ms since the epoch).
     pub expires_at: i64,
+    /// A public name for the session (not the token, nor its stored digest): sockets that it
+    /// authenticated are told by this id when it ends.
+    pub session_id: String,
+}
+
+/// Told whenever a session ends before its expiry (sign-out, revocation), so the sockets that
+/// the session authenticated can be closed; expiry itself each socket times on its own.
+pub trait SessionEnds: Send + Sync + 'static {
+    /// The session with this [`SessionInfo::session_id`] is no longer valid.
+    fn ended(&self, session_id: &str);
 }
 
 /// An unanswered invite addressed to a user.
@@ -62,6 +72,7 @@ struct Inner {
     config: AccountsConfig,
     argon2: argon2::Params,
     clock: Arc<dyn Clock>,
+    session_ends: std::sync::OnceLock<Arc<dyn SessionEnds>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -113,7 +124,24 @@ impl Accounts {
         let argon2 =
             argon2::Params::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism, None)
                 .map_err(|e| ConfigError { field: "argon2_*", reason: e.to_string() })?;
-        Ok(Accounts { inner: Arc::new(Inner { store, config, argon2, clock }) })
+        let session_ends = std::sync::OnceLock::new();
+        Ok(Accounts { inner: Arc::new(Inner { store, config, argon2, clock, session_ends }) })
+    }
+
+    /// Sets who is told when a session ends early; the first call wins.
+    pub fn notify_session_ends(&self, sink: Arc<dyn SessionEnds>) {
+        let _ = self.inner.session_ends.set(sink);
+    }
+
+    fn session_ended(&self, session_id: &str) {
+        if let Some(sink) = self.inner.session_ends.get() {
+            sink.ended(session_id);
+        }
+    }
+
+    /// The clock this service reads time from, for callers that must agree with it on expiry.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.inner.clock)
     }
 
     /// The configuration in force.
@@ -216,12 +244,19 @@ impl Accounts {
         if self.now_millis() >= row.expires_at {
             return Err(AccountError::SessionExpired);
         }
-        Ok(SessionInfo { user_id: row.user_id, username, device_id: row.device_id, expires_at: row.expires_at })
+        let session_id = token::session_id(&row.token_hash);
+        Ok(SessionInfo {
+            user_id: row.user_id,
+            username,
+            device_id: row.device_id,
+            expires_at: row.expires_at,
+            session_id,
+        })
     }
 
     /// Revokes a live session (sign out); the token is refused from then on.
     pub async fn signout(&self, token: &str) -> Result<(), AccountError> {
-        self.verify_session(token).await?;
+        let info = self.verify_session(token).await?;
         let digest = token::digest(token);
         let now = self.now_millis();
         let revoked = self.store().run(move |conn| store::sessions::revoke(conn, &digest, now)).await?;
@@ -229,7 +264,21 @@ impl Accounts {
         if !revoked {
             return Err(AccountError::SessionRevoked);
         }
+        self.session_ended(&info.session_id);
         Ok(())
+    }
+
+    /// Revokes every live session of `username` (an operator's action) and closes the sockets
+    /// they authenticated; returns how many sessions it revoked.
+    pub async fn revoke_sessions(&self, username: &str) -> Result<usize, AccountError> {
+        let username = validate::username(username)?;
+        let now = self.now_millis();
+        let revoked =
+            self.with_user_id(username, move |conn, id| store::sessions::revoke_all_of(conn, id, now)).await?;
+        for digest in &revoked {
+            self.session_ended(&token::session_id(digest));
+        }
+        Ok(revoked.len())
     }
 
     /// Registers `device_id` for `username` (or refreshes when it was last seen).

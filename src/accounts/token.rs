@@ -34,6 +34,13 @@ pub fn digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The public id of a session, from its stored digest: a second hash, so neither the token
+/// nor the digest that looks it up can be learned from it (it names pub/sub topics).
+pub fn session_id(digest: &[u8]) -> String {
+    let id = Sha256::digest(digest);
+    id.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +54,8 @@ mod tests {
         assert!(!format!("{a:?}").contains(a.as_str()));
         assert_eq!(digest(a.as_str()).len(), 32);
         assert_ne!(digest(a.as_str()), digest(b.as_str()));
+        let id = session_id(&digest(a.as_str()));
+        assert_eq!(id.len(), 24);
+        assert_ne!(id, session_id(&digest(b.as_str())));
     }
 }

@@ -3,12 +3,34 @@
 
 use futures_util::future::LocalBoxFuture;
 
-use super::socket::{ConnectError, ConnectRequest, SocketAuthenticator, SocketIdentity};
-use crate::accounts::Accounts;
+use super::socket::{ConnectError, ConnectRequest, SessionGrant, SocketAuthenticator, SocketIdentity};
+use crate::accounts::{Accounts, SessionEnds, SessionInfo};
+use crate::protocol::Payload;
+use crate::pubsub::PubSub;
+use crate::transport::socket::DISCONNECT_EVENT;
 
 /// The socket id every socket of `username` shares; a `disconnect` on it closes them all.
 pub fn user_socket_id(username: &str) -> String {
     format!("users_socket:{username}")
+}
+
+/// The topic on which the end of session `session_id` is announced to its sockets.
+pub fn session_topic(session_id: &str) -> String {
+    format!("session:{session_id}")
+}
+
+/// How a socket authenticated by `info` learns that the session ended or expired.
+pub fn session_grant(accounts: &Accounts, info: &SessionInfo) -> SessionGrant {
+    SessionGrant { topic: session_topic(&info.session_id), expires_at: info.expires_at, clock: accounts.clock() }
+}
+
+/// Announces ended sessions through pub/sub, so their sockets close on every node.
+pub struct AnnounceSessionEnds(pub PubSub);
+
+impl SessionEnds for AnnounceSessionEnds {
+    fn ended(&self, session_id: &str) {
+        self.0.broadcast(&session_topic(session_id), DISCONNECT_EVENT, Payload::empty());
+    }
 }
 
 /// Accepts anonymous sockets and sockets with a live session token; refuses bad tokens.
@@ -41,6 +63,7 @@ impl SocketAuthenticator for SessionAuthenticator {
             match session {
                 Ok(info) => Ok(SocketIdentity {
                     socket_id: Some(user_socket_id(&info.username)),
+                    session: Some(session_grant(&accounts, &info)),
                     user: Some(info.username),
                     device: info.device_id,
                 }),

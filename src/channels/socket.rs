@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 
+use crate::accounts::Clock;
 use crate::presence::Owner;
 use crate::protocol::Serializer;
 use crate::pubsub::SubscriberId;
@@ -33,6 +34,39 @@ pub struct SocketIdentity {
     pub user: Option<String>,
     /// The device (`connection_resource_id`) the socket speaks for.
     pub device: Option<String>,
+    /// The session that authenticated the socket; the socket ends when it does.
+    pub session: Option<SessionGrant>,
+}
+
+/// The session behind an authenticated socket: how the socket hears that it ended, and when it
+/// expires by the accounts' clock.
+#[derive(Clone)]
+pub struct SessionGrant {
+    /// The topic on which the session's end is announced (a `disconnect` event).
+    pub topic: String,
+    /// When the session expires (ms since the epoch, by `clock`).
+    pub expires_at: i64,
+    /// The clock the accounts decide expiry by.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl SessionGrant {
+    /// Whether the session has expired.
+    pub fn expired(&self) -> bool {
+        self.clock.now_millis() >= self.expires_at
+    }
+
+    /// How long until the session expires (zero once it has).
+    pub fn remaining(&self) -> std::time::Duration {
+        let left = self.expires_at.saturating_sub(self.clock.now_millis());
+        std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Debug for SessionGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionGrant").field("topic", &self.topic).field("expires_at", &self.expires_at).finish()
+    }
 }
 
 /// Why a connect was refused (answered with HTTP 403).

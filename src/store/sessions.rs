@@ -49,6 +49,18 @@ pub fn revoke(conn: &mut DbConnection, token_hash: &[u8], now: Millis) -> Result
     Ok(n > 0)
 }
 
+/// Revokes every live session of `user_id` at `now`; returns their digests.
+pub fn revoke_all_of(conn: &mut DbConnection, user_id: &str, now: Millis) -> Result<Vec<Vec<u8>>, StoreError> {
+    let live = sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(now));
+    Ok(diesel::update(live)
+        .set(sessions::revoked_at.eq(Some(now)))
+        .returning(sessions::token_hash)
+        .get_results(conn)?)
+}
+
 /// Records which device a session belongs to.
 pub fn set_device(conn: &mut DbConnection, token_hash: &[u8], device_id: &str) -> Result<bool, StoreError> {
     let n = diesel::update(sessions::table.filter(sessions::token_hash.eq(token_hash)))

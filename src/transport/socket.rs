@@ -248,6 +248,12 @@ impl SocketSession {
                 return self.close(ctx, CloseCode::Error, "malformed frame");
             }
         };
+        if self.info.identity.session.as_ref().is_some_and(|s| s.expired()) {
+            // The expiry timer may not have fired yet; the session's rights end now all the same.
+            let reply = Reply::error("session_expired");
+            self.reply(ctx, msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, &reply);
+            return self.close(ctx, CloseCode::Away, "session expired");
+        }
         if self.limiter.check().is_err() {
             let reply = Reply::error("rate limited");
             return self.reply(ctx, msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, &reply);
@@ -482,17 +488,28 @@ impl Actor for SocketSession {
                 act.close(ctx, CloseCode::Away, "idle timeout");
             }
         });
-        if let Some(socket_id) = self.info.identity.socket_id.clone() {
+        let session = self.info.identity.session.clone();
+        let control_topics: Vec<String> =
+            self.info.identity.socket_id.iter().cloned().chain(session.as_ref().map(|s| s.topic.clone())).collect();
+        if !control_topics.is_empty() {
             let (pubsub, recipient, conn) = (self.pubsub.clone(), Self::recipient(ctx), self.conn());
             // Waited on, so a disconnect broadcast right after connect is not missed.
             ctx.wait(
                 async move {
-                    if let Err(e) = pubsub.subscribe(&socket_id, conn, recipient).await {
-                        tracing::warn!(conn, error = %e, "socket id subscription failed");
+                    for topic in control_topics {
+                        if let Err(e) = pubsub.subscribe(&topic, conn, recipient.clone()).await {
+                            tracing::warn!(conn, error = %e, "socket control subscription failed");
+                        }
                     }
                 }
                 .into_actor(self),
             );
+        }
+        if let Some(session) = session {
+            ctx.run_later(session.remaining(), |act, ctx| {
+                tracing::info!(conn = act.conn(), "closing socket: its session expired");
+                act.close(ctx, CloseCode::Away, "session expired");
+            });
         }
         ctx.spawn(self.sockets.shutdown_requested().into_actor(self).map(|_, act, ctx| act.drain(ctx)));
     }
@@ -507,6 +524,9 @@ impl Actor for SocketSession {
         }
         if let Some(socket_id) = &self.info.identity.socket_id {
             self.pubsub.unsubscribe(socket_id, self.conn());
+        }
+        if let Some(session) = &self.info.identity.session {
+            self.pubsub.unsubscribe(&session.topic, self.conn());
         }
         self.sockets.closed();
         tracing::info!(conn = self.conn(), reason = self.close_reason, "socket closed");
@@ -562,6 +582,13 @@ impl Handler<Deliver> for SocketSession {
             if broadcast.event == DISCONNECT_EVENT {
                 tracing::info!(conn = self.conn(), "disconnect requested for socket id");
                 self.close(ctx, CloseCode::Away, "disconnected");
+            }
+            return;
+        }
+        if self.info.identity.session.as_ref().is_some_and(|s| s.topic == broadcast.topic) {
+            if broadcast.event == DISCONNECT_EVENT {
+                tracing::info!(conn = self.conn(), "closing socket: its session ended");
+                self.close(ctx, CloseCode::Away, "session ended");
             }
             return;
         }

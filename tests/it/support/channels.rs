@@ -23,12 +23,14 @@ impl SocketAuthenticator for TestAuth {
                     socket_id: Some("user_socket:tokenuser".into()),
                     user: Some("tokenuser".into()),
                     device: None,
+                    session: None,
                 }),
                 Some(_) => Err(ConnectError::Refused("bad token".into())),
                 None => Ok(SocketIdentity {
                     socket_id: request.params.get("user_id").map(|id| format!("user_socket:{id}")),
                     user: request.params.get("user_id").cloned(),
                     device: None,
+                    session: None,
                 }),
             }
         };
