@@ -245,7 +245,7 @@ async fn storm(db: Arc<TestDb>) {
         .arg(format!("ws://{}/socket/websocket", server.addr))
         .args(["--quiet", "--json"])
         .arg(&json)
-        .args(["storm", "--users", "10", "--devices", "2", "--rate", "1500", "--duration", "3"])
+        .args(["storm", "--users", "10", "--devices", "2", "--rate", "2000", "--duration", "3"])
         .args(["--churn", "0.5", "--connected-ms", "300"])
         .kill_on_drop(true)
         .output();
@@ -254,8 +254,11 @@ async fn storm(db: Arc<TestDb>) {
     let report: Value =
         std::fs::read_to_string(&json).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
     eprintln!(
-        "storm: {} acked, {} reconnects, checks {}",
-        report["throughput"]["messages_acked"]["count"], report["metrics"]["reconnects"], report["checks"]
+        "storm: sent {}, acked {}, {} reconnects; checks {}",
+        report["throughput"]["messages_sent"],
+        report["throughput"]["messages_acked"],
+        report["metrics"]["reconnects"],
+        report["checks"]
     );
     assert!(
         output.status.success(),
