@@ -128,7 +128,7 @@ impl Messaging {
     /// Checks a client's message and fills in what the server decides (`from`, `timestamp`).
     pub fn prepare(&self, origin: &Origin, mut message: pb::Message) -> Result<pb::Message, MessagingError> {
         if message.id.is_empty() {
-            return Err(MessagingError::invalid("id is required"));
+            return Err(MessagingError::invalid(format!("id must be 1..={} bytes", wire::MAX_ID_BYTES)));
         }
         wire::check_text("id", &message.id, wire::MAX_ID_BYTES, true)?;
         wire::check_identity("from", message.from.as_ref())?;
