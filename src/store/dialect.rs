@@ -1,6 +1,6 @@
 //! Everything that differs between SQLite and PostgreSQL: per-connection settings, how a write
-//! or a snapshot read transaction begins, and the macro that compiles one statement per backend where the derived
-//! multi-backend cannot express it (upserts in particular).
+//! or a snapshot read transaction begins, and the macro that compiles one statement per backend
+//! where the derived multi-backend cannot express it (upserts in particular).
 
 use std::time::Duration;
 
