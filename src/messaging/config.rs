@@ -1,4 +1,4 @@
-//! Messaging limits: payload size, page sizes, the log writer's batch size, and the rate and
+//! Messaging limits: payload size, page sizes and bytes, the log writer's batch size, and the rate and
 //! expiry of status signals.
 
 use serde::Deserialize;
@@ -7,10 +7,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MessagingConfig {
-    /// Largest `payload` + `encrypted` + `signature` of one message, in bytes.
+    /// Largest `payload` + `encrypted` + `signature` + `encryption_type` of one message, in bytes.
     pub max_payload_bytes: usize,
     /// Largest `limit` a `pull` or `history` may ask for.
     pub max_page: i64,
+    /// Most bytes of messages (as proto3 JSON) in one `pull`/`history` reply or catch-up page;
+    /// a page always holds at least one message, so a larger one still gets through alone.
+    pub max_page_bytes: usize,
     /// The `limit` of a `pull` or `history` that names none.
     pub default_page: i64,
     /// Messages read per step while a joining device catches up in push mode.
@@ -30,6 +33,7 @@ impl Default for MessagingConfig {
         MessagingConfig {
             max_payload_bytes: 64 * 1024,
             max_page: 500,
+            max_page_bytes: 512 * 1024,
             default_page: 100,
             catch_up_page: 200,
             max_batch: 512,
@@ -48,6 +52,9 @@ impl MessagingConfig {
         }
         if self.max_page < 1 || !(1..=self.max_page).contains(&self.default_page) {
             return Err("max_page must be at least 1 and default_page within 1..=max_page".into());
+        }
+        if !(1..=(1 << 30)).contains(&self.max_page_bytes) {
+            return Err("max_page_bytes must be 1..=1073741824".into());
         }
         if !(1..=10_000).contains(&self.catch_up_page) {
             return Err("catch_up_page must be 1..=10000".into());

@@ -28,7 +28,7 @@ use wire::{SIGNAL_REQUEST_PULL, ack_state, log_message};
 use crate::pb;
 use crate::pubsub::{PubSub, SubscriberId};
 use crate::store::messages::{self as queries, ConversationRow, MessageRow};
-use crate::store::{Millis, Store};
+use crate::store::{Millis, Snapshot, Store};
 
 /// The event that carries a `Message` to a device.
 pub const EVENT_MESSAGE: &str = "message";
@@ -83,13 +83,24 @@ pub struct DeviceState {
     pub acked_offset: i64,
 }
 
-/// A run of a user's log, oldest first.
+/// A run of a user's log, oldest first, with consecutive offsets.
 #[derive(Debug, Clone)]
 pub struct LogPage {
     /// `(signal_offset, message)` pairs.
     pub entries: Vec<(i64, pb::Message)>,
     /// The log's last signal_offset when the page was read.
     pub last_offset: i64,
+    /// Whether the log goes on after the page (it was cut by `limit` or by bytes).
+    pub more: bool,
+}
+
+/// A run of one conversation, newest first, with consecutive user_offsets.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// The messages.
+    pub messages: Vec<pb::Message>,
+    /// Whether older messages exist (the page was cut by `limit` or by bytes).
+    pub more: bool,
 }
 
 /// The messaging service: cheap to clone, shared by every socket.
@@ -116,9 +127,13 @@ impl Messaging {
 
     /// Checks a client's message and fills in what the server decides (`from`, `timestamp`).
     pub fn prepare(&self, origin: &Origin, mut message: pb::Message) -> Result<pb::Message, MessagingError> {
-        if message.id.is_empty() || message.id.len() > 128 || message.id.chars().any(char::is_control) {
-            return Err(MessagingError::invalid("id must be 1..=128 bytes without control characters"));
+        if message.id.is_empty() {
+            return Err(MessagingError::invalid(format!("id must be 1..={} bytes", wire::MAX_ID_BYTES)));
         }
+        wire::check_text("id", &message.id, wire::MAX_ID_BYTES, true)?;
+        wire::check_identity("from", message.from.as_ref())?;
+        wire::check_identity("to", message.to.as_ref())?;
+        wire::check_text("encryption_type", &message.encryption_type, wire::MAX_ENCRYPTION_TYPE_BYTES, true)?;
         let to = match &message.to {
             Some(to) if !to.eid.is_empty() => to.eid.clone(),
             _ => return Err(MessagingError::invalid("to.eid is required")),
@@ -135,7 +150,8 @@ impl Messaging {
         if !message.encrypted.is_empty() && message.encryption_type.is_empty() {
             return Err(MessagingError::invalid("encrypted content needs an encryption_type"));
         }
-        let size = message.payload.len() + message.encrypted.len() + message.signature.len();
+        let size =
+            message.payload.len() + message.encrypted.len() + message.signature.len() + message.encryption_type.len();
         if size > self.config.max_payload_bytes {
             return Err(MessagingError::TooLarge(self.config.max_payload_bytes));
         }
@@ -225,21 +241,23 @@ impl Messaging {
             }
         }
     }
-    /// The log's end and this device's cursor.
+    /// The log's end and this device's cursor, read at one moment.
     pub async fn device_state(&self, eid: &str, device: &str) -> Result<DeviceState, MessagingError> {
         let (eid, device) = (eid.to_owned(), device.to_owned());
         let state = self
             .store
-            .run(move |conn| {
-                let log = queries::log_state(conn, &eid)?;
-                let acked = queries::cursor(conn, &eid, &device)?;
+            .read(move |snap| {
+                let log = queries::log_state(snap, &eid)?;
+                let acked = queries::cursor(snap, &eid, &device)?;
                 Ok(DeviceState { last_offset: log.last_offset, acked_offset: acked })
             })
             .await?;
         Ok(state)
     }
 
-    /// Up to `limit` entries of `eid`'s log after `after`, as `signal_request` delivers them.
+    /// Up to `limit` entries of `eid`'s log after `after`, as `signal_request` delivers them,
+    /// within the page byte budget; the page, its `last_offset` and its ack states are read
+    /// from one snapshot, so the page is a run of consecutive offsets.
     pub async fn read_log(
         &self,
         eid: &str,
@@ -248,20 +266,26 @@ impl Messaging {
         signal_request: i32,
     ) -> Result<LogPage, MessagingError> {
         let eid = eid.to_owned();
+        let budget = self.config.max_page_bytes;
         let page = self
             .store
-            .run(move |conn| {
-                let last_offset = queries::log_state(conn, &eid)?.last_offset;
-                let rows = queries::log_after(conn, &eid, after, limit)?;
-                let conversations = conversations_for(conn, &eid, rows.iter().map(|(_, r)| r))?;
-                let entries = rows
-                    .iter()
-                    .map(|(offset, row)| {
-                        let state = state_of(row, &conversations);
-                        (*offset, log_message(row, &eid, *offset, state, signal_request))
-                    })
-                    .collect();
-                Ok(LogPage { entries, last_offset })
+            .read(move |snap| {
+                let last_offset = queries::log_state(snap, &eid)?.last_offset;
+                let rows = queries::log_after(snap, &eid, after, limit, byte_hint(budget))?;
+                let conversations = conversations_for(snap, &eid, rows.iter().map(|(_, r)| r))?;
+                let mut fit = Budget::new(budget);
+                let mut entries = Vec::with_capacity(rows.len());
+                for (offset, row) in &rows {
+                    let message = log_message(row, &eid, *offset, state_of(row, &conversations), signal_request);
+                    if !fit.admit(&message) {
+                        break;
+                    }
+                    entries.push((*offset, message));
+                }
+                // The snapshot's log is 1..=last_offset without a hole: more exists exactly
+                // when the page stopped short of its end.
+                let more = entries.last().is_some_and(|(offset, _)| *offset < last_offset);
+                Ok(LogPage { entries, last_offset, more })
             })
             .await?;
         Ok(page)
@@ -273,31 +297,41 @@ impl Messaging {
         self.read_log(eid, after, limit, SIGNAL_REQUEST_PULL).await
     }
 
-    /// `history`: one conversation, newest first, with user_offset below `before`.
+    /// `history`: one conversation, newest first, with user_offset below `before`, within the
+    /// page byte budget; read from one snapshot like [`Messaging::read_log`].
     pub async fn history(
         &self,
         eid: &str,
         with: &str,
         before: Option<i64>,
         limit: i64,
-    ) -> Result<Vec<pb::Message>, MessagingError> {
+    ) -> Result<HistoryPage, MessagingError> {
         self.check_page(before.unwrap_or(0), limit)?;
         let (eid, with) = (eid.to_owned(), with.to_owned());
-        let messages = self
+        let budget = self.config.max_page_bytes;
+        let page = self
             .store
-            .run(move |conn| {
-                let rows = queries::history(conn, &eid, &with, before, limit)?;
-                let conversations = conversations_for(conn, &eid, rows.iter())?;
-                Ok(rows
-                    .iter()
-                    .map(|row| {
-                        let offset = if row.receiver == eid { row.receiver_offset } else { row.sender_offset };
-                        log_message(row, &eid, offset, state_of(row, &conversations), SIGNAL_REQUEST_PULL)
-                    })
-                    .collect())
+            .read(move |snap| {
+                let rows = queries::history(snap, &eid, &with, before, limit, byte_hint(budget))?;
+                let conversations = conversations_for(snap, &eid, rows.iter())?;
+                let mut fit = Budget::new(budget);
+                let mut messages = Vec::with_capacity(rows.len());
+                let mut oldest = None;
+                for row in &rows {
+                    let offset = if row.receiver == eid { row.receiver_offset } else { row.sender_offset };
+                    let message = log_message(row, &eid, offset, state_of(row, &conversations), SIGNAL_REQUEST_PULL);
+                    if !fit.admit(&message) {
+                        break;
+                    }
+                    oldest = Some(row.user_offset);
+                    messages.push(message);
+                }
+                // A conversation is 1..=last_user_offset in the snapshot: anything older than
+                // the page's oldest message exists.
+                Ok(HistoryPage { messages, more: oldest.is_some_and(|o| o > 1) })
             })
             .await?;
-        Ok(messages)
+        Ok(page)
     }
 
     fn check_page(&self, offset: i64, limit: i64) -> Result<(), MessagingError> {
@@ -311,9 +345,38 @@ impl Messaging {
     }
 }
 
+/// The byte budget as the store's content cut takes it.
+fn byte_hint(budget: usize) -> i64 {
+    i64::try_from(budget).unwrap_or(i64::MAX)
+}
+
+/// What is left of a page's byte budget, counted in messages as proto3 JSON (the larger of the
+/// two encodings); the first message is always admitted, so every page makes progress.
+struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        Budget { left: bytes, first: true }
+    }
+
+    /// Takes `message` out of the budget if it fits (or is the page's first).
+    fn admit(&mut self, message: &pb::Message) -> bool {
+        let size = wire::json_len(message);
+        if size > self.left && !self.first {
+            return false;
+        }
+        self.left = self.left.saturating_sub(size);
+        self.first = false;
+        true
+    }
+}
+
 /// The conversations of `eid` that `rows` belong to.
 fn conversations_for<'a>(
-    conn: &mut crate::store::DbConnection,
+    conn: &mut Snapshot<'_>,
     eid: &str,
     rows: impl Iterator<Item = &'a MessageRow>,
 ) -> Result<Vec<ConversationRow>, crate::store::StoreError> {

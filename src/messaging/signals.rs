@@ -120,6 +120,11 @@ fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingErr
             signal.status
         )));
     }
+    wire::check_identity("from", signal.from.as_ref())?;
+    wire::check_identity("to", signal.to.as_ref())?;
+    if let Some(error) = &signal.error {
+        wire::check_text("error", error, wire::MAX_SIGNAL_ERROR_BYTES, false)?;
+    }
     let Some(to) = signal.to.as_ref().filter(|to| !to.eid.is_empty()) else {
         return Err(MessagingError::invalid("to.eid is required"));
     };
@@ -129,9 +134,7 @@ fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingErr
     if signal.from.as_ref().is_some_and(|from| !from.eid.is_empty() && from.eid != origin.eid) {
         return Err(MessagingError::Forbidden("from does not match the socket's user".into()));
     }
-    if signal.id.len() > 128 || signal.id.chars().any(char::is_control) {
-        return Err(MessagingError::invalid("id must be at most 128 bytes without control characters"));
-    }
+    wire::check_text("id", &signal.id, wire::MAX_ID_BYTES, true)?;
     if !matches!(signal.r#type, 0 | TYPE_REQUEST) {
         return Err(MessagingError::invalid("type must be 1 (REQUEST) or absent"));
     }

@@ -1,5 +1,7 @@
 //! Between stored rows and the seed types of `crate::pb`, and between those types and Phoenix
-//! payloads: proto3 JSON (text frames) or protobuf (binary frames).
+//! payloads: proto3 JSON (text frames) or protobuf (binary frames). Also the byte bounds of
+//! the string fields a client sends in a `Message` or `Signal` (the README's bounds table):
+//! a frame may be 1 MiB, and none of these should carry most of it.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -23,6 +25,62 @@ pub const METHOD_SENT: i32 = 1;
 pub const METHOD_DELIVERED: i32 = 2;
 /// `MessagePeerAckSignal.method`: read by the receiver.
 pub const METHOD_READ: i32 = 3;
+
+/// Longest `id` of a `Message` or `Signal`.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest `encryption_type` (a scheme's name); it also counts towards `max_payload_bytes`.
+pub const MAX_ENCRYPTION_TYPE_BYTES: usize = 64;
+/// Longest `eid` of an `Identity`: a username.
+pub const MAX_EID_BYTES: usize = crate::accounts::validate::MAX_USERNAME_BYTES;
+/// Longest `connection_resource_id` of an `Identity`: a device id.
+pub const MAX_DEVICE_BYTES: usize = crate::accounts::validate::MAX_DEVICE_ID_BYTES;
+/// Longest `node` of an `Identity`.
+pub const MAX_NODE_BYTES: usize = 255;
+/// Longest `error` of a `Signal` a client sends (the server drops it; it is bounded all the same).
+pub const MAX_SIGNAL_ERROR_BYTES: usize = 256;
+
+/// Refuses `value` (the field `name`) when it is longer than `max` bytes or, for names and
+/// ids (`printable`), holds a control character.
+pub fn check_text(name: &str, value: &str, max: usize, printable: bool) -> Result<(), MessagingError> {
+    if value.len() > max {
+        return Err(MessagingError::invalid(format!("{name} must be at most {max} bytes (got {})", value.len())));
+    }
+    if printable && value.chars().any(char::is_control) {
+        return Err(MessagingError::invalid(format!("{name} must not contain control characters")));
+    }
+    Ok(())
+}
+
+/// Checks the bounds of an `Identity` a client sent as the field `name` (`from` or `to`).
+pub fn check_identity(name: &str, identity: Option<&pb::Identity>) -> Result<(), MessagingError> {
+    let Some(identity) = identity else { return Ok(()) };
+    check_text(&format!("{name}.eid"), &identity.eid, MAX_EID_BYTES, true)?;
+    if let Some(device) = &identity.connection_resource_id {
+        check_text(&format!("{name}.connection_resource_id"), device, MAX_DEVICE_BYTES, true)?;
+    }
+    if let Some(node) = &identity.node {
+        check_text(&format!("{name}.node"), node, MAX_NODE_BYTES, true)?;
+    }
+    Ok(())
+}
+
+/// How many bytes `value` takes as JSON, without keeping the encoding.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and none of our types have non-string map keys.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
 
 /// How a device exchanges seed types: proto3 JSON in text frames, or protobuf in binary ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,14 @@
 //! Everything that differs between SQLite and PostgreSQL: per-connection settings, how a write
-//! transaction begins, and the macro that compiles one statement per backend where the derived
-//! multi-backend cannot express it (upserts in particular).
+//! or a snapshot read transaction begins, and the macro that compiles one statement per backend
+//! where the derived multi-backend cannot express it (upserts in particular).
 
 use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
-use super::DbConnection;
 use super::checkpoint::AUTOCHECKPOINT_PAGES;
+use super::{DbConnection, StoreError};
 
 /// Settings every new SQLite connection gets.
 ///
@@ -74,3 +74,21 @@ macro_rules! per_backend {
 }
 
 pub(crate) use per_backend;
+
+/// Begins a read-only transaction whose queries all see one snapshot (see `super::Snapshot`).
+/// Refused inside another transaction: a savepoint would not give the snapshot its own moment.
+pub(crate) fn begin_read(conn: &mut DbConnection) -> Result<(), StoreError> {
+    let depth =
+        per_backend!(&mut *conn, c => AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth()?);
+    if depth.is_some() {
+        return Err(StoreError::NestedSnapshot);
+    }
+    match conn {
+        // Deferred: the snapshot starts at the first read and never blocks the writer (WAL).
+        DbConnection::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN")?,
+        DbConnection::Pg(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?
+        }
+    }
+    Ok(())
+}

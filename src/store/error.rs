@@ -26,6 +26,9 @@ pub enum StoreError {
     /// A stored value does not have the shape this version writes.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A snapshot read was asked for inside another transaction.
+    #[error("a snapshot read cannot run inside another transaction")]
+    NestedSnapshot,
     /// The blocking task running the query panicked or was cancelled.
     #[error("database task failed: {0}")]
     TaskFailed(String),

@@ -4,7 +4,12 @@
 //! and one query module per table family (`users`, `sessions`, `devices`, `invites`,
 //! `pending`, `messages`). It must not know about protocols, HTTP or password rules: callers hand it plain
 //! values and get plain rows back. Diesel is blocking, so every query runs on the blocking
-//! thread pool through [`Store::run`] / [`Store::write`], never on an async worker.
+//! thread pool through [`Store::run`], [`Store::read`] or [`Store::write`], never on an async
+//! worker.
+//!
+//! A read that takes more than one statement and must add up (a page of a log and the log's
+//! end, the page's ack states) runs through [`Store::read`]: its queries take a [`Snapshot`],
+//! which only [`read_transaction`] hands out, so they cannot be run outside one by mistake.
 //!
 //! Lookups by a unique key use `get_result`, never `first`: `first` adds `LIMIT ?`, and SQLite
 //! re-prepares a statement with a bound LIMIT on every execution, which defeats diesel's
@@ -149,6 +154,15 @@ impl Store {
         self.run(move |conn| write_transaction(conn, f)).await
     }
 
+    /// Runs `f` on one consistent snapshot of the database, on the blocking pool (see [`Snapshot`]).
+    pub async fn read<F, T>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Snapshot<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |conn| read_transaction(conn, f)).await
+    }
+
     /// A writer that keeps one pooled connection across its writes, for a caller that writes
     /// all the time (the log writer).
     pub fn held_writer(&self) -> HeldWriter {
@@ -206,6 +220,41 @@ where
 {
     dialect::begin_write(conn)?;
     let result = f(conn);
+    end_transaction(conn, result)
+}
+
+/// A connection inside a read-only transaction: every query made through it sees the database
+/// as one moment left it, whatever commits meanwhile.
+///
+/// On SQLite that is a deferred `BEGIN`: in WAL mode its snapshot is fixed by its first read
+/// and writers go on meanwhile. On PostgreSQL it is `BEGIN ISOLATION LEVEL REPEATABLE READ READ
+/// ONLY`, whose snapshot is taken by its first statement (under the default READ COMMITTED each
+/// statement would see a newer database than the one before it). It costs PostgreSQL two round
+/// trips (BEGIN, COMMIT), SQLite none.
+pub struct Snapshot<'c> {
+    conn: &'c mut DbConnection,
+}
+
+impl Snapshot<'_> {
+    /// The connection, for the queries of the snapshot's own readers.
+    pub(crate) fn conn(&mut self) -> &mut DbConnection {
+        self.conn
+    }
+}
+
+/// Runs `f` on a [`Snapshot`] of `conn`, which must not be inside a transaction already (an
+/// outer transaction would decide what `f` sees); ends the read transaction either way.
+pub fn read_transaction<F, T>(conn: &mut DbConnection, f: F) -> Result<T, StoreError>
+where
+    F: FnOnce(&mut Snapshot<'_>) -> Result<T, StoreError>,
+{
+    dialect::begin_read(conn)?;
+    let result = f(&mut Snapshot { conn: &mut *conn });
+    end_transaction(conn, result)
+}
+
+/// Commits the transaction `conn` is in on `Ok`, rolls it back on `Err`.
+fn end_transaction<T>(conn: &mut DbConnection, result: Result<T, StoreError>) -> Result<T, StoreError> {
     let end = match (&result, &mut *conn) {
         (Ok(_), DbConnection::Sqlite(c)) => AnsiTransactionManager::commit_transaction(c),
         (Ok(_), DbConnection::Pg(c)) => AnsiTransactionManager::commit_transaction(c),

@@ -10,6 +10,7 @@ mod load;
 mod messaging;
 mod messaging_durability;
 mod presence;
+mod reads;
 mod rooms;
 mod shutdown;
 mod signals;

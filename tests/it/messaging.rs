@@ -248,7 +248,7 @@ async fn pull_and_history(db: Arc<TestDb>) {
     let rest = b_phone.call_ok("pull", json!({"after": 3, "limit": 10})).await;
     assert_eq!(offsets(rest["messages"].as_array().unwrap()), [4, 5, 6, 7]);
     let none = b_phone.call_ok("pull", json!({"after": 7})).await;
-    assert_eq!(none, json!({"messages": [], "last_offset": 7}));
+    assert_eq!(none, json!({"messages": [], "last_offset": 7, "more": false}));
 
     let newest = b_phone.call_ok("history", json!({"with": "alice", "limit": 3})).await;
     let newest = newest["messages"].as_array().unwrap().clone();
@@ -264,7 +264,7 @@ async fn pull_and_history(db: Arc<TestDb>) {
     assert_eq!(hers["messages"][0]["id"], "a5");
     assert_eq!(hers["messages"][0]["signal_type"], 2);
     let empty = a_phone.call_ok("history", json!({"with": "nobody"})).await;
-    assert_eq!(empty, json!({"messages": []}));
+    assert_eq!(empty, json!({"messages": [], "more": false}));
 }
 
 on_both_backends!(a_catch_up_during_live_traffic_has_no_gap_and_no_duplicate, catch_up_under_traffic);
@@ -356,7 +356,7 @@ async fn bad_input(db: Arc<TestDb>) {
         assert!(reply["response"]["reason"].as_str().unwrap().contains(reason), "{event} {payload} → {reply}");
     }
     let page = a.call_ok("pull", json!({"after": 0})).await;
-    assert_eq!(page, json!({"messages": [], "last_offset": 0}), "nothing was stored");
+    assert_eq!(page, json!({"messages": [], "last_offset": 0, "more": false}), "nothing was stored");
 
     for (params, reason) in [
         (json!({"after": -1}), "must not be negative"),

@@ -65,7 +65,7 @@ async fn typing_reaches_every_device_but_the_senders_and_expires_into_paused() {
 
     // Signals are never stored: bob's log is still empty.
     let page = b_tablet.call_ok("pull", json!({"after": 0})).await;
-    assert_eq!(page, json!({"messages": [], "last_offset": 0}));
+    assert_eq!(page, json!({"messages": [], "last_offset": 0, "more": false}));
 }
 
 #[tokio::test]

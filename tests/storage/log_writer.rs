@@ -14,7 +14,7 @@ use courier::messaging::log::{self, Append, Receipt, Write, Written};
 use courier::messaging::wire;
 use courier::pb;
 use courier::store::messages::{self, MessageRow};
-use courier::store::{Backend, DbConnection, StoreError, write_transaction};
+use courier::store::{Backend, DbConnection, StoreError, read_transaction, write_transaction};
 use diesel::Connection;
 use diesel::connection::InstrumentationEvent;
 
@@ -107,10 +107,14 @@ async fn a_batch_over_many_conversations_is_gap_free_and_deduplicated(db: &TestD
                 assert_eq!(found, vec![row.clone()], "the returned row is the stored row");
             }
             for user in USERS {
-                let offsets = messages::log_offsets(conn, user)?;
+                let offsets = read_transaction(conn, |s| messages::log_offsets(s, user))?;
                 // 2 rounds × 4 peers × (sent + received) = 16 entries.
                 assert_eq!(offsets, (1..=16).collect::<Vec<i64>>(), "{user}'s log");
-                assert_eq!(messages::log_state(conn, user)?.last_offset, 16, "{user}'s counter");
+                assert_eq!(
+                    read_transaction(conn, |s| messages::log_state(s, user))?.last_offset,
+                    16,
+                    "{user}'s counter"
+                );
             }
             assert_eq!(conversation_offsets.len(), 10, "every pair of five users");
             for (pair, mut offsets) in conversation_offsets {
@@ -147,7 +151,11 @@ async fn a_batch_over_many_conversations_is_gap_free_and_deduplicated(db: &TestD
                 assert_eq!(offsets, vec![5, 6], "conversation {pair:?} continues");
             }
             for user in USERS {
-                assert_eq!(messages::log_offsets(conn, user)?, (1..=24).collect::<Vec<i64>>(), "{user}'s log");
+                assert_eq!(
+                    read_transaction(conn, |s| messages::log_offsets(s, user))?,
+                    (1..=24).collect::<Vec<i64>>(),
+                    "{user}'s log"
+                );
             }
             Ok::<_, StoreError>(())
         })
@@ -283,17 +291,17 @@ async fn receipts_in_one_batch_act_as_if_one_after_another(db: &TestDb) {
                 other => panic!("a receipt past the end is refused: {other:?}"),
             }
 
-            let pair = messages::conversations_of(conn, "ann", &["ben"])?;
+            let pair = read_transaction(conn, |s| messages::conversations_of(s, "ann", &["ben"]))?;
             let marks = |c: &messages::ConversationRow| (c.a_received, c.a_read, c.b_received, c.b_read);
             assert_eq!(pair.iter().map(marks).collect::<Vec<_>>(), [(5, 5, 4, 4)], "both users' marks moved");
-            let other = messages::conversations_of(conn, "ben", &["cat"])?;
+            let other = read_transaction(conn, |s| messages::conversations_of(s, "ben", &["cat"]))?;
             assert_eq!(other.iter().map(marks).collect::<Vec<_>>(), [(1, 1, 0, 0)]);
             for (user, device, cursor) in [("ben", "phone", 4), ("ben", "laptop", 5), ("ann", "phone", 5)] {
-                assert_eq!(messages::cursor(conn, user, device)?, cursor, "{user}/{device}");
+                assert_eq!(read_transaction(conn, |s| messages::cursor(s, user, device))?, cursor, "{user}/{device}");
             }
-            let ben = messages::log_state(conn, "ben")?;
+            let ben = read_transaction(conn, |s| messages::log_state(s, "ben"))?;
             assert_eq!((ben.received_offset, ben.read_offset), (5, 5));
-            let ann = messages::log_state(conn, "ann")?;
+            let ann = read_transaction(conn, |s| messages::log_state(s, "ann"))?;
             assert_eq!((ann.received_offset, ann.read_offset), (5, 5));
             Ok::<_, StoreError>(())
         })
@@ -327,7 +335,11 @@ async fn one_id_sent_to_two_receivers_in_a_batch_acts_as_in_two_batches(db: &Tes
             let (again, dup) = appended(&results[4]);
             assert!(dup, "x2 was stored for ben; the copy for cat is its duplicate");
             assert_eq!(again, x2);
-            assert_eq!(messages::log_offsets(conn, "ann")?, [1, 2], "two messages stored, no gap");
+            assert_eq!(
+                read_transaction(conn, |s| messages::log_offsets(s, "ann"))?,
+                [1, 2],
+                "two messages stored, no gap"
+            );
             Ok::<_, StoreError>(())
         })
         .await

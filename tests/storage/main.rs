@@ -10,6 +10,7 @@ mod held_writer;
 mod http_api;
 mod invites;
 mod log_writer;
+mod reads;
 mod restart;
 mod schema;
 mod wal;

@@ -2,8 +2,9 @@
 //! still catching up on stored messages or following live ones.
 //!
 //! The socket subscribes before the join reply, so every message committed after a page of
-//! stored messages was read arrives live. Live messages are held back until a page comes back
-//! short (the end of the log), then pushed if past the last offset pushed; after that they go
+//! stored messages was read arrives live. Each page is read from one snapshot of the log, so it
+//! has no hole, and says whether it reached that snapshot's end. Live messages are held back
+//! until a page does (`more` false), then pushed if past the last offset pushed; after that they go
 //! straight out. Past a bound, held messages are dropped and the catch-up reads once more:
 //! they are stored, so the next page has them. Pushes thus follow the log without gap or
 //! duplicate. (A device's own sends never come back to it live; it has them already.)

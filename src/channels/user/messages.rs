@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::UserChannel;
@@ -51,6 +51,21 @@ struct HistoryParams {
     with: String,
     before: Option<i64>,
     limit: Option<i64>,
+}
+
+/// The ok reply to `pull`; `more` says the log goes on after these messages.
+#[derive(Serialize)]
+struct PullReply<'a> {
+    messages: Vec<&'a pb::Message>,
+    last_offset: i64,
+    more: bool,
+}
+
+/// The ok reply to `history`; `more` says older messages exist.
+#[derive(Serialize)]
+struct HistoryReply<'a> {
+    messages: &'a [pb::Message],
+    more: bool,
 }
 
 /// Parses a JSON payload strictly; the error is a reply reason naming the event.
@@ -142,7 +157,7 @@ impl UserChannel {
             match messaging.pull(&eid, p.after, limit).await {
                 Ok(page) => {
                     let messages: Vec<&pb::Message> = page.entries.iter().map(|(_, m)| m).collect();
-                    Reply::ok(Payload::json(&json!({ "messages": messages, "last_offset": page.last_offset })))
+                    Reply::ok(Payload::json(&PullReply { messages, last_offset: page.last_offset, more: page.more }))
                 }
                 Err(e) => Reply::error(&e.reason()),
             }
@@ -161,7 +176,7 @@ impl UserChannel {
         let limit = p.limit.unwrap_or(messaging.config().default_page);
         HandleIn::Later(Box::pin(async move {
             match messaging.history(&eid, &p.with, p.before, limit).await {
-                Ok(messages) => Reply::ok(Payload::json(&json!({ "messages": messages }))),
+                Ok(page) => Reply::ok(Payload::json(&HistoryReply { messages: &page.messages, more: page.more })),
                 Err(e) => Reply::error(&e.reason()),
             }
         }))
@@ -196,13 +211,13 @@ impl UserChannel {
                 return;
             }
         };
-        let full = i64::try_from(page.entries.len()).unwrap_or(i64::MAX) >= self.messaging.config().catch_up_page;
+        let more = page.more;
         for (offset, message) in &page.entries {
             if self.inbox.offer_stored(*offset) == Offer::Push {
                 ctx.push(EVENT_MESSAGE, self.encoding.encode(message));
             }
         }
-        if full {
+        if more {
             return self.fetch_next(ctx);
         }
         match self.inbox.finish_catch_up() {

@@ -5,14 +5,34 @@
 //! The log writer's two writes have their own modules: `append` (a batch of messages) and
 //! `receipt`. On PostgreSQL, where a round trip is the cost, a batch of messages takes two
 //! statements whatever its size, and a batch's receipts one statement per round.
+//!
+//! Every read of a log or a conversation takes a [`Snapshot`], so a page, the log's end and the
+//! page's ack states are all read at one moment. A page used to be two SELECTs (received, then
+//! sent) outside any transaction; a commit landing between them showed its sent rows but not
+//! its received ones, and the page had a hole a client would step over for good.
+//!
+//! Why one snapshot is enough: the offsets of one log are reserved by an upsert that locks the
+//! log's `user_logs` row until its transaction ends, so the transaction holding offset k+1 could
+//! not take it before the one holding k had committed (or rolled back, leaving k to the next).
+//! Later offsets of a log therefore always commit after earlier ones; on SQLite commits are
+//! serial anyway (one writer at a time). A snapshot sees exactly the transactions committed
+//! before it (PostgreSQL makes a commit visible before it releases its locks), so what it sees
+//! of a log is a prefix `1..=last_offset` with no hole, and its `last_offset` is that prefix's
+//! end. The same holds for a conversation's `user_offset`s through its `conversations` row, and
+//! ack marks only move up, so a page's ack states are those of the moment the page shows.
+//! Pages are also single statements (UNION ALL of both directions), which on their own are
+//! consistent on both backends.
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{Array, BigInt, Binary, HasSqlType, Nullable, Text};
+use diesel::sqlite::Sqlite;
 
+use super::dialect::per_backend;
 use super::schema::{contacts, conversations, device_cursors, messages, user_logs, users};
 use super::statement::Statement;
-use super::{DbConnection, Millis, StoreError};
+use super::{DbConnection, Millis, Snapshot, StoreError};
 
 // Column lists and clauses that several statements share, as literals for `concat!`.
 
@@ -219,101 +239,192 @@ pub fn find_stored(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<Vec
     }
 }
 
-/// A user's log counters (all zero for a user who never sent or received).
-pub fn log_state(conn: &mut DbConnection, username: &str) -> Result<LogRow, StoreError> {
-    Ok(user_logs::table.find(username).select(LogRow::as_select()).get_result(conn).optional()?.unwrap_or_default())
+// Reads: each takes a `Snapshot`, so that what one request reads in several statements adds up.
+
+/// The bytes of a row's content that a page's byte budget counts, over the columns of a
+/// [`MessageRow`]: a lower bound of what the row encodes to (proto3 JSON writes every one of
+/// them, and base64 only grows `payload`), so a page cut by it holds every row that a cut by the
+/// encoded size would keep.
+macro_rules! content_bytes {
+    () => {
+        "octet_length(payload) + octet_length(encrypted) + octet_length(signature) + \
+         octet_length(encryption_type) + octet_length(client_id)"
+    };
 }
 
-/// The log entries of `username` after `after`, oldest first, at most `limit`: each is a
-/// message the user received or sent, with its offset in this user's log.
+/// A page of a user's log: the first `limit` entries after an offset, received (`r`) and sent
+/// (`s`), each read by its own unique index, then cut at `limit` rows and at the first row whose
+/// content makes the running total pass the budget (the first row always stays). Binds: user,
+/// after, limit (received); user, after, limit (sent); limit, budget.
+const LOG_PAGE: &str = concat!(
+    "SELECT log_offset, ",
+    message_columns!(),
+    " FROM (SELECT p.*, ROW_NUMBER() OVER (ORDER BY log_offset) AS n, SUM(",
+    content_bytes!(),
+    ") OVER (ORDER BY log_offset ROWS UNBOUNDED PRECEDING) AS run FROM (",
+    "SELECT * FROM (SELECT receiver_offset AS log_offset, ",
+    message_columns!(),
+    " FROM messages WHERE receiver = ? AND receiver_offset > ? ORDER BY receiver_offset LIMIT ?) AS r ",
+    "UNION ALL ",
+    "SELECT * FROM (SELECT sender_offset AS log_offset, ",
+    message_columns!(),
+    " FROM messages WHERE sender = ? AND sender_offset > ? ORDER BY sender_offset LIMIT ?) AS s",
+    ") AS p) AS w WHERE n <= ? AND (n = 1 OR run <= ?) ORDER BY log_offset"
+);
+
+/// A page of one conversation, newest first, below a user_offset: both directions, cut as
+/// [`LOG_PAGE`] is. Binds: me, with, before, limit; with, me, before, limit; limit, budget.
+const HISTORY_PAGE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM (SELECT p.*, ROW_NUMBER() OVER (ORDER BY user_offset DESC) AS n, SUM(",
+    content_bytes!(),
+    ") OVER (ORDER BY user_offset DESC ROWS UNBOUNDED PRECEDING) AS run FROM (",
+    "SELECT * FROM (SELECT ",
+    message_columns!(),
+    " FROM messages WHERE sender = ? AND receiver = ? AND user_offset < ? ORDER BY user_offset DESC LIMIT ?) AS x ",
+    "UNION ALL ",
+    "SELECT * FROM (SELECT ",
+    message_columns!(),
+    " FROM messages WHERE sender = ? AND receiver = ? AND user_offset < ? ORDER BY user_offset DESC LIMIT ?) AS y",
+    ") AS p) AS w WHERE n <= ? AND (n = 1 OR run <= ?) ORDER BY user_offset DESC"
+);
+
+/// Every offset of a user's log, ascending. Binds: user, user.
+const LOG_OFFSETS: &str = "SELECT receiver_offset AS o FROM messages WHERE receiver = ? \
+     UNION ALL SELECT sender_offset AS o FROM messages WHERE sender = ? ORDER BY o";
+
+/// One statement on either backend: `$make` is a function generic over the backend.
+macro_rules! load_with {
+    ($snap:expr, $make:expr) => {
+        match $snap.conn() {
+            DbConnection::Sqlite(c) => $make(Statement::<Sqlite, _>::new).load(c)?,
+            DbConnection::Pg(c) => $make(Statement::<Pg, _>::new).load(c)?,
+        }
+    };
+}
+
+/// A user's log counters (all zero for a user who never sent or received).
+pub fn log_state(snap: &mut Snapshot<'_>, username: &str) -> Result<LogRow, StoreError> {
+    Ok(user_logs::table
+        .find(username)
+        .select(LogRow::as_select())
+        .get_result(snap.conn())
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// The log entries of `username` after `after`, oldest first: each is a message the user
+/// received or sent, with its offset in this user's log. At most `limit` entries, and no more
+/// than fit in `max_bytes` of content as [`content_bytes!`] counts it (but always the first).
 pub fn log_after(
-    conn: &mut DbConnection,
+    snap: &mut Snapshot<'_>,
     username: &str,
     after: i64,
     limit: i64,
+    max_bytes: i64,
 ) -> Result<Vec<(i64, MessageRow)>, StoreError> {
-    let received: Vec<MessageRow> = messages::table
-        .filter(messages::receiver.eq(username).and(messages::receiver_offset.gt(after)))
-        .order(messages::receiver_offset.asc())
-        .limit(limit)
-        .select(MessageRow::as_select())
-        .load(conn)?;
-    let sent: Vec<MessageRow> = messages::table
-        .filter(messages::sender.eq(username).and(messages::sender_offset.gt(after)))
-        .order(messages::sender_offset.asc())
-        .limit(limit)
-        .select(MessageRow::as_select())
-        .load(conn)?;
-    let mut entries: Vec<(i64, MessageRow)> = received
-        .into_iter()
-        .map(|m| (m.receiver_offset, m))
-        .chain(sent.into_iter().map(|m| (m.sender_offset, m)))
-        .collect();
-    entries.sort_by_key(|(offset, _)| *offset);
-    entries.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(entries)
+    fn make<'a, DB>(
+        new: fn(&'static str) -> Statement<'a, DB, (BigInt, MessageSql)>,
+        username: &'a str,
+        after: i64,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Statement<'a, DB, (BigInt, MessageSql)>
+    where
+        DB: diesel::backend::Backend + HasSqlType<Text> + HasSqlType<BigInt>,
+        &'a str: ToSql<Text, DB>,
+        i64: ToSql<BigInt, DB>,
+    {
+        new(LOG_PAGE)
+            .bind::<Text, _>(username)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(limit)
+            .bind::<Text, _>(username)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(max_bytes)
+    }
+    Ok(load_with!(snap, |new| make(new, username, after, limit, max_bytes)))
 }
 
-/// One conversation's messages with user_offset below `before` (all when `None`), newest first.
+/// One conversation's messages with user_offset below `before` (all when `None`), newest first:
+/// at most `limit`, and no more than fit in `max_bytes` of content (but always the first).
 pub fn history(
-    conn: &mut DbConnection,
+    snap: &mut Snapshot<'_>,
     me: &str,
     with: &str,
     before: Option<i64>,
     limit: i64,
+    max_bytes: i64,
 ) -> Result<Vec<MessageRow>, StoreError> {
-    let before = before.unwrap_or(i64::MAX);
-    let mut rows = Vec::new();
-    for (sender, receiver) in [(me, with), (with, me)] {
-        let part: Vec<MessageRow> = messages::table
-            .filter(messages::sender.eq(sender).and(messages::receiver.eq(receiver)))
-            .filter(messages::user_offset.lt(before))
-            .order(messages::user_offset.desc())
-            .limit(limit)
-            .select(MessageRow::as_select())
-            .load(conn)?;
-        rows.extend(part);
+    fn make<'a, DB>(
+        new: fn(&'static str) -> Statement<'a, DB, MessageSql>,
+        (me, with): (&'a str, &'a str),
+        before: i64,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Statement<'a, DB, MessageSql>
+    where
+        DB: diesel::backend::Backend + HasSqlType<Text> + HasSqlType<BigInt>,
+        &'a str: ToSql<Text, DB>,
+        i64: ToSql<BigInt, DB>,
+    {
+        new(HISTORY_PAGE)
+            .bind::<Text, _>(me)
+            .bind::<Text, _>(with)
+            .bind::<BigInt, _>(before)
+            .bind::<BigInt, _>(limit)
+            .bind::<Text, _>(with)
+            .bind::<Text, _>(me)
+            .bind::<BigInt, _>(before)
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(max_bytes)
     }
-    rows.sort_by_key(|m| std::cmp::Reverse(m.user_offset));
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(rows)
+    let before = before.unwrap_or(i64::MAX);
+    Ok(load_with!(snap, |new| make(new, (me, with), before, limit, max_bytes)))
 }
 
-/// The conversations `username` has with each of `others` (missing ones are left out).
+/// The conversations `username` has with each of `others` (missing ones are left out), in one
+/// statement.
 pub fn conversations_of(
-    conn: &mut DbConnection,
+    snap: &mut Snapshot<'_>,
     username: &str,
     others: &[&str],
 ) -> Result<Vec<ConversationRow>, StoreError> {
-    let mut rows = Vec::with_capacity(others.len());
-    for other in others {
-        let (a, b) = conversation_key(username, other);
-        if let Some(row) =
-            conversations::table.find((a, b)).select(ConversationRow::as_select()).get_result(conn).optional()?
-        {
-            rows.push(row);
-        }
+    if others.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(rows)
+    // The key puts the smaller name first, so `username` is user_a with the larger others.
+    let (larger, smaller): (Vec<&str>, Vec<&str>) =
+        others.iter().copied().partition(|other| conversation_key(username, other).0 == username);
+    let mine = conversations::user_a
+        .eq(username)
+        .and(conversations::user_b.eq_any(larger))
+        .or(conversations::user_b.eq(username).and(conversations::user_a.eq_any(smaller)));
+    Ok(per_backend!(snap.conn(), c => conversations::table.filter(mine).select(ConversationRow::as_select()).load(c)?))
 }
 
 /// How far `device` of `username` has acknowledged the log (0 for a new device).
-pub fn cursor(conn: &mut DbConnection, username: &str, device: &str) -> Result<i64, StoreError> {
+pub fn cursor(snap: &mut Snapshot<'_>, username: &str, device: &str) -> Result<i64, StoreError> {
     Ok(device_cursors::table
         .find((username, device))
         .select(device_cursors::acked_offset)
-        .get_result(conn)
+        .get_result(snap.conn())
         .optional()?
         .unwrap_or(0))
 }
 
 /// Every offset in `username`'s log, ascending (for consistency checks and tests).
-pub fn log_offsets(conn: &mut DbConnection, username: &str) -> Result<Vec<i64>, StoreError> {
-    let mut offsets: Vec<i64> =
-        messages::table.filter(messages::receiver.eq(username)).select(messages::receiver_offset).load(conn)?;
-    let sent: Vec<i64> =
-        messages::table.filter(messages::sender.eq(username)).select(messages::sender_offset).load(conn)?;
-    offsets.extend(sent);
-    offsets.sort_unstable();
-    Ok(offsets)
+pub fn log_offsets(snap: &mut Snapshot<'_>, username: &str) -> Result<Vec<i64>, StoreError> {
+    fn make<'a, DB>(new: fn(&'static str) -> Statement<'a, DB, BigInt>, username: &'a str) -> Statement<'a, DB, BigInt>
+    where
+        DB: diesel::backend::Backend + HasSqlType<Text> + HasSqlType<BigInt>,
+        &'a str: ToSql<Text, DB>,
+    {
+        new(LOG_OFFSETS).bind::<Text, _>(username).bind::<Text, _>(username)
+    }
+    Ok(load_with!(snap, |new| make(new, username)))
 }

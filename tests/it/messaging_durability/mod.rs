@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use courier::store::Store;
 use courier::store::messages::{self, MessageRow};
+use courier::store::{Store, read_transaction};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -231,7 +231,7 @@ async fn snapshot(url: &str, users: &[String], ids_by_sender: &BTreeMap<String, 
     let work = store.run(move |conn| {
         let mut logs = BTreeMap::new();
         for user in &users {
-            logs.insert(user.clone(), messages::log_offsets(conn, user)?);
+            logs.insert(user.clone(), read_transaction(conn, |s| messages::log_offsets(s, user))?);
         }
         let mut rows = Vec::new();
         for (sender, ids) in &ids_by_sender {
