@@ -107,7 +107,7 @@ async fn a_sign_in_flood_is_capped_and_connected_sockets_stay_answered() {
     let flood: Vec<_> = (0..150)
         .map(|i| {
             tokio::spawn(async move {
-                let body = json!({"username": "target", "password": format!("wrong {i}")}).to_string();
+                let body = json!({"username": "target", "password": format!("wrong password {i}")}).to_string();
                 http(addr, "POST", "/api/signin", JSON, &body).await
             })
         })

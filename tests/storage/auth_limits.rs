@@ -110,7 +110,7 @@ async fn concurrent_hashes_never_exceed_the_slots(db: &TestDb) {
     let tasks: Vec<_> = (0..150)
         .map(|i| {
             let accounts = accounts.clone();
-            tokio::spawn(async move { accounts.signin("target", &format!("wrong {i}")).await })
+            tokio::spawn(async move { accounts.signin("target", &format!("wrong password {i}")).await })
         })
         .collect();
     for task in tasks {
@@ -133,7 +133,7 @@ async fn a_full_hashing_queue_is_busy(db: &TestDb) {
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let accounts = accounts.clone();
-            tokio::spawn(async move { accounts.signin("target", &format!("wrong {i}")).await })
+            tokio::spawn(async move { accounts.signin("target", &format!("wrong password {i}")).await })
         })
         .collect();
     let mut busy = 0;
