@@ -91,6 +91,8 @@ impl Courier {
             .map_err(|e| io::Error::other(format!("opening the database: {e}")))?;
         tracing::info!(backend = ?store.backend(), "database ready");
         let accounts = Accounts::new(store.clone(), config.accounts.clone()).map_err(io::Error::other)?;
+        // Accounts made before username keys get theirs before anyone can sign up beside them.
+        accounts.backfill_username_keys().await.map_err(|e| io::Error::other(format!("filling username keys: {e}")))?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);

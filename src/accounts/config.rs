@@ -1,4 +1,5 @@
-//! `[accounts]` configuration: password hashing, session lifetime and contact rules.
+//! `[accounts]` configuration: password hashing and its limits, sign-in rate limits, session
+//! lifetime and contact rules.
 
 use serde::Deserialize;
 
@@ -22,6 +23,24 @@ pub struct AccountsConfig {
     pub argon2_iterations: u32,
     /// Argon2id lanes.
     pub argon2_parallelism: u32,
+    /// Password hashes (argon2 hash or verify) computed at once; 0 means one per core. Each
+    /// holds `argon2_memory_kib` of memory while it runs.
+    pub max_concurrent_hashes: usize,
+    /// Requests that may wait for a hashing slot; past it they are refused as busy at once.
+    pub max_queued_hashes: usize,
+    /// How long a request waits for a hashing slot before it is refused as busy.
+    pub hash_queue_timeout_ms: u64,
+    /// Signups and sign-ins one client address may start per minute (0: no limit) ...
+    pub auth_per_address_per_min: u32,
+    /// ... and in a burst.
+    pub auth_per_address_burst: u32,
+    /// Signups and sign-ins naming one username per minute (0: no limit) ...
+    pub auth_per_username_per_min: u32,
+    /// ... and in a burst.
+    pub auth_per_username_burst: u32,
+    /// Most addresses, and most usernames, whose attempts are remembered; past it new ones are
+    /// refused until old entries have refilled, so a flood of names cannot grow memory.
+    pub auth_max_tracked: usize,
 }
 
 impl Default for AccountsConfig {
@@ -36,6 +55,14 @@ impl Default for AccountsConfig {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+            max_queued_hashes: 64,
+            hash_queue_timeout_ms: 2_000,
+            auth_per_address_per_min: 60,
+            auth_per_address_burst: 30,
+            auth_per_username_per_min: 12,
+            auth_per_username_burst: 6,
+            auth_max_tracked: 100_000,
         }
     }
 }
@@ -67,9 +94,29 @@ impl AccountsConfig {
         if self.max_message_bytes == 0 {
             return err("max_message_bytes", "must be at least 1");
         }
+        if self.hash_queue_timeout_ms == 0 {
+            return err("hash_queue_timeout_ms", "must be at least 1");
+        }
+        if self.auth_per_address_per_min > 0 && self.auth_per_address_burst == 0 {
+            return err("auth_per_address_burst", "must be at least 1 when auth_per_address_per_min is set");
+        }
+        if self.auth_per_username_per_min > 0 && self.auth_per_username_burst == 0 {
+            return err("auth_per_username_burst", "must be at least 1 when auth_per_username_per_min is set");
+        }
+        if self.auth_max_tracked == 0 {
+            return err("auth_max_tracked", "must be at least 1");
+        }
         argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism, None)
             .map(|_| ())
             .map_err(|e| ConfigError { field: "argon2_*", reason: e.to_string() })
+    }
+
+    /// Hashing slots in force: `max_concurrent_hashes`, or the number of cores when it is 0.
+    pub fn hash_slots(&self) -> usize {
+        match self.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
     }
 
     /// The session lifetime in milliseconds.
@@ -105,5 +152,15 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "session_ttl_secs");
         let c = AccountsConfig { argon2_memory_kib: 1, ..AccountsConfig::default() };
         assert_eq!(c.validate().unwrap_err().field, "argon2_*");
+        let c = AccountsConfig { auth_per_username_burst: 0, ..AccountsConfig::default() };
+        assert_eq!(c.validate().unwrap_err().field, "auth_per_username_burst");
+        let c = AccountsConfig { hash_queue_timeout_ms: 0, ..AccountsConfig::default() };
+        assert_eq!(c.validate().unwrap_err().field, "hash_queue_timeout_ms");
+    }
+
+    #[test]
+    fn hash_slots_default_to_the_cores() {
+        assert!(AccountsConfig::default().hash_slots() >= 1);
+        assert_eq!(AccountsConfig { max_concurrent_hashes: 3, ..AccountsConfig::default() }.hash_slots(), 3);
     }
 }

@@ -29,10 +29,12 @@ pub enum RespCode {
     Conflict = 9,
     /// 10 (Courier): the session may not do this (not contacts, wrong `source`).
     Forbidden = 10,
-    /// 11 (Courier): a quota is full (too many queued messages).
+    /// 11 (Courier): a quota is full (too many queued messages, too many sign-in attempts).
     LimitExceeded = 11,
     /// 12 (Courier): the server failed; details are logged, not sent.
     Internal = 12,
+    /// 13 (Courier): the server is too busy hashing passwords; retry shortly.
+    Busy = 13,
 }
 
 impl RespCode {
@@ -97,6 +99,20 @@ pub enum AccountError {
     /// The recipient's offline queue is full.
     #[error("too many messages are waiting for that user")]
     QueueFull,
+    /// Too many signups or sign-ins from this address, or naming this username.
+    #[error("too many attempts {scope}; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Which limit: "from this address", "for this username", ...
+        scope: &'static str,
+        /// When the next attempt may succeed, in whole seconds (at least 1).
+        retry_after_secs: u64,
+    },
+    /// Every password-hashing slot stayed taken past the queue deadline, or the queue is full.
+    #[error("the server is busy; retry shortly")]
+    Busy,
+    /// A new username mixes scripts (Latin with Cyrillic, ...), so it could pass for another.
+    #[error("invalid username: mixes the {0} scripts; use letters of one script")]
+    MixedScript(String),
     /// Password hashing itself failed.
     #[error("password hashing failed: {0}")]
     Hashing(String),
@@ -134,6 +150,15 @@ impl AccountError {
         }
     }
 
+    /// Seconds a client should wait before retrying (`Retry-After`), for refusals that pass.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AccountError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            AccountError::Busy => Some(1),
+            _ => None,
+        }
+    }
+
     /// Whether this is the server's fault (worth logging as an error).
     pub fn is_internal(&self) -> bool {
         self.resp_code() == RespCode::Internal
@@ -157,6 +182,9 @@ impl AccountError {
             NotContacts => (RespCode::Forbidden, "not_contacts", 403),
             SourceMismatch => (RespCode::Forbidden, "source_mismatch", 403),
             QueueFull => (RespCode::LimitExceeded, "queue_full", 429),
+            RateLimited { .. } => (RespCode::LimitExceeded, "rate_limited", 429),
+            Busy => (RespCode::Busy, "busy", 503),
+            MixedScript(_) => (RespCode::InvalidInput, "mixed_script_username", 400),
             Hashing(_) | Store(_) => (RespCode::Internal, "internal", 500),
         }
     }
@@ -189,6 +217,11 @@ mod tests {
         let internal = AccountError::Store(StoreError::TaskFailed("boom".into()));
         assert_eq!(internal.http_status(), 500);
         assert_eq!(internal.public_reason(), "internal server error");
+        assert_eq!(AccountError::Busy.http_status(), 503);
+        assert_eq!(AccountError::Busy.resp_code().as_u8(), 13);
+        let limited = AccountError::RateLimited { scope: "from this address", retry_after_secs: 3 };
+        assert_eq!((limited.http_status(), limited.code(), limited.resp_code().as_u8()), (429, "rate_limited", 11));
+        assert_eq!(limited.retry_after_secs(), Some(3));
     }
 
     #[test]

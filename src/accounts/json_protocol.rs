@@ -6,6 +6,8 @@
 //! subscriber, disconnect). It calls [`Accounts`] for everything durable and never touches a
 //! socket, so the endpoint stays a thin loop and every frame can be tested here.
 
+use std::net::IpAddr;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -150,14 +152,21 @@ fn log_if_internal(kind: &str, err: &AccountError) {
 #[derive(Debug)]
 pub struct JsonProtocolSession {
     accounts: Accounts,
+    /// The client's address, for the per-address signup/sign-in limits.
+    peer: Option<IpAddr>,
     identified: bool,
     subscription: Option<SessionInfo>,
 }
 
 impl JsonProtocolSession {
-    /// A fresh session for a new connection.
+    /// A fresh session for a new connection whose address is not known.
     pub fn new(accounts: Accounts) -> JsonProtocolSession {
-        JsonProtocolSession { accounts, identified: false, subscription: None }
+        JsonProtocolSession::with_peer(accounts, None)
+    }
+
+    /// A fresh session for a new connection from `peer`.
+    pub fn with_peer(accounts: Accounts, peer: Option<IpAddr>) -> JsonProtocolSession {
+        JsonProtocolSession { accounts, peer, identified: false, subscription: None }
     }
 
     /// Whether `identification` has succeeded.
@@ -253,14 +262,14 @@ impl JsonProtocolSession {
                 return Err(AccountError::CipherNotAvailable(cipher.chars().take(32).collect()));
             }
             let algorithm = HashAlgorithm::parse(hash.unwrap_or("argon2id"))?;
-            self.accounts.signup(username, password, algorithm).await
+            self.accounts.signup_from(self.peer, username, password, algorithm).await
         }
         .await;
         Outcome::reply(session_reply("signup", result))
     }
 
     async fn signin(&self, username: &str, password: &str) -> Outcome {
-        let result = self.accounts.signin(username, password).await;
+        let result = self.accounts.signin_from(self.peer, username, password).await;
         Outcome::reply(session_reply("signin", result))
     }
 
@@ -404,9 +413,9 @@ impl JsonProtocolSession {
 }
 
 /// The seed's `signup`/`signin` reply: `session` holds the token, or "" on failure.
-fn session_reply(kind: &str, result: Result<super::SessionToken, AccountError>) -> Value {
+fn session_reply(kind: &str, result: Result<super::SignedIn, AccountError>) -> Value {
     let (mut m, session) = match result {
-        Ok(token) => (status_frame(kind, None), token.into_string()),
+        Ok(done) => (status_frame(kind, None), done.token.into_string()),
         Err(e) => {
             log_if_internal(kind, &e);
             (status_frame(kind, Some(&e)), String::new())

@@ -1,27 +1,34 @@
 //! Accounts (seed 002): users, passwords, sessions, devices, invites/contacts and the
 //! pending-delivery queue for offline users, plus the transport-free JSON protocol state machine.
 //!
-//! This layer owns the rules (validation, hashing, expiry, who may message whom). It reaches
+//! This layer owns the rules (validation, hashing, expiry, who may message whom) and the limits
+//! on what unauthenticated clients can make it do (concurrent password hashes, signup and
+//! sign-in rates per address and per username). It reaches
 //! the database only through `crate::store` query functions and never touches sockets or HTTP;
 //! transports call [`Accounts`] or drive a [`JsonProtocolSession`].
 
 mod clock;
 mod config;
 mod error;
+mod hashing;
 pub mod json_protocol;
 mod last_seen;
+mod limits;
 pub mod password;
 pub mod standards;
 mod token;
 pub mod validate;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::store::{self, Store, StoreError};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AccountsConfig, ConfigError};
 pub use error::{AccountError, RespCode};
+pub use hashing::HashingStats;
 pub use json_protocol::{Effect, JsonProtocolSession, Outcome};
 pub use last_seen::LastSeen;
 pub use password::HashAlgorithm;
@@ -50,6 +57,16 @@ pub trait SessionEnds: Send + Sync + 'static {
     fn ended(&self, session_id: &str);
 }
 
+/// A successful signup or sign-in: the new session and the account's username as stored
+/// (which may differ from what was typed in case or width).
+#[derive(Debug)]
+pub struct SignedIn {
+    /// The new session.
+    pub token: SessionToken,
+    /// The account's username (its `eid`).
+    pub username: String,
+}
+
 /// An unanswered invite addressed to a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingInvite {
@@ -73,6 +90,8 @@ struct Inner {
     argon2: argon2::Params,
     clock: Arc<dyn Clock>,
     session_ends: std::sync::OnceLock<Arc<dyn SessionEnds>>,
+    hashing: hashing::HashGate,
+    limits: limits::AuthLimits,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -82,15 +101,6 @@ impl std::fmt::Debug for Accounts {
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
-}
-
-/// Runs CPU-heavy work (argon2) on the blocking pool so async workers stay responsive.
-async fn off_thread<T, F>(f: F) -> Result<T, AccountError>
-where
-    F: FnOnce() -> Result<T, AccountError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await.map_err(|e| AccountError::Hashing(format!("hashing task failed: {e}")))?
 }
 
 /// Resolves a username to its id inside a store closure; `Ok(Err(NoSuchUser))` when absent.
@@ -124,8 +134,14 @@ impl Accounts {
         let argon2 =
             argon2::Params::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism, None)
                 .map_err(|e| ConfigError { field: "argon2_*", reason: e.to_string() })?;
+        let hashing = hashing::HashGate::new(
+            config.hash_slots(),
+            config.max_queued_hashes,
+            Duration::from_millis(config.hash_queue_timeout_ms),
+        );
+        let limits = limits::AuthLimits::new(&config);
         let session_ends = std::sync::OnceLock::new();
-        Ok(Accounts { inner: Arc::new(Inner { store, config, argon2, clock, session_ends }) })
+        Ok(Accounts { inner: Arc::new(Inner { store, config, argon2, clock, session_ends, hashing, limits }) })
     }
 
     /// Sets who is told when a session ends early; the first call wins.
@@ -158,30 +174,50 @@ impl Accounts {
         &self.inner.store
     }
 
-    /// Creates an account and returns a session for it.
+    /// Creates an account and returns a session for it (no client address: the per-address
+    /// limit does not apply).
     pub async fn signup(
         &self,
         username: &str,
         password: &str,
         hash: HashAlgorithm,
     ) -> Result<SessionToken, AccountError> {
-        let username = validate::username(username)?;
+        Ok(self.signup_from(None, username, password, hash).await?.token)
+    }
+
+    /// Creates an account for a client at `client` and returns a session for it.
+    pub async fn signup_from(
+        &self,
+        client: Option<IpAddr>,
+        username: &str,
+        password: &str,
+        hash: HashAlgorithm,
+    ) -> Result<SignedIn, AccountError> {
+        let username = validate::new_username(username)?;
+        let key = validate::username_key(&username);
         validate::password(password)?;
         if hash == HashAlgorithm::Sha256 && !self.inner.config.allow_sha256 {
             return Err(AccountError::HashNotAvailable(hash.name().to_owned()));
         }
+        self.inner.limits.check(client, &key)?;
         // Checked before hashing so a taken name costs no argon2 work; the insert below still
         // catches the race where two signups pick the same free name.
-        if self.user_exists(&username).await? {
+        let (name, k) = (username.clone(), key.clone());
+        if self.store().run(move |conn| store::users::name_taken(conn, &name, &k)).await? {
             return Err(AccountError::UserInUse);
         }
         let params = self.inner.argon2.clone();
         let pw = password.to_owned();
-        let password_hash = off_thread(move || password::hash(hash, &pw, &params)).await?;
+        let password_hash = self.inner.hashing.run(move || password::hash(hash, &pw, &params)).await?;
 
         let now = self.now_millis();
-        let user =
-            store::users::UserRow { id: uuid::Uuid::new_v4().to_string(), username, password_hash, created_at: now };
+        let user = store::users::UserRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            username: username.clone(),
+            password_hash,
+            created_at: now,
+            username_key: Some(key),
+        };
         let (token, session) = self.new_session(&user.id, now);
         let result = self
             .store()
@@ -191,29 +227,70 @@ impl Accounts {
             })
             .await;
         match result {
-            Ok(()) => Ok(token),
+            Ok(()) => Ok(SignedIn { token, username }),
             Err(StoreError::AlreadyExists) => Err(AccountError::UserInUse),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Checks a username and password and returns a new session.
+    /// Checks a username and password and returns a new session (no client address).
     pub async fn signin(&self, username: &str, password: &str) -> Result<SessionToken, AccountError> {
+        Ok(self.signin_from(None, username, password).await?.token)
+    }
+
+    /// Checks a username and password from a client at `client` and returns a new session.
+    ///
+    /// The name matches an account with exactly that username, else the one with the same
+    /// comparison key (`ALICE` signs in as `alice`). The signup password rules do not apply:
+    /// a short password is a wrong one.
+    pub async fn signin_from(
+        &self,
+        client: Option<IpAddr>,
+        username: &str,
+        password: &str,
+    ) -> Result<SignedIn, AccountError> {
         let username = validate::username(username)?;
-        validate::password(password)?;
+        validate::signin_password(password)?;
+        let key = validate::username_key(&username);
+        self.inner.limits.check(client, &key)?;
         let user = self
             .store()
-            .run(move |conn| store::users::find_by_username(conn, &username))
+            .run(move |conn| store::users::find_for_signin(conn, &username, &key))
             .await?
             .ok_or(AccountError::NoSuchUser)?;
         let stored = user.password_hash.clone();
         let pw = password.to_owned();
-        if !off_thread(move || password::verify(&stored, &pw)).await? {
+        if !self.inner.hashing.run(move || password::verify(&stored, &pw)).await? {
             return Err(AccountError::WrongPassword);
         }
         let (token, session) = self.new_session(&user.id, self.now_millis());
         self.store().run(move |conn| store::sessions::insert(conn, &session)).await?;
-        Ok(token)
+        Ok(SignedIn { token, username: user.username })
+    }
+
+    /// Gives accounts made before comparison keys their key, oldest first (run at start-up).
+    /// Returns how many got one and how many could not, because an older account holds it;
+    /// those keep signing in by their exact username.
+    pub async fn backfill_username_keys(&self) -> Result<(usize, usize), AccountError> {
+        let (set, clashing) =
+            self.store().run(|conn| store::users::backfill_keys(conn, validate::username_key)).await?;
+        if clashing > 0 {
+            tracing::warn!(
+                clashing,
+                "accounts whose username differs from an older one only by case or width keep no key"
+            );
+        }
+        Ok((set, clashing))
+    }
+
+    /// The password-hashing gate's counters.
+    pub fn hashing_stats(&self) -> HashingStats {
+        self.inner.hashing.stats()
+    }
+
+    /// Rate-limit entries held now: (client addresses, usernames).
+    pub fn rate_limit_entries(&self) -> (usize, usize) {
+        self.inner.limits.tracked()
     }
 
     fn new_session(&self, user_id: &str, now: i64) -> (SessionToken, store::sessions::SessionRow) {

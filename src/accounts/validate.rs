@@ -1,4 +1,15 @@
-//! Input rules for usernames, passwords and device ids. Pure functions, no I/O.
+//! Input rules for usernames, passwords and device ids, and the username comparison key.
+//! Pure functions, no I/O.
+//!
+//! Usernames follow PRECIS (RFC 8265) in spirit: a new name is stored width-mapped and
+//! compatibility-normalized (NFKC) with its case kept (the `eid` others see), and two names are
+//! the same account when their *keys* match: NFKC, then lower case, then NFKC again. A new name
+//! must also stay within one script, as UTS #39's "highly restrictive" level has it (Latin may
+//! join Han with Hiragana/Katakana, Bopomofo or Hangul), so `vісtim` with a Cyrillic `і` cannot
+//! sit beside `victim`.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_script::{Script, UnicodeScript};
 
 use super::AccountError;
 
@@ -29,6 +40,58 @@ pub fn username(raw: &str) -> Result<String, AccountError> {
         ));
     }
     Ok(name.to_owned())
+}
+
+/// Checks and normalizes a username for a new account: [`username`]'s rules on its NFKC form,
+/// which also must not mix scripts. Returns the form to store.
+pub fn new_username(raw: &str) -> Result<String, AccountError> {
+    let normalized: String = raw.trim().nfkc().collect();
+    let name = username(&normalized)?;
+    let scripts = scripts_of(&name);
+    if !single_script(&scripts) {
+        let names: Vec<&str> = scripts.iter().map(|s| s.full_name()).collect();
+        return Err(AccountError::MixedScript(names.join(" and ")));
+    }
+    Ok(name)
+}
+
+/// The comparison key of a username: names with equal keys are one account.
+pub fn username_key(name: &str) -> String {
+    // Lowercasing can leave a string that is not in normal form (and NFKC can expose new
+    // uppercase letters), so normalize on both sides.
+    let folded = name.trim().nfkc().collect::<String>().to_lowercase();
+    folded.nfkc().collect()
+}
+
+/// The scripts of a name's letters; digits, punctuation and marks (Common, Inherited) belong to all.
+/// In order of first use.
+fn scripts_of(name: &str) -> Vec<Script> {
+    let mut scripts = Vec::new();
+    for script in name.chars().map(|c| c.script()) {
+        if !matches!(script, Script::Common | Script::Inherited | Script::Unknown) && !scripts.contains(&script) {
+            scripts.push(script);
+        }
+    }
+    scripts
+}
+
+/// UTS #39's "highly restrictive" script sets: one script, or Latin with the CJK companions.
+fn single_script(scripts: &[Script]) -> bool {
+    use Script::{Bopomofo, Han, Hangul, Hiragana, Katakana, Latin};
+    if scripts.len() <= 1 {
+        return true;
+    }
+    let within = |allowed: &[Script]| scripts.iter().all(|s| allowed.contains(s));
+    within(&[Latin, Han, Hiragana, Katakana]) || within(&[Latin, Han, Bopomofo]) || within(&[Latin, Han, Hangul])
+}
+
+/// Checks a sign-in password fits the hashing bound; unlike [`password`] it sets no minimum,
+/// since a short password is simply a wrong one.
+pub fn signin_password(raw: &str) -> Result<(), AccountError> {
+    if raw.len() > MAX_PASSWORD_BYTES {
+        return Err(AccountError::invalid("password", format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+    }
+    Ok(())
 }
 
 /// Checks a password is 8..=1024 bytes; its content is otherwise free.
@@ -74,6 +137,46 @@ mod tests {
         assert!(username(&"a".repeat(65)).is_err());
         // 22 three-byte characters are 66 bytes: the limit is bytes, not characters.
         assert!(username(&"日".repeat(22)).is_err());
+    }
+
+    #[test]
+    fn keys_fold_case_width_and_compatibility_forms() {
+        assert_eq!(username_key("Victim"), "victim");
+        assert_eq!(username_key("VICTIM"), username_key("victim"));
+        assert_eq!(username_key("ｖｉｃｔｉｍ"), "victim", "fullwidth letters are their ASCII twins");
+        assert_eq!(username_key("ﬁona"), "fiona", "ligatures decompose");
+        assert_eq!(username_key("Straße"), "straße");
+        assert_eq!(username_key("e\u{301}lodie"), username_key("\u{e9}lodie"), "combining forms compose");
+        assert_ne!(
+            username_key("vісtim"),
+            username_key("victim"),
+            "Cyrillic letters stay distinct (refused at signup)"
+        );
+    }
+
+    #[test]
+    fn new_usernames_are_normalized_and_single_script() {
+        assert_eq!(new_username("  Alice ").unwrap(), "Alice");
+        assert_eq!(new_username("ｂｏｂ").unwrap(), "bob");
+        assert_eq!(new_username("e\u{301}lodie").unwrap(), "\u{e9}lodie");
+        for ok in ["john doe", "Łukasz 日本", "Иван", "ελένη", "田中 さくら", "kim 김민준", "user_42@example"]
+        {
+            assert!(new_username(ok).is_ok(), "{ok:?}: {:?}", new_username(ok));
+        }
+        for mixed in ["vісtim", "pаypal", "Иван ivan", "αlpha"] {
+            let err = new_username(mixed).unwrap_err();
+            assert!(matches!(err, AccountError::MixedScript(_)), "{mixed:?}: {err:?}");
+            assert_eq!(err.code(), "mixed_script_username");
+        }
+        assert!(new_username("vісtim").unwrap_err().to_string().contains("Cyrillic"));
+        assert!(matches!(new_username("a/b"), Err(AccountError::InvalidInput { field: "username", .. })));
+    }
+
+    #[test]
+    fn signin_passwords_have_no_minimum() {
+        assert!(signin_password("").is_ok());
+        assert!(signin_password("short").is_ok());
+        assert!(signin_password(&"x".repeat(1025)).is_err());
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! Operator routes under `/admin` (bearer-token protected) and the public `/health` check.
+//!
+//! Every admin route checks the token before it reads the body, so an unauthenticated caller
+//! learns nothing from the parser and cannot make the server buffer a body.
 
 use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::protocol::Payload;
@@ -67,15 +72,37 @@ struct DisconnectRequest {
     id: String,
 }
 
+/// Largest admin request body, in bytes.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// Reads and parses a JSON body, only ever called after [`authorize`]; errors are JSON 400/413.
+async fn json_body<T: DeserializeOwned>(mut payload: web::Payload) -> Result<T, HttpResponse> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            HttpResponse::BadRequest()
+                .json(json!({ "error": "bad_request", "reason": format!("reading the body: {e}") }))
+        })?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(HttpResponse::PayloadTooLarge().json(
+                json!({ "error": "body_too_large", "reason": format!("request body exceeds {BODY_LIMIT} bytes") }),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| HttpResponse::BadRequest().json(json!({ "error": "invalid_json", "reason": e.to_string() })))
+}
+
 /// Closes every socket whose socket id is `id` (code 1001), on every node.
-async fn disconnect(
-    req: HttpRequest,
-    state: web::Data<AdminState>,
-    body: web::Json<DisconnectRequest>,
-) -> HttpResponse {
+async fn disconnect(req: HttpRequest, state: web::Data<AdminState>, payload: web::Payload) -> HttpResponse {
     if let Err(denied) = authorize(&req, &state) {
         return denied;
     }
+    let body: DisconnectRequest = match json_body(payload).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     if body.id.is_empty() {
         return HttpResponse::BadRequest().json(json!({ "error": "bad_request", "reason": "id must not be empty" }));
     }

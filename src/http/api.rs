@@ -36,6 +36,8 @@ struct ApiError {
     code: &'static str,
     reason: String,
     resp_code: RespCode,
+    /// Sent as `Retry-After` (seconds) on 429 and 503.
+    retry_after: Option<u64>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -54,13 +56,14 @@ impl From<AccountError> for ApiError {
             code: err.code(),
             reason: err.public_reason(),
             resp_code: err.resp_code(),
+            retry_after: err.retry_after_secs(),
         }
     }
 }
 
 impl ApiError {
     fn bad_request(code: &'static str, reason: String) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, code, reason, resp_code: RespCode::InvalidInput }
+        ApiError { status: StatusCode::BAD_REQUEST, code, reason, resp_code: RespCode::InvalidInput, retry_after: None }
     }
 }
 
@@ -70,7 +73,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        response.json(json!({
             "error": self.code,
             "reason": self.reason,
             "resp_code": self.resp_code.as_u8(),
@@ -87,6 +94,7 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
             code: "body_too_large",
             reason: format!("request body exceeds {BODY_LIMIT} bytes"),
             resp_code: RespCode::InvalidInput,
+            retry_after: None,
         },
         other => {
             ApiError::bad_request("invalid_json", format!("request body is not valid JSON for this route: {other}"))
@@ -117,16 +125,26 @@ struct SignoutBody {
     session: String,
 }
 
-async fn signup(accounts: web::Data<Accounts>, body: web::Json<SignupBody>) -> Result<HttpResponse, ApiError> {
+async fn signup(
+    accounts: web::Data<Accounts>,
+    req: HttpRequest,
+    body: web::Json<SignupBody>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let algorithm = HashAlgorithm::parse(body.hash.as_deref().unwrap_or("argon2id"))?;
-    let token = accounts.signup(&body.username, &body.password, algorithm).await?;
-    Ok(HttpResponse::Created().json(json!({ "session": token.as_str(), "username": body.username.trim() })))
+    let client = req.peer_addr().map(|a| a.ip());
+    let done = accounts.signup_from(client, &body.username, &body.password, algorithm).await?;
+    Ok(HttpResponse::Created().json(json!({ "session": done.token.as_str(), "username": done.username })))
 }
 
-async fn signin(accounts: web::Data<Accounts>, body: web::Json<SigninBody>) -> Result<HttpResponse, ApiError> {
-    let token = accounts.signin(&body.username, &body.password).await?;
-    Ok(HttpResponse::Ok().json(json!({ "session": token.as_str(), "username": body.username.trim() })))
+async fn signin(
+    accounts: web::Data<Accounts>,
+    req: HttpRequest,
+    body: web::Json<SigninBody>,
+) -> Result<HttpResponse, ApiError> {
+    let client = req.peer_addr().map(|a| a.ip());
+    let done = accounts.signin_from(client, &body.username, &body.password).await?;
+    Ok(HttpResponse::Ok().json(json!({ "session": done.token.as_str(), "username": done.username })))
 }
 
 /// The token from `Authorization: Bearer <token>`, if that header is present and well-formed.

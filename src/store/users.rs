@@ -1,4 +1,5 @@
-//! Queries on `users`: one row per account, keyed by a TEXT id, unique by username.
+//! Queries on `users`: one row per account, keyed by a TEXT id, unique by username and by the
+//! username's comparison key (computed by the accounts layer, which passes it in).
 
 use diesel::prelude::*;
 
@@ -17,9 +18,12 @@ pub struct UserRow {
     pub password_hash: String,
     /// When the account was created.
     pub created_at: Millis,
+    /// The username's comparison key, unique; `None` only on an account made before keys
+    /// whose key an older account holds.
+    pub username_key: Option<String>,
 }
 
-/// Inserts a user; `StoreError::AlreadyExists` when the username (or id) is taken.
+/// Inserts a user; `StoreError::AlreadyExists` when the username, its key (or the id) is taken.
 pub fn insert(conn: &mut DbConnection, row: &UserRow) -> Result<(), StoreError> {
     diesel::insert_into(users::table).values(row).execute(conn)?;
     Ok(())
@@ -28,6 +32,57 @@ pub fn insert(conn: &mut DbConnection, row: &UserRow) -> Result<(), StoreError> 
 /// The user with this exact username, if any.
 pub fn find_by_username(conn: &mut DbConnection, username: &str) -> Result<Option<UserRow>, StoreError> {
     Ok(users::table.filter(users::username.eq(username)).select(UserRow::as_select()).get_result(conn).optional()?)
+}
+
+/// The user a sign-in names: the one with exactly this username, else the one holding `key`.
+pub fn find_for_signin(conn: &mut DbConnection, username: &str, key: &str) -> Result<Option<UserRow>, StoreError> {
+    if let Some(user) = find_by_username(conn, username)? {
+        return Ok(Some(user));
+    }
+    Ok(users::table.filter(users::username_key.eq(key)).select(UserRow::as_select()).get_result(conn).optional()?)
+}
+
+/// Whether an account holds this comparison key, or has this exact username.
+pub fn name_taken(conn: &mut DbConnection, username: &str, key: &str) -> Result<bool, StoreError> {
+    let by_key = users::table.filter(users::username_key.eq(key)).select(users::id).get_result::<String>(conn);
+    Ok(by_key.optional()?.is_some() || exists(conn, username)?)
+}
+
+/// Rows read per step of [`backfill_keys`].
+const BACKFILL_PAGE: i64 = 500;
+
+/// Gives every account without a key its key (`key_of(username)`), oldest account first; an
+/// account whose key is already held keeps none. Returns (keys set, accounts left without).
+pub fn backfill_keys(conn: &mut DbConnection, key_of: impl Fn(&str) -> String) -> Result<(usize, usize), StoreError> {
+    let (mut set, mut clashing) = (0, 0);
+    let mut after: Option<(Millis, String)> = None;
+    loop {
+        let mut query = users::table
+            .filter(users::username_key.is_null())
+            .select((users::created_at, users::id, users::username))
+            .order((users::created_at, users::id))
+            .limit(BACKFILL_PAGE)
+            .into_boxed();
+        if let Some((at, id)) = &after {
+            query = query.filter(users::created_at.gt(*at).or(users::created_at.eq(*at).and(users::id.gt(id.clone()))));
+        }
+        let page: Vec<(Millis, String, String)> = query.load(conn)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.0, last.1.clone()));
+        for (_, id, username) in page {
+            let key = key_of(&username);
+            // Checked rather than left to the unique index: on PostgreSQL a violation would
+            // abort the surrounding work.
+            let held = users::table.filter(users::username_key.eq(&key)).select(users::id).get_result::<String>(conn);
+            if held.optional()?.is_some() {
+                clashing += 1;
+                continue;
+            }
+            diesel::update(users::table.filter(users::id.eq(&id))).set(users::username_key.eq(&key)).execute(conn)?;
+            set += 1;
+        }
+    }
+    Ok((set, clashing))
 }
 
 /// The id of the user with this username, if any.

@@ -50,7 +50,7 @@ pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted
         start: Box::new(move |reader, writer| {
             let connection = JsonConnection {
                 id: state.sockets.next_connection_id(),
-                protocol: Some(JsonProtocolSession::new(state.accounts.clone())),
+                protocol: Some(JsonProtocolSession::with_peer(state.accounts.clone(), peer.map(|p| p.ip()))),
                 accounts: state.accounts.clone(),
                 pubsub: state.pubsub.clone(),
                 sockets: Arc::clone(&state.sockets),

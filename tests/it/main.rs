@@ -3,6 +3,7 @@
 mod support;
 
 mod accounts;
+mod auth_limits;
 mod channel_lifecycle;
 mod connect;
 mod limits;

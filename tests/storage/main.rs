@@ -6,6 +6,7 @@
 mod support;
 
 mod accounts;
+mod auth_limits;
 mod held_writer;
 mod http_api;
 mod invites;
