@@ -23,6 +23,8 @@ pub enum Effect {
         user_id: String,
         /// The subscribed user's username (the `to` of deliveries).
         username: String,
+        /// The session that subscribed: the connection ends when it does.
+        session: SessionInfo,
     },
     /// Send `frame` to every connection subscribed as `to`.
     Deliver {
@@ -290,7 +292,11 @@ impl JsonProtocolSession {
             }
         };
         let mut out = Outcome::reply(Value::Object(status_frame("subscribe", None)));
-        out.effects.push(Effect::Subscribed { user_id: info.user_id.clone(), username: info.username.clone() });
+        out.effects.push(Effect::Subscribed {
+            user_id: info.user_id.clone(),
+            username: info.username.clone(),
+            session: info.clone(),
+        });
         out.replies.extend(self.backlog(&info.username).await);
         self.subscription = Some(info);
         out

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::accounts::Accounts;
 use crate::protocol::Payload;
 use crate::pubsub::PubSub;
 use crate::transport::Sockets;
@@ -33,7 +34,8 @@ pub struct AdminState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/admin/stats", web::get().to(stats))
-        .route("/admin/sockets/disconnect", web::post().to(disconnect));
+        .route("/admin/sockets/disconnect", web::post().to(disconnect))
+        .route("/admin/sessions/revoke", web::post().to(revoke_sessions));
 }
 
 async fn health(state: web::Data<AdminState>) -> HttpResponse {
@@ -109,4 +111,37 @@ async fn disconnect(req: HttpRequest, state: web::Data<AdminState>, payload: web
     state.pubsub.broadcast(&body.id, DISCONNECT_EVENT, Payload::empty());
     tracing::info!(socket_id = body.id, "disconnect broadcast");
     HttpResponse::Accepted().json(json!({ "disconnected": body.id }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    username: String,
+}
+
+/// Revokes every live session of a user; the sockets they authenticated close with 1001.
+async fn revoke_sessions(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    accounts: web::Data<Accounts>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    let body: RevokeRequest = match json_body(payload).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    match accounts.revoke_sessions(&body.username).await {
+        Ok(revoked) => {
+            tracing::info!(user = body.username, revoked, "sessions revoked");
+            HttpResponse::Ok().json(json!({ "username": body.username, "revoked": revoked }))
+        }
+        Err(e) => {
+            let status = actix_web::http::StatusCode::from_u16(e.http_status())
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+            HttpResponse::build(status).json(json!({ "error": e.code(), "reason": e.to_string() }))
+        }
+    }
 }

@@ -7,17 +7,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, SpawnHandle, StreamHandler, WrapFuture,
+};
 use actix_http::{Request, StatusCode};
 use actix_web::web;
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytestring::ByteString;
 
+use super::socket::DISCONNECT_EVENT;
 use super::upgrade::{Accepted, Refusal};
 use super::writer::{Outbound, QueueError};
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets};
-use crate::accounts::Accounts;
 use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
+use crate::accounts::{Accounts, SessionInfo};
+use crate::channels::auth::session_grant;
+use crate::channels::socket::SessionGrant;
 use crate::channels::user::{json_topic, notify_account_event};
 use crate::config::SocketConfig;
 use crate::protocol::WireFrame;
@@ -58,6 +63,8 @@ pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted
                 settings: Arc::clone(&state.settings),
                 last_received: Instant::now(),
                 subscribed: None,
+                session: None,
+                expiry: None,
                 closing: false,
             };
             tracing::info!(conn = connection.id, ?peer, "json socket connected");
@@ -80,6 +87,9 @@ struct JsonConnection {
     settings: Arc<SocketConfig>,
     last_received: Instant,
     subscribed: Option<String>,
+    /// The session that subscribed, and the timer that closes the connection at its expiry.
+    session: Option<SessionGrant>,
+    expiry: Option<SpawnHandle>,
     closing: bool,
 }
 
@@ -129,11 +139,38 @@ impl JsonConnection {
         }
         for effect in outcome.effects {
             match effect {
-                Effect::Subscribed { username, .. } => self.subscribe(ctx, username),
+                Effect::Subscribed { username, session, .. } => {
+                    self.watch_session(ctx, &session);
+                    self.subscribe(ctx, username);
+                }
                 Effect::Deliver { to, frame, queue_if_offline } => self.deliver(ctx, to, frame, queue_if_offline),
                 Effect::Disconnect => self.close(ctx, CloseCode::Policy, "bad session token"),
             }
         }
+    }
+
+    /// Closes the connection when `session` ends (sign-out, revocation) or expires.
+    fn watch_session(&mut self, ctx: &mut Context<Self>, session: &SessionInfo) {
+        let grant = session_grant(&self.accounts, session);
+        if let Some(previous) = self.session.replace(grant.clone()) {
+            self.pubsub.unsubscribe(&previous.topic, self.id);
+        }
+        if let Some(timer) = self.expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        self.expiry = Some(ctx.run_later(grant.remaining(), |act, ctx| {
+            tracing::info!(conn = act.id, "closing json socket: its session expired");
+            act.close(ctx, CloseCode::Away, "session expired");
+        }));
+        let (pubsub, recipient, id) = (self.pubsub.clone(), ctx.address().recipient::<Deliver>(), self.id);
+        ctx.wait(
+            async move {
+                if let Err(e) = pubsub.subscribe(&grant.topic, id, recipient).await {
+                    tracing::warn!(conn = id, error = %e, "json session subscription failed");
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     fn subscribe(&mut self, ctx: &mut Context<Self>, username: String) {
@@ -193,6 +230,9 @@ impl Actor for JsonConnection {
         if let Some(username) = &self.subscribed {
             self.pubsub.unsubscribe(&json_topic(username), self.id);
         }
+        if let Some(session) = &self.session {
+            self.pubsub.unsubscribe(&session.topic, self.id);
+        }
         self.sockets.closed();
         tracing::info!(conn = self.id, "json socket closed");
     }
@@ -231,6 +271,13 @@ impl Handler<Deliver> for JsonConnection {
     type Result = ();
 
     fn handle(&mut self, Deliver(broadcast): Deliver, ctx: &mut Context<Self>) {
+        if self.session.as_ref().is_some_and(|s| s.topic == broadcast.topic) {
+            if broadcast.event == DISCONNECT_EVENT {
+                tracing::info!(conn = self.id, "closing json socket: its session ended");
+                self.close(ctx, CloseCode::Away, "session ended");
+            }
+            return;
+        }
         if let Some(text) = broadcast.payload.as_json_str() {
             self.send(ctx, text.to_owned());
         }

@@ -40,7 +40,18 @@ pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<
             "offer the \"phoenix\" subprotocol",
         ));
     }
-    let auth_token = offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)).and_then(decode_token);
+    let auth_token = match offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)) {
+        None => None,
+        // A token that was sent but cannot be read must not fall back to an anonymous socket.
+        Some(encoded) => Some(decode_token(encoded).ok_or_else(|| {
+            Refusal::new(StatusCode::FORBIDDEN, "unauthorized", "the authToken subprotocol does not decode")
+        })?),
+    };
+    if let (Some(subprotocol), Some(query)) = (&auth_token, params.get("token"))
+        && subprotocol != query
+    {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "unauthorized", "the query token and the authToken differ"));
+    }
 
     let request = ConnectRequest { params, auth_token, peer: req.peer_addr() };
     let identity = match state.authenticator.connect(&request).await {

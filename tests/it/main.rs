@@ -13,5 +13,6 @@ mod messaging_durability;
 mod presence;
 mod reads;
 mod rooms;
+mod sessions;
 mod shutdown;
 mod signals;

@@ -1,0 +1,157 @@
+//! Sessions end their sockets: sign-out, an operator's revocation and expiry close every socket
+//! the session authenticated (1001, so clients re-authenticate), on both endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+use crate::on_both_backends;
+use crate::support::db::TestDb;
+use crate::support::devices::{message, signup};
+use crate::support::{Client, Frame, TestServer, http, test_config};
+
+async fn json_subscribed(server: &TestServer, token: &str) -> Client {
+    let mut c = Client::connect(&format!("ws://{}/json/websocket", server.addr)).await;
+    c.send(json!({"type": "identification", "version": "1.0.0", "client": "test"})).await;
+    assert_eq!(c.recv_json().await["resp_code"], 0);
+    c.send(json!({"type": "subscribe", "session": token})).await;
+    assert_eq!(c.recv_json().await["resp_code"], 0);
+    c
+}
+
+/// The close that ends `c` (skipping the pushes before it), within a few seconds.
+async fn closed(c: &mut Client) -> (u16, String) {
+    c.drain_until_close(Duration::from_secs(5)).await.expect("the socket is closed").0
+}
+
+async fn join_inbox(c: &mut Client, topic: &str) {
+    let reply = c.join(topic, "1").await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+}
+
+async fn heartbeat_ok(c: &mut Client) {
+    c.send(json!([null, "hb", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(c.recv_json().await[4]["status"], "ok");
+}
+
+on_both_backends!(sign_out_closes_the_sockets_of_that_session_only, sign_out);
+async fn sign_out(db: Arc<TestDb>) {
+    let server = TestServer::start_on(db, test_config(), |c| c);
+    let token = signup(&server, "alice").await;
+    signup(&server, "bob").await;
+    let body = json!({"username": "alice", "password": "correct horse battery"}).to_string();
+    let (status, other) =
+        http(server.addr, "POST", "/api/signin", &[("Content-Type", "application/json")], &body).await;
+    assert_eq!(status, 200, "{other}");
+    let other_token = serde_json::from_str::<Value>(&other).unwrap()["session"].as_str().unwrap().to_owned();
+
+    let mut phone = Client::connect(&server.url(&format!("vsn=2.0.0&token={token}&device=phone"))).await;
+    join_inbox(&mut phone, "user:alice").await;
+    let mut json_socket = json_subscribed(&server, &token).await;
+    let mut laptop = Client::connect(&server.url(&format!("vsn=2.0.0&token={other_token}&device=laptop"))).await;
+    join_inbox(&mut laptop, "user:alice").await;
+
+    let bearer = format!("Bearer {token}");
+    let (status, reply) = http(server.addr, "POST", "/api/signout", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
+    assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
+    // The same user's other session is untouched.
+    heartbeat_ok(&mut laptop).await;
+    laptop.send(json!(["1", "2", "user:alice", "message", message("m1", "bob", "still here")])).await;
+    let reply = laptop.recv_json().await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+}
+
+on_both_backends!(revoking_a_users_sessions_closes_all_their_sockets, revoke);
+async fn revoke(db: Arc<TestDb>) {
+    let mut config = test_config();
+    config.admin.token = Some("admin-secret".into());
+    let server = TestServer::start_on(db, config, |c| c);
+    let token = signup(&server, "carol").await;
+    let dave = signup(&server, "dave").await;
+    let mut phone = Client::connect(&server.url(&format!("vsn=2.0.0&token={token}&device=phone"))).await;
+    join_inbox(&mut phone, "user:carol").await;
+    let mut json_socket = json_subscribed(&server, &token).await;
+    let mut bystander = Client::connect(&server.url(&format!("vsn=2.0.0&token={dave}"))).await;
+
+    let headers = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
+    let (status, reply) =
+        http(server.addr, "POST", "/admin/sessions/revoke", &headers, &json!({"username": "carol"}).to_string()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(serde_json::from_str::<Value>(&reply).unwrap()["revoked"], 1);
+    assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
+    assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
+    heartbeat_ok(&mut bystander).await;
+    match Client::try_connect(&server.url(&format!("vsn=2.0.0&token={token}")), &[]).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
+        other => panic!("a revoked token connected: {:?}", other.map(|_| ())),
+    }
+    let (status, reply) =
+        http(server.addr, "POST", "/admin/sessions/revoke", &headers, &json!({"username": "nobody"}).to_string()).await;
+    assert_eq!(status, 404, "{reply}");
+}
+
+#[tokio::test]
+async fn an_expired_session_closes_its_sockets_and_its_pushes_are_refused() {
+    let mut config = test_config();
+    config.accounts.session_ttl_secs = 1;
+    let server = TestServer::start_with(config, |c| c);
+    let token = signup(&server, "erin").await;
+    signup(&server, "frank").await;
+    let mut phone = Client::connect(&server.url(&format!("vsn=2.0.0&token={token}&device=phone"))).await;
+    join_inbox(&mut phone, "user:erin").await;
+    let mut json_socket = json_subscribed(&server, &token).await;
+    let started = std::time::Instant::now();
+    assert_eq!(closed(&mut phone).await, (1001, "session expired".into()));
+    assert_eq!(closed(&mut json_socket).await, (1001, "session expired".into()));
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A socket that connected just before expiry and pushes just after is refused, whatever
+    // the timer does: the push is answered with an error, not acked.
+    let token = signup(&server, "gina").await;
+    let mut late = Client::connect(&server.url(&format!("vsn=2.0.0&token={token}&device=phone"))).await;
+    join_inbox(&mut late, "user:gina").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    late.send(json!(["1", "2", "user:gina", "message", message("late", "frank", "too late")])).await;
+    match late.recv().await {
+        Frame::Json(reply) => {
+            assert_eq!(reply[4]["status"], "error", "{reply}");
+            assert_eq!(reply[4]["response"]["reason"], "session_expired", "{reply}");
+        }
+        Frame::Close(code, reason) => assert_eq!((code, reason.as_str()), (1001, "session expired")),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_auth_token_that_does_not_decode_or_disagrees_with_the_query_is_refused() {
+    let server = TestServer::start();
+    let token = signup(&server, "hank").await;
+    let refused = |query: String, offer: String| {
+        let url = server.url(&query);
+        async move {
+            match Client::try_connect(&url, &[("Sec-WebSocket-Protocol", &offer)]).await {
+                Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+                other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+            }
+        }
+    };
+    assert_eq!(refused("vsn=2.0.0".into(), "phoenix, base64url.bearer.phx.!!!".into()).await, 403);
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&token);
+    let other = signup(&server, "ivy").await;
+    assert_eq!(
+        refused(format!("vsn=2.0.0&token={other}"), format!("phoenix, base64url.bearer.phx.{encoded}")).await,
+        403
+    );
+    // Agreeing tokens are fine.
+    let offer = format!("phoenix, base64url.bearer.phx.{encoded}");
+    let (mut c, _) =
+        Client::try_connect(&server.url(&format!("vsn=2.0.0&token={token}")), &[("Sec-WebSocket-Protocol", &offer)])
+            .await
+            .expect("agreeing tokens connect");
+    join_inbox(&mut c, "user:hank").await;
+}
