@@ -200,6 +200,14 @@ impl Config {
                 return Err(ConfigError::Invalid(name, why.into()));
             }
         }
+        if self.messaging.max_page_bytes.saturating_mul(2) > s.outbound_queue_bytes {
+            // A catch-up page is read only once the queue has room for it, and a pull reply must
+            // fit beside what is already queued.
+            return Err(ConfigError::Invalid(
+                "messaging.max_page_bytes",
+                "must be at most half of socket.outbound_queue_bytes".into(),
+            ));
+        }
         if !(1..=255).contains(&s.max_event_bytes) {
             return Err(ConfigError::Invalid("socket.max_event_bytes", "must be 1..=255".into()));
         }

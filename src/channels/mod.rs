@@ -111,7 +111,18 @@ pub struct ChannelContext<'a> {
     pub pubsub: &'a PubSub,
     /// Frames the socket's outbound queue can still take before the client counts as slow.
     pub outbound_room: usize,
+    /// Bytes the socket's outbound queue can still take before the client counts as slow.
+    pub outbound_room_bytes: usize,
     effects: &'a mut Effects,
+}
+
+/// How much more a socket's outbound queue can take: frames and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboundRoom {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes.
+    pub bytes: usize,
 }
 
 impl<'a> ChannelContext<'a> {
@@ -121,15 +132,24 @@ impl<'a> ChannelContext<'a> {
         join_ref: &'a str,
         socket: &'a SocketInfo,
         pubsub: &'a PubSub,
-        outbound_room: usize,
+        room: OutboundRoom,
         effects: &'a mut Effects,
     ) -> Self {
-        ChannelContext { topic, join_ref, socket, pubsub, outbound_room, effects }
+        ChannelContext {
+            topic,
+            join_ref,
+            socket,
+            pubsub,
+            outbound_room: room.frames,
+            outbound_room_bytes: room.bytes,
+            effects,
+        }
     }
 
     /// Pushes an event to this channel's client only (`[join_ref, null, topic, event, payload]`).
     pub fn push(&mut self, event: impl Into<String>, payload: Payload) {
         self.outbound_room = self.outbound_room.saturating_sub(1);
+        self.outbound_room_bytes = self.outbound_room_bytes.saturating_sub(payload.len());
         self.effects.pushes.push((event.into(), payload));
     }
 

@@ -64,6 +64,19 @@ impl Payload {
         matches!(self, Payload::Json(raw) if raw.get().starts_with('{'))
     }
 
+    /// The payload's size in bytes (JSON text or raw bytes), before framing.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Json(raw) => raw.get().len(),
+            Payload::Binary(data) => data.len(),
+        }
+    }
+
+    /// Whether the payload has no bytes at all (never true of JSON).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The raw JSON text, if this is a JSON payload.
     pub fn as_json_str(&self) -> Option<&str> {
         match self {

@@ -23,8 +23,8 @@ use super::writer::{Outbound, QueueError};
 use super::ws_io::WsWriter;
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets, TransportState};
 use crate::channels::{
-    Channel, ChannelContext, ChannelTask, Effects, HandleIn, JoinRequest, Joined, LeaveReason, Reply, Router,
-    SocketInfo, StopReason,
+    Channel, ChannelContext, ChannelTask, Effects, HandleIn, JoinRequest, Joined, LeaveReason, OutboundRoom, Reply,
+    Router, SocketInfo, StopReason,
 };
 use crate::config::SocketConfig;
 use crate::protocol::{
@@ -175,7 +175,14 @@ impl SocketSession {
         let join_ref = joined.join_ref.clone();
         let mut effects = Effects::default();
         let outcome = {
-            let mut cctx = ChannelContext::new(topic, &join_ref, info, pubsub, outbound.room(), &mut effects);
+            let mut cctx = ChannelContext::new(
+                topic,
+                &join_ref,
+                info,
+                pubsub,
+                OutboundRoom { frames: outbound.room(), bytes: outbound.room_bytes() },
+                &mut effects,
+            );
             std::panic::catch_unwind(AssertUnwindSafe(|| callback(joined.channel.as_mut(), &mut cctx)))
         };
         let Effects { pushes, tasks } = effects;
@@ -441,7 +448,14 @@ impl SocketSession {
     fn terminate(&self, topic: &str, joined: &mut JoinedChannel, reason: LeaveReason) {
         // Pushes and tasks of a channel that is ending go nowhere.
         let mut effects = Effects::default();
-        let mut cctx = ChannelContext::new(topic, &joined.join_ref, &self.info, &self.pubsub, 0, &mut effects);
+        let mut cctx = ChannelContext::new(
+            topic,
+            &joined.join_ref,
+            &self.info,
+            &self.pubsub,
+            OutboundRoom::default(),
+            &mut effects,
+        );
         // A channel that panics while terminating is gone either way.
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| joined.channel.terminate(reason, &mut cctx)));
     }

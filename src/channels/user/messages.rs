@@ -185,7 +185,12 @@ impl UserChannel {
     /// Reads the next catch-up page, or waits first if the client has not drained the last one.
     pub(super) fn fetch_next(&mut self, ctx: &mut ChannelContext<'_>) {
         let page = self.messaging.config().catch_up_page;
-        if ctx.outbound_room < usize::try_from(page).unwrap_or(usize::MAX).saturating_mul(2) {
+        // A page may hold up to `max_page_bytes` of messages; reading it only once the queue has
+        // room for it keeps a catching-up device from being closed as a slow consumer.
+        let page_bytes = self.messaging.config().max_page_bytes;
+        if ctx.outbound_room < usize::try_from(page).unwrap_or(usize::MAX).saturating_mul(2)
+            || ctx.outbound_room_bytes < page_bytes
+        {
             ctx.spawn(Box::pin(async {
                 tokio::time::sleep(CATCH_UP_BACKOFF).await;
                 Box::new(CatchUp::Fetch) as _
