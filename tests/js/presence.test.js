@@ -340,7 +340,7 @@ describe("status signals", () => {
     // Signals are never stored: no message events, and nothing in either log.
     for (const dev of devs) {
       assert.deepEqual(dev.messages, [], settled);
-      assert.deepEqual(await push(dev.channel, "pull", { after: 0 }), { status: "ok", response: { messages: [], last_offset: 0 } }, settled);
+      assert.deepEqual(await push(dev.channel, "pull", { after: 0 }), { status: "ok", response: { messages: [], last_offset: 0, more: false } }, settled);
     }
   });
 
