@@ -219,23 +219,25 @@ impl SocketSession {
 
     /// Queues a close frame after everything already queued, then stops shortly after.
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        self.phase = Phase::Closing;
-        self.close_reason = reason;
-        self.outbound.close(code, reason);
-        ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
+        self.end(ctx, code, reason, false);
     }
 
     /// Like [`Self::close`], but drops what is queued: the client is not reading it.
     fn abort(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str) {
+        self.end(ctx, code, reason, true);
+    }
+
+    fn end(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str, drop_queued: bool) {
         if self.phase == Phase::Closing {
             return;
         }
         self.phase = Phase::Closing;
         self.close_reason = reason;
-        self.outbound.abort(code, reason);
+        if drop_queued {
+            self.outbound.abort(code, reason);
+        } else {
+            self.outbound.close(code, reason);
+        }
         ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
     }
 

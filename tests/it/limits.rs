@@ -125,11 +125,7 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_get_everything() {
     // The server gives up on the slow socket: it ends early, with a 1001 close frame when the
     // frame can still get through the full buffers, or with the connection dropped.
     let (closed, received) = slow.drain_until_close(Duration::from_secs(15)).await.expect("slow socket ends");
-    match closed {
-        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
-        (1006, _) => {}
-        other => panic!("unexpected close {other:?}"),
-    }
+    assert_closed_as_slow(closed);
     assert!(received < total as usize, "the slow socket got everything ({received})");
 }
 
@@ -153,11 +149,7 @@ async fn a_client_that_stops_reading_is_closed_by_queued_bytes_within_the_frame_
         assert_eq!(sender.recv_json().await[4]["status"], "ok");
     }
     let (closed, received) = slow.drain_until_close(Duration::from_secs(15)).await.expect("slow socket ends");
-    match closed {
-        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
-        (1006, _) => {}
-        other => panic!("unexpected close {other:?}"),
-    }
+    assert_closed_as_slow(closed);
     assert!(received < total, "the slow socket got everything ({received})");
 }
 
@@ -179,11 +171,7 @@ async fn a_socket_that_pings_and_never_reads_its_replies_is_closed() {
         }
     }
     let (closed, received) = pinger.drain_until_close(Duration::from_secs(15)).await.expect("pinger ends");
-    match closed {
-        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
-        (1006, _) => {}
-        other => panic!("unexpected close {other:?}"),
-    }
+    assert_closed_as_slow(closed);
     assert!(received < total, "every reply was buffered for a socket that did not read ({received})");
     let mut other = server.client().await;
     other.send(json!([null, "1", "phoenix", "heartbeat", {}])).await;
@@ -221,4 +209,14 @@ async fn a_silent_json_socket_is_closed_with_1001() {
     assert_eq!(quiet.recv_close().await, (1001, "idle timeout".into()));
     chatty.send(json!({"type": "identification", "version": "1.0.0", "client": "test"})).await;
     assert_eq!(chatty.recv_json().await["resp_code"], 0);
+}
+
+/// A slow socket ends with a 1001 close frame when the frame can still get through the full
+/// buffers, or with the connection dropped.
+fn assert_closed_as_slow(closed: (u16, String)) {
+    match closed {
+        (1001, reason) => assert!(reason.contains("slow consumer"), "{reason}"),
+        (1006, _) => {}
+        other => panic!("unexpected close {other:?}"),
+    }
 }
