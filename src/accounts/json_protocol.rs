@@ -417,4 +417,6 @@ fn session_reply(kind: &str, result: Result<super::SessionToken, AccountError>) 
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
