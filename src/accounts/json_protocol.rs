@@ -432,4 +432,6 @@ fn session_reply(kind: &str, result: Result<super::SignedIn, AccountError>) -> V
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

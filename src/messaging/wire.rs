@@ -171,6 +171,9 @@ pub fn peer(sender: &str, receiver: &str, offset: i64, peer_offset: i64) -> pb::
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -162,6 +162,16 @@ impl WsReader {
     }
 }
 
+impl WsReader {
+    /// Appends `bytes` as if just read from the socket and returns the next whole message, or
+    /// `None` if it is not complete yet: `poll_next`'s decoding without the I/O, so fuzz targets
+    /// and property tests can drive it. After an error the stream would have ended; stop there.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<AggregatedMessage>, ProtocolError> {
+        self.buf.extend_from_slice(bytes);
+        self.decode_buffered()
+    }
+}
+
 impl Stream for WsReader {
     type Item = Result<AggregatedMessage, ProtocolError>;
 
@@ -372,6 +382,9 @@ impl WsWriter {
         Err(Closed)
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
