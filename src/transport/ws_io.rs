@@ -108,9 +108,11 @@ impl WsReader {
     /// whole payload is buffered, so a header claiming gigabytes would otherwise be read in full.
     fn check_declared_len(&self) -> Result<(), ProtocolError> {
         let Some((opcode, len)) = frame_header(&self.buf) else { return Ok(()) };
-        // The codec refuses an unknown opcode from the first two bytes, before the length is
-        // read; leaving it that error keeps the outcome the same however the bytes arrive.
-        if !matches!(opcode, 0x0..=0x2 | 0x8..=0xA) {
+        // The codec refuses reserved bits, an unmasked frame and an unknown opcode from the first
+        // two bytes, before it reads the length; leaving it those errors keeps the outcome the
+        // same however the bytes arrive.
+        let (first, second) = (self.buf[0], self.buf[1]);
+        if first & 0x70 != 0 || second & 0x80 == 0 || !matches!(opcode, 0x0..=0x2 | 0x8..=0xA) {
             return Ok(());
         }
         let limit = match &self.partial {

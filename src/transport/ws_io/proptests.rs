@@ -180,3 +180,16 @@ proptest! {
         prop_assert_eq!(got, expected.into_iter().map(Ok).collect::<Vec<_>>());
     }
 }
+
+/// Inputs the properties above once found: a frame whose first two bytes are refused by the
+/// codec (an unknown opcode; reserved bits) but whose declared length is over the limit was an
+/// `Overflow` when read whole and the codec's error when read byte by byte.
+#[test]
+fn header_errors_do_not_depend_on_read_sizes() {
+    let io = io();
+    for bytes in [&[11u8, 254, 1, 0][..], &[144, 127, 0, 0, 0, 0, 0, 1, 0, 1]] {
+        let whole = read_all(&io, bytes, bytes.len(), 0);
+        assert_eq!(read_all(&io, bytes, 1, 0), whole, "{bytes:?}");
+        assert!(!whole.is_empty() && whole.iter().all(Result::is_err), "{whole:?}");
+    }
+}
