@@ -27,6 +27,8 @@ pub struct Config {
     pub database_pool: u32,
     /// Static files served at `/` (skipped when the folder does not exist).
     pub static_dir: String,
+    /// Connection limits and the first request head, at the edge (before HTTP parsing).
+    pub http: HttpConfig,
     /// WebSocket and channel limits.
     pub socket: SocketConfig,
     /// Pub/sub registry settings.
@@ -50,6 +52,7 @@ impl Default for Config {
             database_url: "courier.db".into(),
             database_pool: 8,
             static_dir: "priv/static".into(),
+            http: HttpConfig::default(),
             socket: SocketConfig::default(),
             pubsub: PubSubConfig::default(),
             admin: AdminConfig::default(),
@@ -57,6 +60,26 @@ impl Default for Config {
             messaging: MessagingConfig::default(),
             presence: PresenceConfig::default(),
         }
+    }
+}
+
+/// What the edge enforces on every TCP connection (see `transport::edge`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections (HTTP and WebSocket) open at once; past it new ones get a JSON 503. 0 sets it
+    /// from the file-descriptor limit, less what the process keeps for itself.
+    pub max_connections: usize,
+    /// Longest first request head (request line and headers) in bytes: a longer request line is
+    /// a 414, longer headers a 431.
+    pub max_head_bytes: usize,
+    /// How long a new connection may take to send its first request head (then a 408).
+    pub head_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_connections: 0, max_head_bytes: 32 * 1024, head_timeout_ms: 5_000 }
     }
 }
 
@@ -177,8 +200,14 @@ impl Config {
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.socket;
-        let checks: [(&'static str, bool, &str); 8] = [
+        let checks: [(&'static str, bool, &str); 10] = [
             ("bind", self.bind.parse::<std::net::SocketAddr>().is_ok(), "must be an IP:port address"),
+            (
+                "http.max_head_bytes",
+                (1024..=60 * 1024).contains(&self.http.max_head_bytes),
+                "must be 1024..=61440 (a URL longer than 64 KiB is refused by the HTTP parser itself)",
+            ),
+            ("http.head_timeout_ms", self.http.head_timeout_ms >= 100, "must be at least 100"),
             ("socket.idle_timeout_ms", s.idle_timeout_ms >= 100, "must be at least 100"),
             ("socket.max_frame_bytes", s.max_frame_bytes >= 1024, "must be at least 1024"),
             ("socket.max_channels", s.max_channels >= 1, "must be at least 1"),
@@ -252,5 +281,10 @@ mod tests {
         let mut c = Config::default();
         c.socket.max_topic_bytes = 300;
         assert!(c.validate().unwrap_err().to_string().contains("max_topic_bytes"));
+        // The HTTP parser refuses URLs over 64 KiB itself, with an empty body: the edge's head
+        // limit must stay under that to answer them.
+        let mut c = Config::default();
+        c.http.max_head_bytes = 64 * 1024;
+        assert!(c.validate().unwrap_err().to_string().contains("http.max_head_bytes"));
     }
 }

@@ -5,11 +5,14 @@
 //! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
 //! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
 //! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
+//! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
+//! clients get wrong out of the error log.
 
 pub mod accounts;
 pub mod channels;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod messaging;
 pub mod pb;
 pub mod presence;

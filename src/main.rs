@@ -43,14 +43,7 @@ fn main() -> anyhow::Result<()> {
         config.database_url = url;
     }
     config.validate()?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    courier::logging::init(std::io::stderr().is_terminal());
     actix_web::rt::System::new().block_on(async move {
         let server = Courier::new(config).start().await.context("starting the server")?;
         server.run_until_signal().await.context("running the server")

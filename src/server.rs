@@ -6,8 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_http::HttpService;
-use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_factory, fn_service, map_config};
+use std::rc::Rc;
+
+use actix_http::{HttpService, Protocol};
+use actix_service::{
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, fn_factory, fn_service, map_config,
+};
 use actix_web::dev::{AppConfig, ServerHandle};
 use actix_web::{App, web};
 
@@ -24,6 +28,7 @@ use crate::messaging::signals::Signals;
 use crate::presence::{LocalTracker, Tracker};
 use crate::pubsub::{Broker, LocalBroker, PubSub};
 use crate::store::{Store, StoreOptions};
+use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
 use crate::transport::upgrade::Upgrades;
 use crate::transport::{Sockets, TransportState, websocket};
@@ -129,6 +134,15 @@ impl Courier {
         };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
         let upgrades = Upgrades { phoenix: transport.clone(), json: json.clone() };
+        let max_connections = match config.http.max_connections {
+            0 => edge::connection_limit_from_fd_limit(config.database_pool, workers),
+            n => n,
+        };
+        let edge = Arc::new(Edge::new(EdgeLimits {
+            max_connections,
+            max_head_bytes: config.http.max_head_bytes,
+            head_timeout: Duration::from_millis(config.http.head_timeout_ms),
+        }));
         let listener = std::net::TcpListener::bind(&config.bind)?;
         let addr = listener.local_addr()?;
         let server = actix_server::Server::build()
@@ -155,10 +169,7 @@ impl Courier {
                     None => app.default_service(web::to(crate::http::not_found)),
                 };
                 let upgrades = upgrades.clone();
-                HttpService::build()
-                    // Chat frames are small and latency-bound: without this, a frame written
-                    // right after another waits for the client's delayed ACK (~40 ms).
-                    .tcp_nodelay(true)
+                let http = HttpService::build()
                     .local_addr(addr)
                     // WebSocket handshakes leave the HTTP dispatcher (see `transport::upgrade`).
                     .upgrade(fn_factory(move || {
@@ -170,15 +181,46 @@ impl Courier {
                     .finish(map_config(
                         app.into_factory().map_err(|err| err.error_response()),
                         |_| AppConfig::default(),
-                    ))
-                    .tcp()
+                    ));
+                behind_edge(Arc::clone(&edge), http)
             })?
             .run();
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
-        tracing::info!(%addr, workers, node = config.node, "listening on {addr}");
+        tracing::info!(%addr, workers, max_connections, node = config.node, "listening on {addr}");
         Ok(RunningServer { addr, handle, task, sockets, pubsub, grace: config.socket.shutdown_grace() })
     }
+}
+
+/// Puts `http` behind the edge: each TCP connection is admitted (or answered) by [`Edge`] first.
+fn behind_edge<F>(
+    edge: Arc<Edge>,
+    http: F,
+) -> impl ServiceFactory<tokio::net::TcpStream, Config = (), Response = (), Error = F::Error, InitError = ()>
+where
+    F: ServiceFactory<(edge::Conn, Protocol, Option<SocketAddr>), Config = (), Response = (), InitError = ()> + 'static,
+    F::Service: 'static,
+{
+    let http = Rc::new(http);
+    fn_factory(move || {
+        let (edge, http) = (Arc::clone(&edge), Rc::clone(&http));
+        async move {
+            let service = Rc::new(http.new_service(()).await?);
+            Ok::<_, ()>(fn_service(move |io: tokio::net::TcpStream| {
+                let (edge, service) = (Arc::clone(&edge), Rc::clone(&service));
+                async move {
+                    // Chat frames are small and latency-bound: without this, a frame written
+                    // right after another waits for the client's delayed ACK (~40 ms).
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    match edge.admit(io).await {
+                        Some(conn) => service.call((conn, Protocol::Http1, peer)).await,
+                        None => Ok(()),
+                    }
+                }
+            }))
+        }
+    })
 }
 
 /// A started server.

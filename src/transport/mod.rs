@@ -1,8 +1,10 @@
-//! Transports: how frames reach channels. [`upgrade`] takes upgraded connections out of the HTTP
-//! server; the WebSocket endpoint (`/socket/websocket`) authenticates them and runs one
+//! Transports: how frames reach channels. [`edge`] admits every TCP connection (the connection
+//! limit, the first request head) before actix-http parses it; [`upgrade`] takes upgraded
+//! connections out of the HTTP server; the WebSocket endpoint (`/socket/websocket`) authenticates them and runs one
 //! [`socket::SocketSession`] actor per connection over [`ws_io`]'s framing. No SQL and no channel
 //! rules live here.
 
+pub mod edge;
 pub mod json_socket;
 pub mod socket;
 pub mod upgrade;

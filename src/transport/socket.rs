@@ -253,7 +253,9 @@ impl SocketSession {
                 return self.close(ctx, CloseCode::Unsupported, "binary frames need vsn 2.0.0");
             }
             Err(e) => {
-                tracing::info!(conn = self.conn(), error = %e, "closing socket on malformed frame");
+                if let Some(suppressed) = crate::logging::client_mistake() {
+                    tracing::info!(conn = self.conn(), error = %e, suppressed, "closing socket on malformed frame");
+                }
                 return self.close(ctx, CloseCode::Error, "malformed frame");
             }
         };
@@ -372,7 +374,9 @@ impl SocketSession {
             return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &Reply::error("topic too long"));
         }
         let Some(factory) = self.router.route(&topic).cloned() else {
-            tracing::info!(conn = self.conn(), topic, "join refused: unmatched topic");
+            if let Some(suppressed) = crate::logging::client_mistake() {
+                tracing::info!(conn = self.conn(), topic, suppressed, "join refused: unmatched topic");
+            }
             return self.reply(ctx, None, msg_ref.as_deref(), &topic, &Reply::error("unmatched topic"));
         };
         if !self.channels.contains_key(&topic) && self.channels.len() >= self.settings.max_channels {

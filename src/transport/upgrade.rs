@@ -16,9 +16,9 @@ use actix_web::web;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::json;
-use tokio::net::TcpStream;
 
 use super::TransportState;
+use super::edge::Conn;
 use super::json_socket::{self, JsonEndpoint};
 use super::websocket;
 use super::ws_io::{WsReader, WsWriter};
@@ -65,11 +65,16 @@ impl Upgrades {
     ///
     /// The error type is what actix-http's upgrade hook asks for; the only errors are the
     /// stream's own, while the handshake's answer is written.
-    pub async fn handle(self, req: Request, framed: Framed<TcpStream, h1::Codec>) -> Result<(), actix_http::Error> {
-        self.answer(req, framed).await.map_err(|e| actix_http::ws::ProtocolError::Io(e).into())
+    pub async fn handle(self, req: Request, framed: Framed<Conn, h1::Codec>) -> Result<(), actix_http::Error> {
+        // A handshake's only failures are the client's connection going away mid-answer: not
+        // the server's fault, so not an error for actix to log.
+        if let Err(e) = self.answer(req, framed).await {
+            tracing::debug!(error = %e, "upgrade answer not written");
+        }
+        Ok(())
     }
 
-    async fn answer(self, req: Request, mut framed: Framed<TcpStream, h1::Codec>) -> io::Result<()> {
+    async fn answer(self, req: Request, mut framed: Framed<Conn, h1::Codec>) -> io::Result<()> {
         let accepted = match (req.method() == Method::GET, req.path()) {
             (true, "/socket/websocket") => websocket::accept(&req, &self.phoenix).await,
             (true, "/json/websocket") => json_socket::accept(&req, &self.json),
@@ -83,8 +88,13 @@ impl Upgrades {
             Ok(accepted) => {
                 framed.send(h1::Message::Item((accepted.response, BodySize::None))).await?;
                 let parts = framed.into_parts();
-                let io = Arc::new(parts.io);
-                (accepted.start)(WsReader::new(Arc::clone(&io), parts.read_buf, accepted.max_bytes), WsWriter::new(io));
+                let (stream, unread_head, slot) = parts.io.into_parts();
+                // What actix-http had not yet taken of the edge's head comes before its buffer.
+                let mut already_read = unread_head;
+                already_read.extend_from_slice(&parts.read_buf);
+                let io = Arc::new(stream);
+                let reader = WsReader::new(Arc::clone(&io), already_read, accepted.max_bytes);
+                (accepted.start)(reader, WsWriter::new(io).holding(slot));
                 Ok(())
             }
             Err(refusal) => refuse(&mut framed, refusal).await,
@@ -93,7 +103,7 @@ impl Upgrades {
 }
 
 /// Sends the refusal as a JSON error response, then the connection closes.
-async fn refuse(framed: &mut Framed<TcpStream, h1::Codec>, refusal: Refusal) -> io::Result<()> {
+async fn refuse(framed: &mut Framed<Conn, h1::Codec>, refusal: Refusal) -> io::Result<()> {
     let body = Bytes::from(json!({ "error": refusal.code, "reason": refusal.reason }).to_string());
     let mut response = Response::with_body(refusal.status, ());
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

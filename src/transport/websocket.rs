@@ -57,7 +57,9 @@ pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<
     let identity = match state.authenticator.connect(&request).await {
         Ok(identity) => identity,
         Err(e @ ConnectError::Refused(_)) => {
-            tracing::info!(peer = ?request.peer, reason = %e, "socket refused");
+            if let Some(suppressed) = crate::logging::client_mistake() {
+                tracing::info!(peer = ?request.peer, reason = %e, suppressed, "socket refused");
+            }
             return Err(Refusal::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string()));
         }
         Err(e @ ConnectError::Unavailable(_)) => {

@@ -115,6 +115,11 @@ impl WsReader {
         if first & 0x70 != 0 || second & 0x80 == 0 || !matches!(opcode, 0x0..=0x2 | 0x8..=0xA) {
             return Ok(());
         }
+        // A control frame may not be fragmented (RFC 6455 §5.5). The codec would refuse it too,
+        // once the payload is in, but it logs each one as an error: a client could fill the log.
+        if first & 0x80 == 0 && opcode >= 0x8 {
+            return Err(ProtocolError::ContinuationFragment(actix_http::ws::OpCode::from(opcode)));
+        }
         let limit = match &self.partial {
             Some(partial) if opcode == OPCODE_CONTINUE => self.max_bytes.saturating_sub(partial.size),
             _ => self.max_bytes,
@@ -286,12 +291,20 @@ pub struct WsWriter {
     codec: Codec,
     buf: BytesMut,
     closed: bool,
+    /// The connection's place under the edge's limit, given up with the writer.
+    _slot: Option<super::edge::Slot>,
 }
 
 impl WsWriter {
     /// Writes server frames to `io`.
     pub fn new(io: Arc<TcpStream>) -> WsWriter {
-        WsWriter { io, codec: Codec::new(), buf: BytesMut::new(), closed: false }
+        WsWriter { io, codec: Codec::new(), buf: BytesMut::new(), closed: false, _slot: None }
+    }
+
+    /// Keeps `slot` (the connection's place under the edge's limit) until the writer is gone.
+    pub fn holding(mut self, slot: super::edge::Slot) -> WsWriter {
+        self._slot = Some(slot);
+        self
     }
 
     /// Sends a close frame, then lingers (see [`Self::linger`]) and gives up the writer.
@@ -397,7 +410,7 @@ mod proptests;
 mod tests {
     use std::time::Duration;
 
-    use actix_http::ws::CloseCode;
+    use actix_http::ws::{CloseCode, OpCode};
     use futures_util::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -554,6 +567,16 @@ mod tests {
         header.extend_from_slice(&[1, 2, 3, 4]);
         send(&mut client, &header).await;
         assert!(matches!(next(&mut reader).await, Some(Err(ProtocolError::Overflow))));
+    }
+
+    #[tokio::test]
+    async fn a_fragmented_ping_is_refused_from_its_header_before_the_codec_sees_it() {
+        let (mut client, server) = pair().await;
+        let mut reader = WsReader::new(server, BytesMut::new(), 1024);
+        // A masked ping without FIN, declaring 4 bytes; its payload never comes, so only an
+        // answer from the header can end this read (the codec would wait, then log an error).
+        send(&mut client, &[0x09, 0x80 | 4, 1, 2, 3, 4]).await;
+        assert!(matches!(next(&mut reader).await, Some(Err(ProtocolError::ContinuationFragment(OpCode::Ping)))));
     }
 
     /// A reader limited to `limit` bytes, sent one binary message of two 6-byte fragments by the

@@ -6,6 +6,7 @@ mod accounts;
 mod auth_limits;
 mod channel_lifecycle;
 mod connect;
+mod edge;
 mod limits;
 mod load;
 mod messaging;

@@ -367,7 +367,26 @@ pub fn spawn_binary(
     database: impl AsRef<std::ffi::OsStr>,
     extra_env: &[(&str, &str)],
 ) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+    spawn_command(std::process::Command::new(env!("CARGO_BIN_EXE_courier")), database, extra_env)
+}
+
+/// Like [`spawn_binary`], with the file-descriptor limit (soft and hard) set to `nofile`
+/// (util-linux's `prlimit`, which execs the binary in its own process).
+pub fn spawn_binary_with_fd_limit(
+    nofile: u64,
+    database: impl AsRef<std::ffi::OsStr>,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}")).arg("--").arg(env!("CARGO_BIN_EXE_courier"));
+    spawn_command(cmd, database, extra_env)
+}
+
+fn spawn_command(
+    mut cmd: std::process::Command,
+    database: impl AsRef<std::ffi::OsStr>,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, String, std::sync::mpsc::Receiver<String>) {
     cmd.args(["--bind", "127.0.0.1:0", "--database-url"])
         .arg(database)
         .stdout(std::process::Stdio::null())
