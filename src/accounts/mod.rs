@@ -48,6 +48,18 @@ pub struct SessionInfo {
     /// A public name for the session (not the token, nor its stored digest): sockets that it
     /// authenticated are told by this id when it ends.
     pub session_id: String,
+    /// The stored digest, to look the session up again (see [`Accounts::session_live`]).
+    pub digest: SessionDigest,
+}
+
+/// A session's stored digest: it finds the session without the token, so it is not printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionDigest(Vec<u8>);
+
+impl std::fmt::Debug for SessionDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionDigest(..)")
+    }
 }
 
 /// Told whenever a session ends before its expiry (sign-out, revocation), so the sockets that
@@ -328,7 +340,24 @@ impl Accounts {
             device_id: row.device_id,
             expires_at: row.expires_at,
             session_id,
+            digest: SessionDigest(row.token_hash),
         })
+    }
+
+    /// Whether the session is still live: not signed out, revoked, expired, nor its user deleted.
+    /// A socket asks once it listens for the session's end, so an end announced between its
+    /// handshake and its subscription still closes it. A failed lookup counts as live (the
+    /// socket is not closed for the database's fault).
+    pub async fn session_live(&self, digest: &SessionDigest) -> bool {
+        let digest = digest.0.clone();
+        match self.store().run(move |conn| store::sessions::find(conn, &digest)).await {
+            Ok(Some((row, _))) => row.revoked_at.is_none() && self.now_millis() < row.expires_at,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "session recheck failed; keeping the socket");
+                true
+            }
+        }
     }
 
     /// Revokes a live session (sign out); the token is refused from then on.
@@ -352,6 +381,27 @@ impl Accounts {
         let now = self.now_millis();
         let revoked =
             self.with_user_id(username, move |conn, id| store::sessions::revoke_all_of(conn, id, now)).await?;
+        for digest in &revoked {
+            self.session_ended(&token::session_id(digest));
+        }
+        Ok(revoked.len())
+    }
+
+    /// Deletes `username` (an operator's action): its sessions are revoked and the sockets they
+    /// authenticated closed, its devices, contacts, invites and queued frames deleted, and the
+    /// account left as a tombstone, so the name stays taken and signs in no more. The messages
+    /// it exchanged stay in its peers' logs. Returns how many sessions it revoked.
+    pub async fn delete_user(&self, username: &str) -> Result<usize, AccountError> {
+        let username = validate::username(username)?;
+        let now = self.now_millis();
+        let revoked = self
+            .store()
+            .write(move |conn| {
+                let Some(id) = store::users::id_of(conn, &username)? else { return Ok(None) };
+                store::users::delete(conn, &id, now)
+            })
+            .await?
+            .ok_or(AccountError::NoSuchUser)?;
         for digest in &revoked {
             self.session_ended(&token::session_id(digest));
         }

@@ -1,9 +1,11 @@
 //! The production socket authenticator: a session token (from `token=` or phoenix.js's
 //! `authToken` subprotocol) and an optional `device` param identify the user and device.
 
+use std::sync::Arc;
+
 use futures_util::future::LocalBoxFuture;
 
-use super::socket::{ConnectError, ConnectRequest, SessionGrant, SocketAuthenticator, SocketIdentity};
+use super::socket::{ConnectError, ConnectRequest, SessionCheck, SessionGrant, SocketAuthenticator, SocketIdentity};
 use crate::accounts::{Accounts, SessionEnds, SessionInfo};
 use crate::protocol::Payload;
 use crate::pubsub::PubSub;
@@ -21,7 +23,17 @@ pub fn session_topic(session_id: &str) -> String {
 
 /// How a socket authenticated by `info` learns that the session ended or expired.
 pub fn session_grant(accounts: &Accounts, info: &SessionInfo) -> SessionGrant {
-    SessionGrant { topic: session_topic(&info.session_id), expires_at: info.expires_at, clock: accounts.clock() }
+    let (checker, digest) = (accounts.clone(), info.digest.clone());
+    let still_live: SessionCheck = Arc::new(move || {
+        let (accounts, digest) = (checker.clone(), digest.clone());
+        Box::pin(async move { accounts.session_live(&digest).await })
+    });
+    SessionGrant {
+        topic: session_topic(&info.session_id),
+        expires_at: info.expires_at,
+        clock: accounts.clock(),
+        still_live: Some(still_live),
+    }
 }
 
 /// Announces ended sessions through pub/sub, so their sockets close on every node.

@@ -19,7 +19,10 @@ use futures_util::future::LocalBoxFuture;
 
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, PubSub, SubscriberId};
-pub use socket::{AnonymousSockets, ConnectError, ConnectRequest, SocketAuthenticator, SocketIdentity, SocketInfo};
+pub use socket::{
+    AnonymousSockets, ConnectError, ConnectRequest, SessionCheck, SessionGrant, SocketAuthenticator, SocketIdentity,
+    SocketInfo,
+};
 
 /// A reply to a client push: `{"status": status, "response": response}`.
 #[derive(Debug, Clone)]

@@ -48,7 +48,12 @@ pub struct SessionGrant {
     pub expires_at: i64,
     /// The clock the accounts decide expiry by.
     pub clock: Arc<dyn Clock>,
+    /// Asks whether the session is still live; the socket asks once it listens on `topic`.
+    pub still_live: Option<SessionCheck>,
 }
+
+/// A check of whether a session is still live (see [`SessionGrant::still_live`]).
+pub type SessionCheck = Arc<dyn Fn() -> LocalBoxFuture<'static, bool> + Send + Sync>;
 
 impl SessionGrant {
     /// Whether the session has expired.
@@ -60,6 +65,14 @@ impl SessionGrant {
     pub fn remaining(&self) -> std::time::Duration {
         let left = self.expires_at.saturating_sub(self.clock.now_millis());
         std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// Whether the session is still live, by `still_live` (live when there is no check).
+    pub fn recheck(&self) -> LocalBoxFuture<'static, bool> {
+        match &self.still_live {
+            Some(check) => check(),
+            None => Box::pin(std::future::ready(true)),
+        }
     }
 }
 

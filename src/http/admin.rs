@@ -35,7 +35,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/admin/stats", web::get().to(stats))
         .route("/admin/sockets/disconnect", web::post().to(disconnect))
-        .route("/admin/sessions/revoke", web::post().to(revoke_sessions));
+        .route("/admin/sessions/revoke", web::post().to(revoke_sessions))
+        .route("/admin/users/delete", web::post().to(delete_user));
 }
 
 async fn health(state: web::Data<AdminState>) -> HttpResponse {
@@ -115,8 +116,20 @@ async fn disconnect(req: HttpRequest, state: web::Data<AdminState>, payload: web
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeRequest {
+struct UsernameRequest {
     username: String,
+}
+
+/// Authorizes, then reads a `{"username"}` body.
+async fn username_body(req: &HttpRequest, state: &AdminState, payload: web::Payload) -> Result<String, HttpResponse> {
+    authorize(req, state)?;
+    Ok(json_body::<UsernameRequest>(payload).await?.username)
+}
+
+fn account_error(e: &crate::accounts::AccountError) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(e.http_status())
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(json!({ "error": e.code(), "reason": e.to_string() }))
 }
 
 /// Revokes every live session of a user; the sockets they authenticated close with 1001.
@@ -126,22 +139,35 @@ async fn revoke_sessions(
     accounts: web::Data<Accounts>,
     payload: web::Payload,
 ) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
-        return denied;
-    }
-    let body: RevokeRequest = match json_body(payload).await {
-        Ok(body) => body,
+    let username = match username_body(&req, &state, payload).await {
+        Ok(username) => username,
         Err(refused) => return refused,
     };
-    match accounts.revoke_sessions(&body.username).await {
+    match accounts.revoke_sessions(&username).await {
         Ok(revoked) => {
-            tracing::info!(user = body.username, revoked, "sessions revoked");
-            HttpResponse::Ok().json(json!({ "username": body.username, "revoked": revoked }))
+            tracing::info!(user = username, revoked, "sessions revoked");
+            HttpResponse::Ok().json(json!({ "username": username, "revoked": revoked }))
         }
-        Err(e) => {
-            let status = actix_web::http::StatusCode::from_u16(e.http_status())
-                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-            HttpResponse::build(status).json(json!({ "error": e.code(), "reason": e.to_string() }))
+        Err(e) => account_error(&e),
+    }
+}
+
+/// Deletes a user (see `Accounts::delete_user`); the sockets their sessions opened close with 1001.
+async fn delete_user(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    accounts: web::Data<Accounts>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let username = match username_body(&req, &state, payload).await {
+        Ok(username) => username,
+        Err(refused) => return refused,
+    };
+    match accounts.delete_user(&username).await {
+        Ok(revoked) => {
+            tracing::info!(user = username, revoked, "user deleted");
+            HttpResponse::Ok().json(json!({ "username": username, "deleted": true, "revoked": revoked }))
         }
+        Err(e) => account_error(&e),
     }
 }

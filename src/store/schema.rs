@@ -8,6 +8,7 @@ diesel::table! {
         password_hash -> Text,
         created_at -> BigInt,
         username_key -> Nullable<Text>,
+        deleted_at -> Nullable<BigInt>,
     }
 }
 

@@ -29,11 +29,13 @@ pub fn insert(conn: &mut DbConnection, row: &SessionRow) -> Result<(), StoreErro
     Ok(())
 }
 
-/// The session with this digest and its owner's username.
+/// The session with this digest and its owner's username; none when the owner is deleted (a
+/// sign-in that raced the deletion may have stored a session after the revocation).
 pub fn find(conn: &mut DbConnection, token_hash: &[u8]) -> Result<Option<(SessionRow, String)>, StoreError> {
     Ok(sessions::table
         .inner_join(users::table)
         .filter(sessions::token_hash.eq(token_hash))
+        .filter(users::deleted_at.is_null())
         .select((SessionRow::as_select(), users::username))
         .get_result(conn)
         .optional()?)

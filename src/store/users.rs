@@ -1,9 +1,13 @@
 //! Queries on `users`: one row per account, keyed by a TEXT id, unique by username and by the
 //! username's comparison key (computed by the accounts layer, which passes it in).
+//!
+//! A deleted account is a tombstone (`deleted_at` set, password hash wiped): every lookup that
+//! means "this user exists" skips it, while its name and key stay taken, so no one can sign up
+//! into the conversations its peers still hold.
 
 use diesel::prelude::*;
 
-use super::schema::users;
+use super::schema::{contacts, devices, invites, pending_messages, users};
 use super::{DbConnection, Millis, StoreError};
 
 /// A stored account.
@@ -29,9 +33,14 @@ pub fn insert(conn: &mut DbConnection, row: &UserRow) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// The user with this exact username, if any.
+/// The live user with this exact username, if any.
 pub fn find_by_username(conn: &mut DbConnection, username: &str) -> Result<Option<UserRow>, StoreError> {
-    Ok(users::table.filter(users::username.eq(username)).select(UserRow::as_select()).get_result(conn).optional()?)
+    Ok(live().filter(users::username.eq(username)).select(UserRow::as_select()).get_result(conn).optional()?)
+}
+
+/// Accounts that are not deleted.
+fn live() -> diesel::dsl::Filter<users::table, diesel::dsl::IsNull<users::deleted_at>> {
+    users::table.filter(users::deleted_at.is_null())
 }
 
 /// The user a sign-in names: the one with exactly this username, else the one holding `key`.
@@ -39,13 +48,14 @@ pub fn find_for_signin(conn: &mut DbConnection, username: &str, key: &str) -> Re
     if let Some(user) = find_by_username(conn, username)? {
         return Ok(Some(user));
     }
-    Ok(users::table.filter(users::username_key.eq(key)).select(UserRow::as_select()).get_result(conn).optional()?)
+    Ok(live().filter(users::username_key.eq(key)).select(UserRow::as_select()).get_result(conn).optional()?)
 }
 
-/// Whether an account holds this comparison key, or has this exact username.
+/// Whether an account, live or deleted, holds this comparison key or has this exact username.
 pub fn name_taken(conn: &mut DbConnection, username: &str, key: &str) -> Result<bool, StoreError> {
     let by_key = users::table.filter(users::username_key.eq(key)).select(users::id).get_result::<String>(conn);
-    Ok(by_key.optional()?.is_some() || exists(conn, username)?)
+    let by_name = users::table.filter(users::username.eq(username)).select(users::id).get_result::<String>(conn);
+    Ok(by_key.optional()?.is_some() || by_name.optional()?.is_some())
 }
 
 /// Rows read per step of [`backfill_keys`].
@@ -85,9 +95,9 @@ pub fn backfill_keys(conn: &mut DbConnection, key_of: impl Fn(&str) -> String) -
     Ok((set, clashing))
 }
 
-/// The id of the user with this username, if any.
+/// The id of the live user with this username, if any.
 pub fn id_of(conn: &mut DbConnection, username: &str) -> Result<Option<String>, StoreError> {
-    Ok(users::table.filter(users::username.eq(username)).select(users::id).get_result(conn).optional()?)
+    Ok(live().filter(users::username.eq(username)).select(users::id).get_result(conn).optional()?)
 }
 
 /// Whether a user with this username exists.
@@ -95,7 +105,28 @@ pub fn exists(conn: &mut DbConnection, username: &str) -> Result<bool, StoreErro
     Ok(id_of(conn, username)?.is_some())
 }
 
-/// Number of accounts.
+/// Number of live accounts.
 pub fn count(conn: &mut DbConnection) -> Result<i64, StoreError> {
-    Ok(users::table.count().get_result(conn)?)
+    Ok(live().count().get_result(conn)?)
+}
+
+/// Deletes the live account `user_id` at `now`, in the caller's transaction: revokes its
+/// sessions (returning their digests, so the sockets they opened can be closed), deletes its
+/// devices, contacts both ways, invites both ways and queued frames, and leaves a tombstone.
+/// `None` when there is no such live account.
+pub fn delete(conn: &mut DbConnection, user_id: &str, now: Millis) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+    let tombstoned = diesel::update(live().filter(users::id.eq(user_id)))
+        .set((users::deleted_at.eq(Some(now)), users::password_hash.eq("")))
+        .execute(conn)?;
+    if tombstoned == 0 {
+        return Ok(None);
+    }
+    let revoked = super::sessions::revoke_all_of(conn, user_id, now)?;
+    diesel::delete(devices::table.filter(devices::user_id.eq(user_id))).execute(conn)?;
+    diesel::delete(contacts::table.filter(contacts::user_id.eq(user_id).or(contacts::contact_id.eq(user_id))))
+        .execute(conn)?;
+    diesel::delete(invites::table.filter(invites::from_user.eq(user_id).or(invites::to_user.eq(user_id))))
+        .execute(conn)?;
+    diesel::delete(pending_messages::table.filter(pending_messages::user_id.eq(user_id))).execute(conn)?;
+    Ok(Some(revoked))
 }

@@ -163,13 +163,21 @@ impl JsonConnection {
             act.close(ctx, CloseCode::Away, "session expired");
         }));
         let (pubsub, recipient, id) = (self.pubsub.clone(), ctx.address().recipient::<Deliver>(), self.id);
+        // Asked again once subscribed: an end announced before the subscription still counts.
         ctx.wait(
             async move {
                 if let Err(e) = pubsub.subscribe(&grant.topic, id, recipient).await {
                     tracing::warn!(conn = id, error = %e, "json session subscription failed");
                 }
+                grant.recheck().await
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|live, act, ctx| {
+                if !live {
+                    tracing::info!(conn = act.id, "closing json socket: its session ended before it listened");
+                    act.close(ctx, CloseCode::Away, "session ended");
+                }
+            }),
         );
     }
 

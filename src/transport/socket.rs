@@ -513,7 +513,9 @@ impl Actor for SocketSession {
             self.info.identity.socket_id.iter().cloned().chain(session.as_ref().map(|s| s.topic.clone())).collect();
         if !control_topics.is_empty() {
             let (pubsub, recipient, conn) = (self.pubsub.clone(), Self::recipient(ctx), self.conn());
-            // Waited on, so a disconnect broadcast right after connect is not missed.
+            let recheck = session.clone();
+            // Waited on, so a disconnect broadcast right after connect is not missed; then the
+            // session is asked once more, for an end announced before the subscription.
             ctx.wait(
                 async move {
                     for topic in control_topics {
@@ -521,8 +523,18 @@ impl Actor for SocketSession {
                             tracing::warn!(conn, error = %e, "socket control subscription failed");
                         }
                     }
+                    match recheck {
+                        Some(grant) => grant.recheck().await,
+                        None => true,
+                    }
                 }
-                .into_actor(self),
+                .into_actor(self)
+                .map(|live, act, ctx| {
+                    if !live {
+                        tracing::info!(conn = act.conn(), "closing socket: its session ended before it listened");
+                        act.close(ctx, CloseCode::Away, "session ended");
+                    }
+                }),
             );
         }
         if let Some(session) = session {

@@ -1,9 +1,14 @@
-//! Sessions end their sockets: sign-out, an operator's revocation and expiry close every socket
-//! the session authenticated (1001, so clients re-authenticate), on both endpoints.
+//! Sessions end their sockets: sign-out, an operator's revocation, user deletion and expiry close
+//! every socket the session authenticated (1001, so clients re-authenticate), on both endpoints.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier::accounts::SystemClock;
+use courier::channels::{
+    ConnectError, ConnectRequest, SessionCheck, SessionGrant, SocketAuthenticator, SocketIdentity,
+};
+use futures_util::future::LocalBoxFuture;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
@@ -154,4 +159,72 @@ async fn an_auth_token_that_does_not_decode_or_disagrees_with_the_query_is_refus
             .await
             .expect("agreeing tokens connect");
     join_inbox(&mut c, "user:hank").await;
+}
+
+on_both_backends!(deleting_a_user_closes_their_sockets_and_keeps_their_name_taken, delete_user);
+async fn delete_user(db: Arc<TestDb>) {
+    let mut config = test_config();
+    config.admin.token = Some("admin-secret".into());
+    let server = TestServer::start_on(db, config, |c| c);
+    let token = signup(&server, "ivan").await;
+    let judy = signup(&server, "judy").await;
+    let mut phone = Client::connect(&server.url(&format!("vsn=2.0.0&token={token}&device=phone"))).await;
+    join_inbox(&mut phone, "user:ivan").await;
+    let mut json_socket = json_subscribed(&server, &token).await;
+    let mut bystander = Client::connect(&server.url(&format!("vsn=2.0.0&token={judy}&device=laptop"))).await;
+    join_inbox(&mut bystander, "user:judy").await;
+
+    let headers = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
+    let delete = json!({"username": "ivan"}).to_string();
+    let (status, reply) = http(server.addr, "POST", "/admin/users/delete", &headers, &delete).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!((reply["deleted"].as_bool(), reply["revoked"].as_u64()), (Some(true), Some(1)), "{reply}");
+    assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
+    assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
+    heartbeat_ok(&mut bystander).await;
+
+    match Client::try_connect(&server.url(&format!("vsn=2.0.0&token={token}")), &[]).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
+        other => panic!("a deleted user's token connected: {:?}", other.map(|_| ())),
+    }
+    let signin = json!({"username": "ivan", "password": "correct horse battery"}).to_string();
+    let (status, reply) =
+        http(server.addr, "POST", "/api/signin", &[("Content-Type", "application/json")], &signin).await;
+    assert_eq!(status, 404, "{reply}");
+    let (status, reply) =
+        http(server.addr, "POST", "/api/signup", &[("Content-Type", "application/json")], &signin).await;
+    assert_eq!(status, 409, "the name stays taken: {reply}");
+    bystander.send(json!(["1", "2", "user:judy", "message", message("to-ivan", "ivan", "hello?")])).await;
+    let reply = bystander.recv_json().await;
+    assert_eq!(reply[4]["status"], "error", "a message to a deleted user is refused: {reply}");
+    let (status, reply) = http(server.addr, "POST", "/admin/users/delete", &headers, &delete).await;
+    assert_eq!(status, 404, "{reply}");
+    let (status, _) = http(server.addr, "POST", "/admin/users/delete", &[], &delete).await;
+    assert_eq!(status, 401, "deletion needs the admin token");
+}
+
+/// Authenticates every socket with a session that has already ended by the time it listens.
+struct EndedBeforeListening;
+
+impl SocketAuthenticator for EndedBeforeListening {
+    fn connect(&self, _request: &ConnectRequest) -> LocalBoxFuture<'static, Result<SocketIdentity, ConnectError>> {
+        let ended: SessionCheck = Arc::new(|| Box::pin(std::future::ready(false)));
+        let session = SessionGrant {
+            topic: "session:ended-in-between".into(),
+            expires_at: i64::MAX,
+            clock: Arc::new(SystemClock),
+            still_live: Some(ended),
+        };
+        let identity =
+            SocketIdentity { socket_id: None, user: Some("kim".into()), device: None, session: Some(session) };
+        Box::pin(std::future::ready(Ok(identity)))
+    }
+}
+
+#[tokio::test]
+async fn a_session_that_ended_between_the_handshake_and_the_subscription_still_closes_its_socket() {
+    let server = TestServer::start_with(test_config(), |c| c.authenticator(EndedBeforeListening));
+    let mut c = server.client().await;
+    assert_eq!(closed(&mut c).await, (1001, "session ended".into()));
 }

@@ -22,6 +22,7 @@ backend_tests!(
     concurrent_signups_pick_one_winner,
     pending_queue_in_order_and_bounded,
     purge_removes_ended_sessions,
+    deleting_a_user_leaves_a_tombstone_and_ends_its_sessions,
 );
 
 async fn signup_then_verify(db: &TestDb) {
@@ -242,4 +243,73 @@ async fn purge_removes_ended_sessions(db: &TestDb) {
     assert_eq!(accounts.purge_sessions(0).await.unwrap(), 2);
     assert!(matches!(accounts.verify_session(old.as_str()).await, Err(AccountError::BadToken)));
     assert!(accounts.verify_session(live.as_str()).await.is_ok());
+}
+
+async fn deleting_a_user_leaves_a_tombstone_and_ends_its_sessions(db: &TestDb) {
+    let accounts = db.accounts(config());
+    let token = accounts.signup("mallory", PW, HashAlgorithm::Argon2id).await.unwrap();
+    let second = accounts.signin("mallory", PW).await.unwrap();
+    accounts.signup("trent", PW, HashAlgorithm::Argon2id).await.unwrap();
+    accounts.register_device("mallory", "phone").await.unwrap();
+    accounts.invite_request("mallory", "trent").await.unwrap();
+    accounts.invite_accept("trent", "mallory").await.unwrap();
+    accounts.signup("peggy", PW, HashAlgorithm::Argon2id).await.unwrap();
+    accounts.signup("victor", PW, HashAlgorithm::Argon2id).await.unwrap();
+    accounts.invite_request("peggy", "mallory").await.unwrap();
+    accounts.invite_request("mallory", "victor").await.unwrap();
+    accounts.queue_message("mallory", "{}").await.unwrap();
+    let info = accounts.verify_session(token.as_str()).await.unwrap();
+    assert!(accounts.session_live(&info.digest).await);
+    let before = db.open().run(store::users::count).await.unwrap();
+
+    assert_eq!(accounts.delete_user("mallory").await.unwrap(), 2, "both live sessions revoked");
+    assert!(!accounts.session_live(&info.digest).await, "a deleted user's session is not live");
+    for t in [&token, &second] {
+        assert!(accounts.verify_session(t.as_str()).await.is_err());
+    }
+    assert!(!accounts.user_exists("mallory").await.unwrap());
+    assert!(matches!(accounts.signin("mallory", PW).await, Err(AccountError::NoSuchUser)));
+    // The name and its key stay taken.
+    for name in ["mallory", "MALLORY"] {
+        let err = accounts.signup(name, PW, HashAlgorithm::Argon2id).await.unwrap_err();
+        assert!(matches!(err, AccountError::UserInUse), "{name}: {err:?}");
+    }
+    assert!(!accounts.are_contacts("trent", "mallory").await.unwrap_or(false));
+    assert!(accounts.contacts("trent").await.unwrap().is_empty(), "contacts go both ways");
+    assert!(accounts.pending_invites("victor").await.unwrap().is_empty(), "invites from the deleted user go");
+    assert!(matches!(accounts.devices("mallory").await, Err(AccountError::NoSuchUser)));
+    assert!(matches!(accounts.delete_user("mallory").await, Err(AccountError::NoSuchUser)), "deleted once");
+    assert_eq!(db.open().run(store::users::count).await.unwrap(), before - 1);
+    let tombstones = count_rows(
+        db,
+        "SELECT COUNT(*) AS n FROM users WHERE username = 'mallory' AND password_hash = '' AND deleted_at IS NOT NULL",
+    )
+    .await;
+    let invites_to_her = count_rows(
+        db,
+        "SELECT COUNT(*) AS n FROM invites WHERE to_user IN (SELECT id FROM users WHERE username = 'mallory')",
+    )
+    .await;
+    assert_eq!(invites_to_her, 0, "invites to the deleted user go");
+    let wiped = tombstones;
+    assert_eq!(wiped, 1, "the tombstone keeps the name and wipes the password hash");
+}
+
+/// The single `n` a `SELECT COUNT(*) AS n ...` returns, on either backend.
+async fn count_rows(db: &TestDb, sql: &'static str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let found = db
+        .open()
+        .run(move |c| match c {
+            store::DbConnection::Sqlite(c) => Ok(diesel::sql_query(sql).get_result::<Count>(c)?),
+            store::DbConnection::Pg(c) => Ok(diesel::sql_query(sql).get_result::<Count>(c)?),
+        })
+        .await
+        .unwrap();
+    found.n
 }

@@ -16,7 +16,7 @@ async fn schema_matches_migrations(db: &TestDb) {
     // Selecting every declared column with its declared type fails if a name or type drifted.
     let counts = store
         .run(|c| {
-            let u: Vec<(String, String, String, i64, Option<String>)> =
+            let u: Vec<(String, String, String, i64, Option<String>, Option<i64>)> =
                 users::table.select(users::all_columns).load(c)?;
             let d: Vec<(String, String, i64, i64)> = devices::table.select(devices::all_columns).load(c)?;
             let s: Vec<SessionColumns> = sessions::table.select(sessions::all_columns).load(c)?;

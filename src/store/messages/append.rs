@@ -254,10 +254,11 @@ fn append_sqlite(
 
 /// `store::users::exists` on the inner SQLite connection this path holds.
 fn user_exists(c: &mut SqliteConnection, username: &str) -> Result<bool, StoreError> {
-    let found: Option<String> = Statement::<Sqlite, Text>::new("SELECT username FROM users WHERE username = ?")
-        .bind::<Text, _>(username)
-        .get_result(c)
-        .optional()?;
+    let found: Option<String> =
+        Statement::<Sqlite, Text>::new("SELECT username FROM users WHERE username = ? AND deleted_at IS NULL")
+            .bind::<Text, _>(username)
+            .get_result(c)
+            .optional()?;
     Ok(found.is_some())
 }
 
@@ -298,7 +299,7 @@ fn insert_sqlite(c: &mut SqliteConnection, row: &MessageRow) -> Result<(), Store
 /// new database kept scanning all of `messages` (0.8 ms a batch after 10 s, and growing).
 const LOOKUP_PG: &str = concat!(
     "SELECT username, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL ",
-    "FROM users WHERE username = ANY(?) ",
+    "FROM users WHERE username = ANY(?) AND deleted_at IS NULL ",
     "UNION ALL SELECT NULL, ",
     message_columns!(),
     " FROM messages WHERE (sender, client_id) IN (SELECT * FROM unnest(?, ?))"
