@@ -275,8 +275,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_setting() {
-        let mut c = Config::default();
-        c.bind = "nope".into();
+        let c = Config { bind: "nope".into(), ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("bind"));
         let mut c = Config::default();
         c.socket.max_topic_bytes = 300;

@@ -6,11 +6,13 @@
 //! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
 //! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
-//! clients get wrong out of the error log.
+//! clients get wrong out of the error log; `error` is the one table of error codes every
+//! module's error enum maps into.
 
 pub mod accounts;
 pub mod channels;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod logging;
 pub mod messaging;

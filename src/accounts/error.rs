@@ -1,53 +1,8 @@
-//! `AccountError` and the single table mapping it to seed-002 `resp_code`s, stable snake_case
-//! codes and HTTP statuses.
+//! `AccountError`, and which of the crate's error codes ([`crate::error::Code`]) each variant is.
 
+use crate::error::Code;
+pub use crate::error::RespCode;
 use crate::store::StoreError;
-
-/// Seed-002 status codes (0–6) plus Courier's own (7 and up) for failures the seed leaves open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum RespCode {
-    /// 0: the request succeeded.
-    Success = 0,
-    /// 1: the session token is unknown, expired or revoked.
-    BadToken = 1,
-    /// 2: the username is taken.
-    UserInUse = 2,
-    /// 3: the requested password hash is not offered.
-    HashNotAvailable = 3,
-    /// 4: the requested cipher is not offered.
-    CipherNotAvailable = 4,
-    /// 5: no user has that name.
-    NoSuchUser = 5,
-    /// 6: the password does not match.
-    WrongPassword = 6,
-    /// 7 (Courier): a field is missing its rules (length, characters).
-    InvalidInput = 7,
-    /// 8 (Courier): the thing referred to (an invite) does not exist.
-    NotFound = 8,
-    /// 9 (Courier): the request conflicts with existing state (already contacts).
-    Conflict = 9,
-    /// 10 (Courier): the session may not do this (not contacts, wrong `source`).
-    Forbidden = 10,
-    /// 11 (Courier): a quota is full (too many queued messages, too many sign-in attempts).
-    LimitExceeded = 11,
-    /// 12 (Courier): the server failed; details are logged, not sent.
-    Internal = 12,
-    /// 13 (Courier): the server is too busy hashing passwords; retry shortly.
-    Busy = 13,
-}
-
-impl RespCode {
-    /// The number sent as `resp_code`.
-    pub fn as_u8(self) -> u8 {
-        self as u8
-    }
-
-    /// Whether this code is one of the seed's own (0–6); Courier's extra codes carry a `reason`.
-    pub fn is_seed_code(self) -> bool {
-        self.as_u8() <= 6
-    }
-}
 
 /// Everything an accounts operation can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -129,17 +84,17 @@ impl AccountError {
 
     /// The seed-002 `resp_code` for this error.
     pub fn resp_code(&self) -> RespCode {
-        self.wire().0
+        self.wire_code().resp_code()
     }
 
     /// A stable snake_case name for this error, used as `error` in HTTP bodies.
     pub fn code(&self) -> &'static str {
-        self.wire().1
+        self.wire_code().as_str()
     }
 
     /// The HTTP status this error maps to.
     pub fn http_status(&self) -> u16 {
-        self.wire().2
+        self.wire_code().http_status()
     }
 
     /// Text safe to show a client: internal failures are not described.
@@ -164,28 +119,41 @@ impl AccountError {
         self.resp_code() == RespCode::Internal
     }
 
-    // The one table: resp_code, snake_case code, HTTP status.
-    fn wire(&self) -> (RespCode, &'static str, u16) {
+    /// The crate-level code of this error.
+    pub fn wire_code(&self) -> Code {
         use AccountError::*;
         match self {
-            BadToken => (RespCode::BadToken, "bad_token", 401),
-            SessionExpired => (RespCode::BadToken, "session_expired", 401),
-            SessionRevoked => (RespCode::BadToken, "session_revoked", 401),
-            UserInUse => (RespCode::UserInUse, "user_in_use", 409),
-            HashNotAvailable(_) => (RespCode::HashNotAvailable, "hash_not_available", 400),
-            CipherNotAvailable(_) => (RespCode::CipherNotAvailable, "cipher_not_available", 400),
-            NoSuchUser => (RespCode::NoSuchUser, "no_such_user", 404),
-            WrongPassword => (RespCode::WrongPassword, "wrong_password", 401),
-            InvalidInput { .. } => (RespCode::InvalidInput, "invalid_input", 400),
-            NoSuchInvite => (RespCode::NotFound, "no_such_invite", 404),
-            AlreadyContacts => (RespCode::Conflict, "already_contacts", 409),
-            NotContacts => (RespCode::Forbidden, "not_contacts", 403),
-            SourceMismatch => (RespCode::Forbidden, "source_mismatch", 403),
-            QueueFull => (RespCode::LimitExceeded, "queue_full", 429),
-            RateLimited { .. } => (RespCode::LimitExceeded, "rate_limited", 429),
-            Busy => (RespCode::Busy, "busy", 503),
-            MixedScript(_) => (RespCode::InvalidInput, "mixed_script_username", 400),
-            Hashing(_) | Store(_) => (RespCode::Internal, "internal", 500),
+            BadToken => Code::BadToken,
+            SessionExpired => Code::SessionExpired,
+            SessionRevoked => Code::SessionRevoked,
+            UserInUse => Code::UserInUse,
+            HashNotAvailable(_) => Code::HashNotAvailable,
+            CipherNotAvailable(_) => Code::CipherNotAvailable,
+            NoSuchUser => Code::NoSuchUser,
+            WrongPassword => Code::WrongPassword,
+            InvalidInput { .. } => Code::InvalidInput,
+            NoSuchInvite => Code::NoSuchInvite,
+            AlreadyContacts => Code::AlreadyContacts,
+            NotContacts => Code::NotContacts,
+            SourceMismatch => Code::SourceMismatch,
+            QueueFull => Code::QueueFull,
+            RateLimited { .. } => Code::RateLimited,
+            Busy => Code::Busy,
+            MixedScript(_) => Code::MixedScriptUsername,
+            Hashing(_) | Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<AccountError> for crate::error::Error {
+    fn from(err: AccountError) -> Self {
+        if err.is_internal() {
+            tracing::error!(error = %err, "accounts request failed");
+        }
+        let refused = crate::error::Error::new(err.wire_code(), err.public_reason());
+        match err.retry_after_secs() {
+            Some(secs) => refused.retry_after(secs),
+            None => refused,
         }
     }
 }

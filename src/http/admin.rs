@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::accounts::Accounts;
+use crate::error::{Code, Error};
 use crate::protocol::Payload;
 use crate::pubsub::PubSub;
 use crate::transport::Sockets;
@@ -43,10 +44,9 @@ async fn health(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok", "node": state.node }))
 }
 
-fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> {
+fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), Error> {
     let Some(expected) = state.token.as_deref() else {
-        return Err(HttpResponse::Forbidden()
-            .json(json!({ "error": "admin_disabled", "reason": "set admin.token in the config to enable /admin" })));
+        return Err(Error::new(Code::AdminDisabled, "set admin.token in the config to enable /admin"));
     };
     let presented =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
@@ -54,19 +54,12 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), HttpResponse> 
     let matches = presented.is_some_and(|p| {
         p.len() == expected.len() && p.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     });
-    if matches {
-        Ok(())
-    } else {
-        Err(HttpResponse::Unauthorized()
-            .json(json!({ "error": "unauthorized", "reason": "bad or missing admin token" })))
-    }
+    if matches { Ok(()) } else { Err(Error::new(Code::Unauthorized, "bad or missing admin token")) }
 }
 
-async fn stats(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
-        return denied;
-    }
-    HttpResponse::Ok().json(json!({ "sockets": state.sockets.live(), "node": state.node }))
+async fn stats(req: HttpRequest, state: web::Data<AdminState>) -> Result<HttpResponse, Error> {
+    authorize(&req, &state)?;
+    Ok(HttpResponse::Ok().json(json!({ "sockets": state.sockets.live(), "node": state.node })))
 }
 
 #[derive(Deserialize)]
@@ -79,39 +72,32 @@ struct DisconnectRequest {
 const BODY_LIMIT: usize = 16 * 1024;
 
 /// Reads and parses a JSON body, only ever called after [`authorize`]; errors are JSON 400/413.
-async fn json_body<T: DeserializeOwned>(mut payload: web::Payload) -> Result<T, HttpResponse> {
+async fn json_body<T: DeserializeOwned>(mut payload: web::Payload) -> Result<T, Error> {
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            HttpResponse::BadRequest()
-                .json(json!({ "error": "bad_request", "reason": format!("reading the body: {e}") }))
-        })?;
+        let chunk = chunk.map_err(|e| Error::new(Code::BadRequest, format!("reading the body: {e}")))?;
         if body.len() + chunk.len() > BODY_LIMIT {
-            return Err(HttpResponse::PayloadTooLarge().json(
-                json!({ "error": "body_too_large", "reason": format!("request body exceeds {BODY_LIMIT} bytes") }),
-            ));
+            return Err(Error::new(Code::BodyTooLarge, format!("request body exceeds {BODY_LIMIT} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| HttpResponse::BadRequest().json(json!({ "error": "invalid_json", "reason": e.to_string() })))
+    serde_json::from_slice(&body).map_err(|e| Error::new(Code::InvalidJson, e.to_string()))
 }
 
 /// Closes every socket whose socket id is `id` (code 1001), on every node.
-async fn disconnect(req: HttpRequest, state: web::Data<AdminState>, payload: web::Payload) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
-        return denied;
-    }
-    let body: DisconnectRequest = match json_body(payload).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
+async fn disconnect(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, Error> {
+    authorize(&req, &state)?;
+    let body: DisconnectRequest = json_body(payload).await?;
     if body.id.is_empty() {
-        return HttpResponse::BadRequest().json(json!({ "error": "bad_request", "reason": "id must not be empty" }));
+        return Err(Error::new(Code::BadRequest, "id must not be empty"));
     }
     state.pubsub.broadcast(&body.id, DISCONNECT_EVENT, Payload::empty());
     tracing::info!(socket_id = body.id, "disconnect broadcast");
-    HttpResponse::Accepted().json(json!({ "disconnected": body.id }))
+    Ok(HttpResponse::Accepted().json(json!({ "disconnected": body.id })))
 }
 
 #[derive(Deserialize)]
@@ -121,15 +107,9 @@ struct UsernameRequest {
 }
 
 /// Authorizes, then reads a `{"username"}` body.
-async fn username_body(req: &HttpRequest, state: &AdminState, payload: web::Payload) -> Result<String, HttpResponse> {
+async fn username_body(req: &HttpRequest, state: &AdminState, payload: web::Payload) -> Result<String, Error> {
     authorize(req, state)?;
     Ok(json_body::<UsernameRequest>(payload).await?.username)
-}
-
-fn account_error(e: &crate::accounts::AccountError) -> HttpResponse {
-    let status = actix_web::http::StatusCode::from_u16(e.http_status())
-        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(json!({ "error": e.code(), "reason": e.to_string() }))
 }
 
 /// Revokes every live session of a user; the sockets they authenticated close with 1001.
@@ -138,18 +118,11 @@ async fn revoke_sessions(
     state: web::Data<AdminState>,
     accounts: web::Data<Accounts>,
     payload: web::Payload,
-) -> HttpResponse {
-    let username = match username_body(&req, &state, payload).await {
-        Ok(username) => username,
-        Err(refused) => return refused,
-    };
-    match accounts.revoke_sessions(&username).await {
-        Ok(revoked) => {
-            tracing::info!(user = username, revoked, "sessions revoked");
-            HttpResponse::Ok().json(json!({ "username": username, "revoked": revoked }))
-        }
-        Err(e) => account_error(&e),
-    }
+) -> Result<HttpResponse, Error> {
+    let username = username_body(&req, &state, payload).await?;
+    let revoked = accounts.revoke_sessions(&username).await?;
+    tracing::info!(user = username, revoked, "sessions revoked");
+    Ok(HttpResponse::Ok().json(json!({ "username": username, "revoked": revoked })))
 }
 
 /// Deletes a user (see `Accounts::delete_user`); the sockets their sessions opened close with 1001.
@@ -158,16 +131,9 @@ async fn delete_user(
     state: web::Data<AdminState>,
     accounts: web::Data<Accounts>,
     payload: web::Payload,
-) -> HttpResponse {
-    let username = match username_body(&req, &state, payload).await {
-        Ok(username) => username,
-        Err(refused) => return refused,
-    };
-    match accounts.delete_user(&username).await {
-        Ok(revoked) => {
-            tracing::info!(user = username, revoked, "user deleted");
-            HttpResponse::Ok().json(json!({ "username": username, "deleted": true, "revoked": revoked }))
-        }
-        Err(e) => account_error(&e),
-    }
+) -> Result<HttpResponse, Error> {
+    let username = username_body(&req, &state, payload).await?;
+    let revoked = accounts.delete_user(&username).await?;
+    tracing::info!(user = username, revoked, "user deleted");
+    Ok(HttpResponse::Ok().json(json!({ "username": username, "deleted": true, "revoked": revoked })))
 }

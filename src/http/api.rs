@@ -2,16 +2,16 @@
 //!
 //! Routes live under `/api` (see [`configure`]) and expect `web::Data<Accounts>` in app data.
 //! Every error, including unreadable JSON, is a JSON body `{"error", "reason", "resp_code"}`
-//! whose codes come from [`AccountError`]'s one mapping table.
+//! whose codes come from the crate's one table (`crate::error`).
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::accounts::standards::{self, CIPHERS, PROTOCOL_VERSION, SERVER_NAME};
-use crate::accounts::{AccountError, Accounts, HashAlgorithm, RespCode};
+use crate::accounts::{AccountError, Accounts, HashAlgorithm};
+use crate::error::{Code, Error};
 
 /// Largest request body accepted, in bytes; the biggest legitimate one is a 1 KiB password.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -29,78 +29,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// An error body ready to send.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    reason: String,
-    resp_code: RespCode,
-    /// Sent as `Retry-After` (seconds) on 429 and 503.
-    retry_after: Option<u64>,
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.reason)
-    }
-}
-
-impl From<AccountError> for ApiError {
-    fn from(err: AccountError) -> Self {
-        if err.is_internal() {
-            tracing::error!(error = %err, "accounts API request failed");
-        }
-        ApiError {
-            status: StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code: err.code(),
-            reason: err.public_reason(),
-            resp_code: err.resp_code(),
-            retry_after: err.retry_after_secs(),
-        }
-    }
-}
-
-impl ApiError {
-    fn bad_request(code: &'static str, reason: String) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, code, reason, resp_code: RespCode::InvalidInput, retry_after: None }
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status);
-        if let Some(secs) = self.retry_after {
-            response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
-        }
-        response.json(json!({
-            "error": self.code,
-            "reason": self.reason,
-            "resp_code": self.resp_code.as_u8(),
-        }))
-    }
-}
-
 fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as E;
-    let api = match &err {
-        E::ContentType => ApiError::bad_request("invalid_json", "expected Content-Type: application/json".into()),
-        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "body_too_large",
-            reason: format!("request body exceeds {BODY_LIMIT} bytes"),
-            resp_code: RespCode::InvalidInput,
-            retry_after: None,
-        },
-        other => {
-            ApiError::bad_request("invalid_json", format!("request body is not valid JSON for this route: {other}"))
-        }
-    };
-    actix_web::error::InternalError::from_response(err, api.error_response()).into()
+    let refused = Error::from_json_payload(&err, BODY_LIMIT);
+    actix_web::error::InternalError::from_response(err, refused.error_response()).into()
 }
 
 /// `POST /api/signup` body.
@@ -129,7 +60,7 @@ async fn signup(
     accounts: web::Data<Accounts>,
     req: HttpRequest,
     body: web::Json<SignupBody>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let body = body.into_inner();
     let algorithm = HashAlgorithm::parse(body.hash.as_deref().unwrap_or("argon2id"))?;
     let client = req.peer_addr().map(|a| a.ip());
@@ -141,7 +72,7 @@ async fn signin(
     accounts: web::Data<Accounts>,
     req: HttpRequest,
     body: web::Json<SigninBody>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let client = req.peer_addr().map(|a| a.ip());
     let done = accounts.signin_from(client, &body.username, &body.password).await?;
     Ok(HttpResponse::Ok().json(json!({ "session": done.token.as_str(), "username": done.username })))
@@ -154,7 +85,7 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
-async fn signout(accounts: web::Data<Accounts>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn signout(accounts: web::Data<Accounts>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, Error> {
     let token = match bearer(&req) {
         Some(token) => token,
         None if body.iter().all(u8::is_ascii_whitespace) => {
@@ -163,7 +94,7 @@ async fn signout(accounts: web::Data<Accounts>, req: HttpRequest, body: web::Byt
         None => {
             serde_json::from_slice::<SignoutBody>(&body)
                 .map_err(|e| {
-                    ApiError::bad_request("invalid_json", format!("request body is not valid JSON for this route: {e}"))
+                    Error::new(Code::InvalidJson, format!("request body is not valid JSON for this route: {e}"))
                 })?
                 .session
         }

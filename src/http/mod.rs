@@ -5,8 +5,9 @@
 pub mod admin;
 pub mod api;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+
+use crate::error::{Code, Error};
 
 /// Largest JSON body the app-wide extractor accepts, in bytes.
 pub const JSON_LIMIT: usize = 64 * 1024;
@@ -14,19 +15,12 @@ pub const JSON_LIMIT: usize = 64 * 1024;
 /// App-wide JSON extractor settings: bounded bodies, and errors as JSON bodies (400/413).
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default().limit(JSON_LIMIT).error_handler(|err, _req| {
-        use actix_web::error::JsonPayloadError as E;
-        let response = match &err {
-            E::OverflowKnownLength { .. } | E::Overflow { .. } => HttpResponse::PayloadTooLarge().json(
-                json!({ "error": "body_too_large", "reason": format!("request body exceeds {JSON_LIMIT} bytes") }),
-            ),
-            other => HttpResponse::BadRequest().json(json!({ "error": "invalid_json", "reason": other.to_string() })),
-        };
-        actix_web::error::InternalError::from_response(err, response).into()
+        let refused = Error::from_json_payload(&err, JSON_LIMIT);
+        actix_web::error::InternalError::from_response(err, refused.error_response()).into()
     })
 }
 
 /// Fallback for unknown routes: a JSON 404.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    HttpResponse::NotFound()
-        .json(json!({ "error": "not_found", "reason": format!("no route for {} {}", req.method(), req.path()) }))
+    Error::new(Code::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
 }

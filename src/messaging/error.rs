@@ -1,6 +1,8 @@
-//! The one error type of the messaging boundary, with its HTTP-like `status_code` (as seed 004's
-//! acks carry) and a stable reason for Phoenix error replies.
+//! The one error type of the messaging boundary: its code in the crate's table, the HTTP-like
+//! `status_code` seed 004's acks carry (the code's HTTP status), and the reason Phoenix error
+//! replies carry.
 
+use crate::error::Code;
 use crate::store::StoreError;
 
 /// Why a messaging request was refused or failed.
@@ -12,9 +14,12 @@ pub enum MessagingError {
     /// The recipient is not a user.
     #[error("unknown recipient")]
     UnknownRecipient,
-    /// The sender may not do this (a forged `from`, a stranger when contacts are required).
-    #[error("{0}")]
-    Forbidden(String),
+    /// The message's or signal's `from` is not the socket's user.
+    #[error("from does not match the socket's user")]
+    ForgedSender,
+    /// The receiver is a stranger and contacts are required.
+    #[error("not_contacts")]
+    NotContacts,
     /// The message content is over the configured limit.
     #[error("payload too large (limit {0} bytes)")]
     TooLarge(usize),
@@ -38,20 +43,58 @@ impl MessagingError {
         MessagingError::Invalid(why.into())
     }
 
+    /// The crate-level code of this error (`crate::error`'s table).
+    pub fn code(&self) -> Code {
+        match self {
+            MessagingError::Invalid(_) => Code::InvalidInput,
+            MessagingError::ForgedSender => Code::SourceMismatch,
+            MessagingError::NotContacts => Code::NotContacts,
+            MessagingError::UnknownRecipient => Code::UnknownRecipient,
+            MessagingError::TooLarge(_) => Code::PayloadTooLarge,
+            MessagingError::RateLimited(_) => Code::RateLimited,
+            MessagingError::Storage(_) => Code::StorageUnavailable,
+            MessagingError::Busy => Code::Busy,
+            MessagingError::Unavailable => Code::Unavailable,
+        }
+    }
+
     /// The HTTP-like status code of seed 004's `MessagePeerAckSignal.status_code`.
     pub fn status_code(&self) -> i32 {
-        match self {
-            MessagingError::Invalid(_) => 400,
-            MessagingError::Forbidden(_) => 403,
-            MessagingError::UnknownRecipient => 404,
-            MessagingError::TooLarge(_) => 413,
-            MessagingError::RateLimited(_) => 429,
-            MessagingError::Storage(_) | MessagingError::Busy | MessagingError::Unavailable => 503,
-        }
+        i32::from(self.code().http_status())
     }
 
     /// The `reason` of the error reply: the message, without internal details of storage errors.
     pub fn reason(&self) -> String {
         self.to_string()
+    }
+}
+
+impl From<MessagingError> for crate::error::Error {
+    fn from(err: MessagingError) -> Self {
+        crate::error::Error::new(err.code(), err.reason())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_status_codes_are_the_table_statuses() {
+        let cases = [
+            (MessagingError::invalid("x"), 400),
+            (MessagingError::ForgedSender, 403),
+            (MessagingError::NotContacts, 403),
+            (MessagingError::UnknownRecipient, 404),
+            (MessagingError::TooLarge(1), 413),
+            (MessagingError::RateLimited("slow".into()), 429),
+            (MessagingError::Busy, 503),
+            (MessagingError::Unavailable, 503),
+            (MessagingError::Storage(StoreError::TaskFailed("x".into())), 503),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status_code(), status, "{err:?}");
+        }
+        assert_eq!(MessagingError::NotContacts.reason(), "not_contacts");
     }
 }

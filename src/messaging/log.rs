@@ -124,7 +124,7 @@ fn append_all(
         if append.require_contact && !messages::are_contacts(conn, &append.sender, receiver)? {
             // A stranger and a user who does not exist are told apart, as without contacts.
             results[index] = Some(Err(if store::users::exists(conn, receiver)? {
-                MessagingError::Forbidden("not_contacts".into())
+                MessagingError::NotContacts
             } else {
                 MessagingError::UnknownRecipient
             }));

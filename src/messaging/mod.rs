@@ -142,7 +142,7 @@ impl Messaging {
             return Err(MessagingError::invalid("cannot send a message to yourself"));
         }
         if message.from.as_ref().is_some_and(|from| !from.eid.is_empty() && from.eid != origin.eid) {
-            return Err(MessagingError::Forbidden("from does not match the socket's user".into()));
+            return Err(MessagingError::ForgedSender);
         }
         if message.payload.is_empty() && message.encrypted.is_empty() {
             return Err(MessagingError::invalid("a message needs a payload or encrypted content"));

@@ -132,7 +132,7 @@ fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingErr
         return Err(MessagingError::invalid("to must be another user"));
     }
     if signal.from.as_ref().is_some_and(|from| !from.eid.is_empty() && from.eid != origin.eid) {
-        return Err(MessagingError::Forbidden("from does not match the socket's user".into()));
+        return Err(MessagingError::ForgedSender);
     }
     wire::check_text("id", &signal.id, wire::MAX_ID_BYTES, true)?;
     if !matches!(signal.r#type, 0 | TYPE_REQUEST) {
@@ -211,7 +211,7 @@ impl Refusal {
     fn error(self) -> MessagingError {
         match self {
             Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
-            Refusal::NotContacts => MessagingError::Forbidden("not_contacts".into()),
+            Refusal::NotContacts => MessagingError::NotContacts,
         }
     }
 }

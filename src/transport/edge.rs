@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::error::{Code, Error};
 use actix_codec::{AsyncRead, AsyncWrite, ReadBuf};
 use bytes::{Buf, BytesMut};
-use serde_json::json;
 use tokio::net::TcpStream;
 
 use crate::logging::{self, Throttle};
@@ -157,21 +157,12 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn status_line(self) -> &'static str {
+    fn code(self) -> Code {
         match self {
-            Refusal::AtLimit => "503 Service Unavailable",
-            Refusal::UriTooLong => "414 URI Too Long",
-            Refusal::HeadTooLarge => "431 Request Header Fields Too Large",
-            Refusal::HeadTimeout => "408 Request Timeout",
-        }
-    }
-
-    fn code(self) -> &'static str {
-        match self {
-            Refusal::AtLimit => "unavailable",
-            Refusal::UriTooLong => "uri_too_long",
-            Refusal::HeadTooLarge => "headers_too_large",
-            Refusal::HeadTimeout => "request_timeout",
+            Refusal::AtLimit => Code::Unavailable,
+            Refusal::UriTooLong => Code::UriTooLong,
+            Refusal::HeadTooLarge => Code::HeadersTooLarge,
+            Refusal::HeadTimeout => Code::RequestTimeout,
         }
     }
 
@@ -188,11 +179,14 @@ impl Refusal {
 
     /// The whole HTTP response: a JSON error body, and the connection closes after it.
     fn response(self, limits: &EdgeLimits) -> Vec<u8> {
-        let body = json!({ "error": self.code(), "reason": self.reason(limits) }).to_string();
+        let code = self.code();
+        let body = Error::new(code, self.reason(limits)).body().to_string();
         let retry = if self == Refusal::AtLimit { "retry-after: 1\r\n" } else { "" };
+        let status = code.status();
         format!(
-            "HTTP/1.1 {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
-            self.status_line(),
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("Error"),
             body.len()
         )
         .into_bytes()
@@ -250,7 +244,7 @@ impl Edge {
             Head::Complete(head) => Some(Conn { stream, head, slot }),
             Head::Refused(refusal) => {
                 if let Some(suppressed) = logging::client_mistake() {
-                    tracing::info!(peer = ?stream.peer_addr().ok(), code = refusal.code(), suppressed, "request refused at the edge");
+                    tracing::info!(peer = ?stream.peer_addr().ok(), code = refusal.code().as_str(), suppressed, "request refused at the edge");
                 }
                 drop(slot);
                 self.refuse(stream, refusal).await;

@@ -10,13 +10,13 @@ use std::time::Instant;
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, SpawnHandle, StreamHandler, WrapFuture,
 };
-use actix_http::{Request, StatusCode};
+use actix_http::Request;
 use actix_web::web;
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
 use bytestring::ByteString;
 
 use super::socket::DISCONNECT_EVENT;
-use super::upgrade::{Accepted, Refusal};
+use super::upgrade::Accepted;
 use super::writer::{Outbound, QueueError};
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets};
 use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error_frame};
@@ -25,6 +25,7 @@ use crate::channels::auth::session_grant;
 use crate::channels::socket::SessionGrant;
 use crate::channels::user::{json_topic, notify_account_event};
 use crate::config::SocketConfig;
+use crate::error::{Code, Error};
 use crate::protocol::WireFrame;
 use crate::pubsub::{Deliver, PubSub};
 
@@ -42,9 +43,9 @@ pub struct JsonEndpoint {
 
 /// Checks a seed-002 JSON client's handshake; the connection starts once the `101` is out (see
 /// [`super::upgrade`]). Authentication happens later, in the protocol's own frames.
-pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted, Refusal> {
+pub fn accept(req: &Request, state: &web::Data<JsonEndpoint>) -> Result<Accepted, Error> {
     if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad_handshake", e.to_string()));
+        return Err(Error::new(Code::BadHandshake, e.to_string()));
     }
     let response = actix_http::ws::handshake_response(req.head()).finish().drop_body();
     let state = web::Data::clone(state);

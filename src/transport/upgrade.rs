@@ -11,35 +11,17 @@ use std::sync::Arc;
 use actix_codec::Framed;
 use actix_http::body::BodySize;
 use actix_http::header::{self, HeaderValue};
-use actix_http::{ConnectionType, Method, Request, Response, StatusCode, h1};
+use actix_http::{ConnectionType, Method, Request, Response, h1};
 use actix_web::web;
 use bytes::Bytes;
 use futures_util::SinkExt;
-use serde_json::json;
 
 use super::TransportState;
 use super::edge::Conn;
 use super::json_socket::{self, JsonEndpoint};
 use super::websocket;
 use super::ws_io::{WsReader, WsWriter};
-
-/// A refused upgrade: answered with `status` and `{"error": code, "reason": reason}`.
-#[derive(Debug)]
-pub struct Refusal {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// The machine-readable error.
-    pub code: &'static str,
-    /// What went wrong, for people.
-    pub reason: String,
-}
-
-impl Refusal {
-    /// A refusal with `status`, `code` and `reason`.
-    pub fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Refusal {
-        Refusal { status, code, reason: reason.into() }
-    }
-}
+use crate::error::{Code, Error};
 
 /// An accepted WebSocket handshake: the `101` response and what runs the socket afterwards.
 pub struct Accepted {
@@ -78,11 +60,7 @@ impl Upgrades {
         let accepted = match (req.method() == Method::GET, req.path()) {
             (true, "/socket/websocket") => websocket::accept(&req, &self.phoenix).await,
             (true, "/json/websocket") => json_socket::accept(&req, &self.json),
-            _ => Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for {} {}", req.method(), req.path()),
-            )),
+            _ => Err(Error::new(Code::NotFound, format!("no route for {} {}", req.method(), req.path()))),
         };
         match accepted {
             Ok(accepted) => {
@@ -103,9 +81,9 @@ impl Upgrades {
 }
 
 /// Sends the refusal as a JSON error response, then the connection closes.
-async fn refuse(framed: &mut Framed<Conn, h1::Codec>, refusal: Refusal) -> io::Result<()> {
-    let body = Bytes::from(json!({ "error": refusal.code, "reason": refusal.reason }).to_string());
-    let mut response = Response::with_body(refusal.status, ());
+async fn refuse(framed: &mut Framed<Conn, h1::Codec>, refusal: Error) -> io::Result<()> {
+    let body = Bytes::from(refusal.body().to_string());
+    let mut response = Response::with_body(refusal.code.status(), ());
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.head_mut().set_connection_type(ConnectionType::Close);
     framed.feed(h1::Message::Item((response, BodySize::Sized(body.len() as u64)))).await?;

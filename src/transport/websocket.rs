@@ -4,16 +4,17 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use actix_http::Request;
 use actix_http::header::{self, HeaderMap, HeaderValue};
-use actix_http::{Request, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use super::TransportState;
 use super::socket::SocketSession;
-use super::upgrade::{Accepted, Refusal};
+use super::upgrade::Accepted;
 use crate::channels::{ConnectError, ConnectRequest, SocketInfo};
+use crate::error::{Code, Error};
 use crate::protocol::Serializer;
 
 /// The subprotocol phoenix.js offers (and requires echoed) when it sends an `authToken`.
@@ -22,35 +23,32 @@ const BEARER_PREFIX: &str = "base64url.bearer.phx.";
 
 /// Checks a Phoenix client's handshake and authenticates it; the socket starts once the `101`
 /// is out (see [`super::upgrade`]).
-pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<Accepted, Refusal> {
+pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<Accepted, Error> {
     if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad_handshake", e.to_string()));
+        return Err(Error::new(Code::BadHandshake, e.to_string()));
     }
     let params = web::Query::<HashMap<String, String>>::from_query(req.uri().query().unwrap_or_default())
-        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad_query", "the query string is not valid form encoding"))?
+        .map_err(|_| Error::new(Code::BadQuery, "the query string is not valid form encoding"))?
         .into_inner();
     let Some(serializer) = Serializer::negotiate(params.get("vsn").map(String::as_str)) else {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, "unsupported_vsn", "vsn must be 1.0.0 or 2.0.0"));
+        return Err(Error::new(Code::UnsupportedVsn, "vsn must be 1.0.0 or 2.0.0"));
     };
     let offered = offered_subprotocols(&req.head().headers);
     if !offered.is_empty() && !offered.iter().any(|p| p == PHOENIX_SUBPROTOCOL) {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "unsupported_subprotocol",
-            "offer the \"phoenix\" subprotocol",
-        ));
+        return Err(Error::new(Code::UnsupportedSubprotocol, "offer the \"phoenix\" subprotocol"));
     }
     let auth_token = match offered.iter().find_map(|p| p.strip_prefix(BEARER_PREFIX)) {
         None => None,
         // A token that was sent but cannot be read must not fall back to an anonymous socket.
-        Some(encoded) => Some(decode_token(encoded).ok_or_else(|| {
-            Refusal::new(StatusCode::FORBIDDEN, "unauthorized", "the authToken subprotocol does not decode")
-        })?),
+        Some(encoded) => Some(
+            decode_token(encoded)
+                .ok_or_else(|| Error::new(Code::Forbidden, "the authToken subprotocol does not decode"))?,
+        ),
     };
     if let (Some(subprotocol), Some(query)) = (&auth_token, params.get("token"))
         && subprotocol != query
     {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, "unauthorized", "the query token and the authToken differ"));
+        return Err(Error::new(Code::Forbidden, "the query token and the authToken differ"));
     }
 
     let request = ConnectRequest { params, auth_token, peer: req.peer_addr() };
@@ -60,11 +58,11 @@ pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<
             if let Some(suppressed) = crate::logging::client_mistake() {
                 tracing::info!(peer = ?request.peer, reason = %e, suppressed, "socket refused");
             }
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string()));
+            return Err(Error::new(Code::Forbidden, e.to_string()));
         }
         Err(e @ ConnectError::Unavailable(_)) => {
             tracing::warn!(peer = ?request.peer, reason = %e, "socket refused");
-            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()));
+            return Err(Error::new(Code::Unavailable, e.to_string()));
         }
     };
 
@@ -100,7 +98,7 @@ pub async fn not_upgraded(req: HttpRequest) -> HttpResponse {
         Err(e) => e.to_string(),
         Ok(()) => "the request is not a WebSocket upgrade".to_owned(),
     };
-    HttpResponse::BadRequest().json(serde_json::json!({ "error": "bad_handshake", "reason": reason }))
+    Error::new(Code::BadHandshake, reason).error_response()
 }
 
 fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {

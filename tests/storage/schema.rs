@@ -10,14 +10,14 @@ backend_tests!(schema_matches_migrations, reopening_applies_nothing, foreign_key
 
 type SessionColumns = (Vec<u8>, String, Option<String>, i64, i64, Option<i64>);
 type InviteColumns = (String, String, String, i64, Option<i64>, Option<i64>);
+type UserColumns = (String, String, String, i64, Option<String>, Option<i64>);
 
 async fn schema_matches_migrations(db: &TestDb) {
     let store = db.open();
     // Selecting every declared column with its declared type fails if a name or type drifted.
     let counts = store
         .run(|c| {
-            let u: Vec<(String, String, String, i64, Option<String>, Option<i64>)> =
-                users::table.select(users::all_columns).load(c)?;
+            let u: Vec<UserColumns> = users::table.select(users::all_columns).load(c)?;
             let d: Vec<(String, String, i64, i64)> = devices::table.select(devices::all_columns).load(c)?;
             let s: Vec<SessionColumns> = sessions::table.select(sessions::all_columns).load(c)?;
             let i: Vec<InviteColumns> = invites::table.select(invites::all_columns).load(c)?;

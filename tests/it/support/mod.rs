@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 pub mod channels;
+#[path = "../../common/test_db.rs"]
 pub mod db;
 pub mod devices;
+
+pub use db::TestDb;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,9 +39,7 @@ pub struct TestServer {
 
 /// A config for tests: ephemeral port, one worker, one registry shard, cheap password hashing.
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.bind = "127.0.0.1:0".into();
-    config.workers = 1;
+    let mut config = Config { bind: "127.0.0.1:0".into(), workers: 1, ..Config::default() };
     config.pubsub.shards = 1;
     config.socket.shutdown_grace_ms = 3_000;
     config.accounts.argon2_memory_kib = 64;
