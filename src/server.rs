@@ -127,6 +127,7 @@ impl Courier {
             sockets: Arc::clone(&sockets),
             settings: Arc::new(config.socket.clone()),
         });
+        let purge = spawn_session_purge(&accounts, &config.accounts);
         let accounts = web::Data::new(accounts);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -188,8 +189,33 @@ impl Courier {
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
         tracing::info!(%addr, workers, max_connections, node = config.node, "listening on {addr}");
-        Ok(RunningServer { addr, handle, task, sockets, pubsub, grace: config.socket.shutdown_grace() })
+        Ok(RunningServer { addr, handle, task, sockets, pubsub, purge, grace: config.socket.shutdown_grace() })
     }
+}
+
+/// Deletes ended sessions every `session_purge_every_secs`, so the sessions table holds live
+/// ones (and a grace of ended ones) rather than every sign-in ever made.
+fn spawn_session_purge(
+    accounts: &Accounts,
+    config: &crate::accounts::AccountsConfig,
+) -> Option<actix_web::rt::task::JoinHandle<()>> {
+    let every = Duration::from_secs(config.session_purge_every_secs);
+    if every.is_zero() {
+        return None;
+    }
+    let (accounts, grace) = (accounts.clone(), config.session_purge_grace_secs);
+    Some(actix_web::rt::spawn(async move {
+        let mut ticks = actix_web::rt::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match accounts.purge_sessions(grace).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "ended sessions deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting ended sessions failed; retrying next round"),
+            }
+        }
+    }))
 }
 
 /// Puts `http` behind the edge: each TCP connection is admitted (or answered) by [`Edge`] first.
@@ -230,6 +256,8 @@ pub struct RunningServer {
     task: actix_web::rt::task::JoinHandle<io::Result<()>>,
     sockets: Arc<Sockets>,
     pubsub: PubSub,
+    /// The scheduled session purge, stopped at shutdown.
+    purge: Option<actix_web::rt::task::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -258,6 +286,9 @@ impl RunningServer {
 
     /// Stops accepting, lets every socket finish its in-flight work and close with 1001, then stops.
     pub async fn shutdown(self) -> io::Result<()> {
+        if let Some(purge) = &self.purge {
+            purge.abort();
+        }
         self.handle.pause().await;
         self.sockets.shut_down();
         let deadline = Instant::now() + self.grace;

@@ -41,6 +41,11 @@ pub struct AccountsConfig {
     /// Most addresses, and most usernames, whose attempts are remembered; past it new ones are
     /// refused until old entries have refilled, so a flood of names cannot grow memory.
     pub auth_max_tracked: usize,
+    /// How often ended sessions are deleted from the database, in seconds; 0 never.
+    pub session_purge_every_secs: u64,
+    /// How long an ended session is kept before it is deleted, in seconds, so its token is
+    /// still refused as `session_revoked`/`session_expired` (not `bad_token`) for that long.
+    pub session_purge_grace_secs: u64,
 }
 
 impl Default for AccountsConfig {
@@ -51,6 +56,8 @@ impl Default for AccountsConfig {
             require_contacts: false,
             max_pending_messages: 1000,
             max_message_bytes: 64 * 1024,
+            session_purge_every_secs: 60 * 60,
+            session_purge_grace_secs: 24 * 60 * 60,
             // OWASP's suggested argon2id minimum (19 MiB, 2 passes, 1 lane).
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,

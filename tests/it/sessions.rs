@@ -228,3 +228,38 @@ async fn a_session_that_ended_between_the_handshake_and_the_subscription_still_c
     let mut c = server.client().await;
     assert_eq!(closed(&mut c).await, (1001, "session ended".into()));
 }
+
+on_both_backends!(ended_sessions_are_deleted_on_schedule_and_live_ones_kept, scheduled_purge);
+async fn scheduled_purge(db: Arc<TestDb>) {
+    let mut config = test_config();
+    config.accounts.session_purge_every_secs = 1;
+    config.accounts.session_purge_grace_secs = 0;
+    let server = TestServer::start_on(Arc::clone(&db), config, |c| c);
+    let ended = signup(&server, "olga").await;
+    let live = signup(&server, "pete").await;
+    let auth = format!("Bearer {ended}");
+    let (status, reply) = http(server.addr, "POST", "/api/signout", &[("Authorization", auth.as_str())], "").await;
+    assert_eq!(status, 200, "{reply}");
+
+    let store = courier::store::Store::open(&db.url).expect("open test database");
+    let count_sessions = || {
+        store.run(|c| {
+            use courier::store::schema::sessions;
+            use diesel::prelude::*;
+            let n: i64 = match c {
+                courier::store::DbConnection::Sqlite(c) => sessions::table.count().get_result(c)?,
+                courier::store::DbConnection::Pg(c) => sessions::table.count().get_result(c)?,
+            };
+            Ok(n)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count_sessions().await.unwrap() > 1 {
+        assert!(std::time::Instant::now() < deadline, "the signed-out session was never deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The live session survives the purge and still authenticates.
+    let mut c = crate::support::Client::connect(&server.url(&format!("vsn=2.0.0&token={live}"))).await;
+    c.send(json!([null, "1", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(c.recv_json().await[4]["status"], "ok");
+}
