@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::accounts::Accounts;
 use crate::error::{Code, Error};
@@ -50,10 +51,8 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), Error> {
     };
     let presented =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Compared without an early exit so the time taken does not reveal a matching prefix.
-    let matches = presented.is_some_and(|p| {
-        p.len() == expected.len() && p.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    });
+    // Compared in constant time (as passwords are), so the time taken reveals no matching prefix.
+    let matches = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())));
     if matches { Ok(()) } else { Err(Error::new(Code::Unauthorized, "bad or missing admin token")) }
 }
 
