@@ -67,6 +67,9 @@ pub enum HandleIn {
     NoReply,
     /// Reply when the future completes (storage, other actors); other frames keep flowing.
     Later(LocalBoxFuture<'static, Reply>),
+    /// Like `Later`, then hand the second value to [`Channel::handle_info`] (if the channel is
+    /// still joined), so the channel learns what the reply said.
+    LaterThen(LocalBoxFuture<'static, (Reply, Box<dyn Any>)>),
     /// Stop the channel, after an optional final reply.
     Stop {
         /// Sent before `phx_close`/`phx_error`.
@@ -93,11 +96,20 @@ pub enum LeaveReason {
 /// (Phoenix's `send(self(), msg)`).
 pub type ChannelTask = LocalBoxFuture<'static, Box<dyn Any>>;
 
+/// One frame a channel callback sends its client.
+pub enum Emit {
+    /// An event of this channel's own: `[join_ref, null, topic, event, payload]`.
+    Push(String, Payload),
+    /// A broadcast forwarded as is, in the frame every subscriber shares (encoded once per
+    /// serializer, however many channels forward it).
+    Forward(Arc<Broadcast>),
+}
+
 /// What one channel callback asked the socket to do once it returns.
 #[derive(Default)]
 pub struct Effects {
-    /// Events for this channel's client, sent before the callback's reply.
-    pub pushes: Vec<(String, Payload)>,
+    /// Frames for this channel's client, in order, sent before the callback's reply.
+    pub frames: Vec<Emit>,
     /// Tasks whose results go to this channel's `handle_info`, if it is still joined then.
     pub tasks: Vec<ChannelTask>,
 }
@@ -153,7 +165,15 @@ impl<'a> ChannelContext<'a> {
     pub fn push(&mut self, event: impl Into<String>, payload: Payload) {
         self.outbound_room = self.outbound_room.saturating_sub(1);
         self.outbound_room_bytes = self.outbound_room_bytes.saturating_sub(payload.len());
-        self.effects.pushes.push((event.into(), payload));
+        self.effects.frames.push(Emit::Push(event.into(), payload));
+    }
+
+    /// Forwards a broadcast to this channel's client in its shared frame, e.g. one that
+    /// `handle_out` held back and releases later.
+    pub fn forward(&mut self, broadcast: &Arc<Broadcast>) {
+        self.outbound_room = self.outbound_room.saturating_sub(1);
+        self.outbound_room_bytes = self.outbound_room_bytes.saturating_sub(broadcast.payload().len());
+        self.effects.frames.push(Emit::Forward(Arc::clone(broadcast)));
     }
 
     /// Runs `task` off the socket; its result is handed to this channel's `handle_info`.
@@ -189,7 +209,7 @@ pub trait Channel: 'static {
     fn handle_info(&mut self, _info: Box<dyn Any>, _ctx: &mut ChannelContext<'_>) {}
 
     /// Decides whether a broadcast on this topic goes to the client (Phoenix's `intercept`).
-    fn handle_out(&mut self, _broadcast: &Broadcast, _ctx: &mut ChannelContext<'_>) -> bool {
+    fn handle_out(&mut self, _broadcast: &Arc<Broadcast>, _ctx: &mut ChannelContext<'_>) -> bool {
         true
     }
 

@@ -11,9 +11,9 @@ use serde_json::json;
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Reply};
 use crate::accounts::Accounts;
 use crate::messaging::now_millis;
-use crate::presence::{Meta, Occupancy, PRESENCE_DIFF, PRESENCE_STATE, PresenceError, Snapshot, Tracker};
+use crate::presence::{Meta, PRESENCE_DIFF, PRESENCE_STATE, PresenceError, Snapshot, Tracker};
 use crate::protocol::Payload;
-use crate::pubsub::Broadcast;
+use crate::pubsub::{Broadcast, Event};
 
 /// The topic prefix this family serves.
 pub const PREFIX: &str = "presence:";
@@ -145,19 +145,22 @@ impl Channel for WatchChannel {
         }
     }
 
-    fn handle_out(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
-        if broadcast.event == PRESENCE_DIFF
-            && let Some(occupancy) = broadcast.attachment::<Occupancy>().filter(|o| o.changed())
-        {
-            if !occupancy.occupied && self.shown_online != Some(false) {
-                self.last_seen = Some(occupancy.at);
+    fn handle_out(&mut self, broadcast: &Arc<Broadcast>, ctx: &mut ChannelContext<'_>) -> bool {
+        match &broadcast.event {
+            Event::PresenceDiff { diff, occupancy } if occupancy.changed() => {
+                if !occupancy.occupied && self.shown_online != Some(false) {
+                    self.last_seen = Some(occupancy.at);
+                }
+                // The diff first, so a client that counts devices agrees with the status it gets.
+                ctx.push(PRESENCE_DIFF, diff.clone());
+                self.push_status(occupancy.occupied, ctx);
+                false
             }
-            // The diff first, so a client that counts devices agrees with the status it gets.
-            let forwarded = broadcast.payload.clone();
-            ctx.push(PRESENCE_DIFF, forwarded);
-            self.push_status(occupancy.occupied, ctx);
-            return false;
+            Event::PresenceDiff { .. }
+            | Event::Message { .. }
+            | Event::Receipt(_)
+            | Event::Signal(_)
+            | Event::Raw { .. } => true,
         }
-        true
     }
 }

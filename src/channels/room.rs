@@ -11,9 +11,9 @@ use futures_util::future::LocalBoxFuture;
 
 use super::presence::{base_meta, push_presence_state, track_and_list};
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
-use crate::presence::{PRESENCE_DIFF, Tracker};
+use crate::presence::Tracker;
 use crate::protocol::Payload;
-use crate::pubsub::Broadcast;
+use crate::pubsub::{Broadcast, Event};
 
 /// The topic prefix this family serves.
 pub const PREFIX: &str = "room:";
@@ -104,8 +104,9 @@ impl Channel for RoomChannel {
         HandleIn::Reply(Reply::ok_empty())
     }
 
-    fn handle_out(&mut self, broadcast: &Broadcast, _ctx: &mut ChannelContext<'_>) -> bool {
-        self.tracked || broadcast.event != PRESENCE_DIFF
+    fn handle_out(&mut self, broadcast: &Arc<Broadcast>, _ctx: &mut ChannelContext<'_>) -> bool {
+        // An untracked observer of a room does not follow who comes and goes.
+        self.tracked || !matches!(broadcast.event, Event::PresenceDiff { .. })
     }
 
     fn handle_info(&mut self, info: Box<dyn Any>, ctx: &mut ChannelContext<'_>) {

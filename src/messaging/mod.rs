@@ -31,9 +31,9 @@ use crate::store::messages::{self as queries, ConversationRow, MessageRow};
 use crate::store::{Millis, Snapshot, Store};
 
 /// The event that carries a `Message` to a device.
-pub const EVENT_MESSAGE: &str = "message";
+pub const EVENT_MESSAGE: &str = crate::pubsub::event::MESSAGE;
 /// The event that carries a delivery or read `MessagePeerAckSignal`.
-pub const EVENT_RECEIPT: &str = "receipt";
+pub const EVENT_RECEIPT: &str = crate::pubsub::event::RECEIPT;
 
 /// The topic of a user's inbox, joined by each of the user's devices.
 pub fn user_topic(eid: &str) -> String {
@@ -43,15 +43,6 @@ pub fn user_topic(eid: &str) -> String {
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Attached to a live `message` broadcast: its offset in the topic owner's log, and the message.
-#[derive(Debug)]
-pub struct LiveMessage {
-    /// The message's signal_offset in the log of the topic's user.
-    pub offset: i64,
-    /// The message as that user's devices get it.
-    pub message: pb::Message,
 }
 
 /// Who is asking: a user, the device it speaks for, and its socket.
@@ -81,6 +72,21 @@ pub struct DeviceState {
     pub last_offset: i64,
     /// How far this device has acknowledged it.
     pub acked_offset: i64,
+}
+
+/// A client's message that passed [`Messaging::prepare`]: the only thing [`Messaging::send`]
+/// stores, so no path can write a message that skipped the checks.
+#[derive(Debug)]
+pub struct Prepared(pb::Message);
+
+/// What [`Messaging::send`] resolves to once the message is stored.
+#[derive(Debug)]
+pub struct Sent {
+    /// The sender's ack, with the peer offsets.
+    pub ack: pb::MessagePeerAckSignal,
+    /// Where the message sits in the sender's own log; the sending socket never gets it back
+    /// live, so its inbox needs to know the offset is taken.
+    pub sender_offset: i64,
 }
 
 /// A run of a user's log, oldest first, with consecutive offsets.
@@ -126,7 +132,7 @@ impl Messaging {
     }
 
     /// Checks a client's message and fills in what the server decides (`from`, `timestamp`).
-    pub fn prepare(&self, origin: &Origin, mut message: pb::Message) -> Result<pb::Message, MessagingError> {
+    pub fn prepare(&self, origin: &Origin, mut message: pb::Message) -> Result<Prepared, MessagingError> {
         if message.id.is_empty() {
             return Err(MessagingError::invalid(format!("id must be 1..={} bytes", wire::MAX_ID_BYTES)));
         }
@@ -163,7 +169,7 @@ impl Messaging {
         }
         message.from = Some(wire::identity(&origin.eid, origin.device.as_deref()));
         message.to = Some(wire::identity(&to, None));
-        Ok(message)
+        Ok(Prepared(message))
     }
 
     /// Queues a write for the log writer right away (so one socket's writes keep their order)
@@ -190,8 +196,8 @@ impl Messaging {
     pub fn send(
         &self,
         origin: &Origin,
-        message: pb::Message,
-    ) -> impl Future<Output = Result<pb::MessagePeerAckSignal, MessagingError>> + 'static {
+        Prepared(message): Prepared,
+    ) -> impl Future<Output = Result<Sent, MessagingError>> + 'static {
         let append = Append {
             sender: origin.eid.clone(),
             sender_device: origin.device.clone(),
@@ -205,7 +211,7 @@ impl Messaging {
                 return Err(MessagingError::Unavailable);
             };
             let row = &appended.row;
-            Ok(pb::MessagePeerAckSignal {
+            let ack = pb::MessagePeerAckSignal {
                 to: Some(pb::Identity {
                     eid: origin.eid.clone(),
                     connection_resource_id: origin.device.clone(),
@@ -217,7 +223,8 @@ impl Messaging {
                 timestamp: now_millis(),
                 status_code: 200,
                 peer: Some(wire::peer(&row.sender, &row.receiver, row.user_offset, appended.peer_received)),
-            })
+            };
+            Ok(Sent { ack, sender_offset: row.sender_offset })
         }
     }
 

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
@@ -20,12 +19,11 @@ use tokio::sync::oneshot;
 use super::wire::{self, SIGNAL_TYPE_DEVICE, SIGNAL_TYPE_RECEIVER};
 use super::{MessagingConfig, MessagingError, Origin, now_millis, user_topic};
 use crate::pb;
-use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
 use crate::store::{self, Store, StoreError};
 
 /// The event that carries a `Signal` to a device.
-pub const EVENT_SIGNAL: &str = "signal";
+pub const EVENT_SIGNAL: &str = crate::pubsub::event::SIGNAL;
 
 /// Seed 004 status codes.
 pub const STATUS_CHATTING: i32 = 1;
@@ -281,9 +279,7 @@ impl Handler<Relay> for SignalRelay {
 
 impl SignalRelay {
     fn publish(&self, signal: &pb::Signal, topic_user: &str, exclude: Option<SubscriberId>) {
-        let payload = Payload::json(signal);
-        let broadcast =
-            Broadcast::with_attachment(user_topic(topic_user), EVENT_SIGNAL, payload, Some(Arc::new(signal.clone())));
+        let broadcast = Broadcast::new(user_topic(topic_user), Event::Signal(signal.clone()));
         self.pubsub.publish(broadcast, exclude);
     }
 

@@ -13,10 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::log::{self, Write, Written};
 use super::wire::{self, SIGNAL_REQUEST_PUSH};
-use super::{EVENT_MESSAGE, EVENT_RECEIPT, LiveMessage, MessagingError, now_millis, user_topic};
+use super::{MessagingError, now_millis, user_topic};
 use crate::pb;
-use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
 use crate::store::{HeldWriter, Store};
 
 /// How many requests may wait for the writer before senders wait too.
@@ -103,10 +102,7 @@ fn announcements(
                 [(&row.receiver, row.receiver_offset, None), (&row.sender, row.sender_offset, origin)]
             {
                 let message = wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH);
-                let payload = Payload::json(&message);
-                let live = Arc::new(LiveMessage { offset, message });
-                let broadcast = Broadcast::with_attachment(user_topic(owner), EVENT_MESSAGE, payload, Some(live));
-                out.push((broadcast, exclude));
+                out.push((Broadcast::new(user_topic(owner), Event::Message { offset, message }), exclude));
             }
         }
         (Write::Receipt(receipt), Written::Receipt(done)) => {
@@ -122,16 +118,8 @@ fn announcements(
                     status_code: 200,
                     peer: Some(wire::peer(&ack.sender, &receipt.user, ack.user_offset, ack.acked)),
                 };
-                let payload = Payload::json(&signal);
-                let signal = Arc::new(signal);
                 for (topic, exclude) in [(user_topic(&ack.sender), None), (user_topic(&receipt.user), origin)] {
-                    let broadcast = Broadcast::with_attachment(
-                        topic,
-                        EVENT_RECEIPT,
-                        payload.clone(),
-                        Some(Arc::clone(&signal) as _),
-                    );
-                    out.push((broadcast, exclude));
+                    out.push((Broadcast::new(topic, Event::Receipt(signal.clone())), exclude));
                 }
             }
         }

@@ -10,9 +10,9 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
-use super::{Meta, Occupancy, Owner, PRESENCE_DIFF, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
+use super::{Meta, Occupancy, Owner, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
 use crate::messaging::now_millis;
-use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
 
 type Answer<T> = oneshot::Sender<Result<T, PresenceError>>;
 
@@ -72,8 +72,7 @@ impl Shard {
             let Some(presence) = self.topics.get_mut(&topic) else { continue };
             if let Some(diff) = presence.take_diff() {
                 let occupancy = Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at };
-                let broadcast =
-                    Broadcast::with_attachment(topic.as_str(), PRESENCE_DIFF, diff.payload, Some(Arc::new(occupancy)));
+                let broadcast = Broadcast::new(topic.as_str(), Event::PresenceDiff { diff: diff.payload, occupancy });
                 self.pubsub.publish(broadcast, None);
             }
             if presence.is_idle() {
@@ -217,9 +216,9 @@ mod tests {
     impl Handler<Deliver> for Probe {
         type Result = ();
         fn handle(&mut self, Deliver(b): Deliver, _: &mut Context<Self>) {
-            let payload = serde_json::from_str(b.payload.as_json_str().unwrap_or("null")).unwrap_or(Value::Null);
-            let occupancy = *b.attachment::<Occupancy>().expect("diffs carry their occupancy");
-            self.0.lock().unwrap().push((payload, occupancy));
+            let Event::PresenceDiff { diff, occupancy } = &b.event else { panic!("not a diff: {b:?}") };
+            let payload = serde_json::from_str(diff.as_json_str().unwrap_or("null")).unwrap_or(Value::Null);
+            self.0.lock().unwrap().push((payload, *occupancy));
         }
     }
 

@@ -19,12 +19,13 @@ pub use local::LocalTracker;
 pub use state::{Diff, TopicPresence};
 
 use crate::protocol::Payload;
+pub use crate::pubsub::Occupancy;
 use crate::pubsub::SubscriberId;
 
 /// The event that carries a topic's whole presence to a socket that just joined.
 pub const PRESENCE_STATE: &str = "presence_state";
 /// The broadcast event that carries presence changes.
-pub const PRESENCE_DIFF: &str = "presence_diff";
+pub const PRESENCE_DIFF: &str = crate::pubsub::event::PRESENCE_DIFF;
 
 /// A presence's meta: a JSON object; `phx_ref` and `phx_ref_prev` are set by the tracker.
 pub type Meta = serde_json::Map<String, serde_json::Value>;
@@ -63,25 +64,6 @@ pub struct Snapshot {
     pub state: Payload,
     /// How many keys are present.
     pub keys: usize,
-}
-
-/// Attached to every `presence_diff` broadcast: whether the topic went from empty to occupied
-/// or back (a user coming online or going offline on `presence:<eid>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Occupancy {
-    /// Whether the topic had a presence when the previous diff went out.
-    pub was_occupied: bool,
-    /// Whether it has one now.
-    pub occupied: bool,
-    /// When the diff went out (ms since the epoch).
-    pub at: i64,
-}
-
-impl Occupancy {
-    /// Whether this diff turned the topic on or off.
-    pub fn changed(&self) -> bool {
-        self.was_occupied != self.occupied
-    }
 }
 
 /// A presence engine. Mutations are queued before the call returns, so a `track` followed by

@@ -1,80 +1,68 @@
-//! Publish/subscribe: the topic registry that fans broadcasts out to local sockets, and the
-//! [`Broker`] seam that carries broadcasts to other nodes.
+//! Publish/subscribe: the topic registry that fans broadcasts out to local sockets, the
+//! [`Broker`] seam that carries broadcasts to other nodes, and the typed [`Event`] a broadcast
+//! carries (with its node-to-node encoding, in [`event`]).
 //!
 //! Local fan-out always stays local (Phoenix's fastlane: a broadcast is encoded once per
 //! serializer and the same bytes go to every subscriber). A [`Broker`] only moves broadcasts
 //! between nodes; [`LocalBroker`] is the single-node implementation and a Redis or NATS one plugs
 //! in behind the same trait.
 
+pub mod event;
 mod registry;
 
-use std::any::Any;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
 use actix::{Actor, Addr, ArbiterHandle, MailboxError, Message, Recipient};
 
 use crate::protocol::{Outgoing, Payload, Serializer, WireFrame};
+pub use event::{Event, EventDecodeError, Occupancy};
 pub use registry::RegistryShard;
 use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
 
 /// Identifies one subscriber (one socket connection) across the registry.
 pub type SubscriberId = u64;
 
-/// Typed data a local publisher attaches to a broadcast for the channels that receive it (a
-/// stored message's offset, say), so they need not parse the payload back.
-pub type Attachment = Arc<dyn Any + Send + Sync>;
-
 /// One broadcast on a topic, shared by every subscriber that receives it.
 pub struct Broadcast {
     /// The topic.
     pub topic: String,
-    /// The event name.
-    pub event: String,
-    /// The payload.
-    pub payload: Payload,
-    /// Local-only typed data for `handle_out`; brokers do not carry it to other nodes.
-    pub attachment: Option<Attachment>,
+    /// What it says.
+    pub event: Event,
+    /// The shared payload of a typed event, built on first use.
+    payload: OnceLock<Payload>,
     /// Encoded once per serializer on first use; `None` when a serializer cannot carry it.
     encoded: [OnceLock<Option<WireFrame>>; 2],
 }
 
 impl std::fmt::Debug for Broadcast {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broadcast")
-            .field("topic", &self.topic)
-            .field("event", &self.event)
-            .field("payload", &self.payload)
-            .field("attachment", &self.attachment.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("Broadcast").field("topic", &self.topic).field("event", &self.event).finish_non_exhaustive()
     }
 }
 
 impl Broadcast {
     /// Creates a broadcast, ready to share.
-    pub fn new(topic: impl Into<String>, event: impl Into<String>, payload: Payload) -> Arc<Self> {
-        Broadcast::with_attachment(topic, event, payload, None)
-    }
-
-    /// Creates a broadcast carrying typed data for the receiving channels' `handle_out`.
-    pub fn with_attachment(
-        topic: impl Into<String>,
-        event: impl Into<String>,
-        payload: Payload,
-        attachment: Option<Attachment>,
-    ) -> Arc<Self> {
+    pub fn new(topic: impl Into<String>, event: Event) -> Arc<Self> {
         Arc::new(Broadcast {
             topic: topic.into(),
-            event: event.into(),
-            payload,
-            attachment,
+            event,
+            payload: OnceLock::new(),
             encoded: [OnceLock::new(), OnceLock::new()],
         })
     }
 
-    /// The attachment, if it is a `T`.
-    pub fn attachment<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.attachment.as_deref().and_then(|a| a.downcast_ref::<T>())
+    /// The event name clients see.
+    pub fn name(&self) -> &str {
+        self.event.name()
+    }
+
+    /// The payload of the shared frame (seed types as proto3 JSON), built once per broadcast.
+    pub fn payload(&self) -> &Payload {
+        match self.event.ready_payload() {
+            Some(payload) => payload,
+            None => self.payload.get_or_init(|| self.event.to_payload()),
+        }
     }
 
     /// The frame for sockets using `serializer` (`[null, null, topic, event, payload]` in V2).
@@ -84,10 +72,21 @@ impl Broadcast {
             Serializer::V2 => &self.encoded[1],
         };
         slot.get_or_init(|| {
-            let frame = Outgoing::Broadcast { topic: &self.topic, event: &self.event, payload: &self.payload };
+            let frame = Outgoing::Broadcast { topic: &self.topic, event: self.name(), payload: self.payload() };
             serializer.encode(&frame).ok()
         })
         .as_ref()
+    }
+
+    /// The bytes a broker sends to other nodes (a `courier.node.Broadcast`).
+    pub fn to_node_bytes(&self) -> Vec<u8> {
+        event::encode(&self.topic, &self.event)
+    }
+
+    /// Rebuilds a broadcast another node sent.
+    pub fn from_node_bytes(bytes: &[u8]) -> Result<Arc<Self>, EventDecodeError> {
+        let (topic, event) = event::decode(bytes)?;
+        Ok(Broadcast::new(topic, event))
     }
 }
 
@@ -182,12 +181,12 @@ impl PubSub {
 
     /// Broadcasts to every subscriber of `topic`, on every node.
     pub fn broadcast(&self, topic: &str, event: &str, payload: Payload) {
-        self.publish(Broadcast::new(topic, event, payload), None);
+        self.publish(Broadcast::new(topic, Event::raw(event, payload)), None);
     }
 
     /// Broadcasts to every subscriber of `topic` except `from` (Phoenix's `broadcast_from`).
     pub fn broadcast_from(&self, from: SubscriberId, topic: &str, event: &str, payload: Payload) {
-        self.publish(Broadcast::new(topic, event, payload), Some(from));
+        self.publish(Broadcast::new(topic, Event::raw(event, payload)), Some(from));
     }
 
     /// Publishes a prepared broadcast to every subscriber of its topic (but `exclude`), on every node.
@@ -232,7 +231,7 @@ mod tests {
     impl Handler<Deliver> for Probe {
         type Result = ();
         fn handle(&mut self, Deliver(b): Deliver, _: &mut Context<Self>) {
-            self.0.lock().unwrap().push(format!("{}:{}", b.topic, b.event));
+            self.0.lock().unwrap().push(format!("{}:{}", b.topic, b.name()));
         }
     }
 
@@ -244,7 +243,7 @@ mod tests {
             "test@node"
         }
         fn publish(&self, b: &Arc<Broadcast>) {
-            self.0.lock().unwrap().push(b.event.clone());
+            self.0.lock().unwrap().push(b.name().to_owned());
         }
     }
 
@@ -315,11 +314,11 @@ mod tests {
 
     #[test]
     fn broadcasts_encode_once_per_serializer() {
-        let b = Broadcast::new("room:a", "e", Payload::json(&serde_json::json!({"k": 1})));
+        let b = Broadcast::new("room:a", Event::raw("e", Payload::json(&serde_json::json!({"k": 1}))));
         let first = b.encoded(Serializer::V2).cloned();
         assert_eq!(first, Some(WireFrame::Text(r#"[null,null,"room:a","e",{"k":1}]"#.into())));
         assert!(std::ptr::eq(b.encoded(Serializer::V2).unwrap(), b.encoded(Serializer::V2).unwrap()));
-        let binary = Broadcast::new("room:a", "e", Payload::Binary(bytes::Bytes::from_static(b"x")));
+        let binary = Broadcast::new("room:a", Event::raw("e", Payload::Binary(bytes::Bytes::from_static(b"x"))));
         assert!(binary.encoded(Serializer::V1).is_none());
         assert!(binary.encoded(Serializer::V2).is_some());
     }

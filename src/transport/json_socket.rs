@@ -281,13 +281,13 @@ impl Handler<Deliver> for JsonConnection {
 
     fn handle(&mut self, Deliver(broadcast): Deliver, ctx: &mut Context<Self>) {
         if self.session.as_ref().is_some_and(|s| s.topic == broadcast.topic) {
-            if broadcast.event == DISCONNECT_EVENT {
+            if broadcast.name() == DISCONNECT_EVENT {
                 tracing::info!(conn = self.id, "closing json socket: its session ended");
                 self.close(ctx, CloseCode::Away, "session ended");
             }
             return;
         }
-        if let Some(text) = broadcast.payload.as_json_str() {
+        if let Some(text) = broadcast.payload().as_json_str() {
             self.send(ctx, text.to_owned());
         }
     }

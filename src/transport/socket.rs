@@ -5,6 +5,7 @@
 //! join_ref checks, the unmatched-topic reply, the channel limit, socket-id disconnects and
 //! graceful drain. Channel behaviour itself is delegated to [`crate::channels`].
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
@@ -16,6 +17,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture,
 };
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+use futures_util::future::LocalBoxFuture;
 use futures_util::{FutureExt, Stream};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -23,15 +25,15 @@ use super::writer::{Outbound, QueueError};
 use super::ws_io::WsWriter;
 use super::{CLOSE_HANDSHAKE_GRACE, Sockets, TransportState};
 use crate::channels::{
-    Channel, ChannelContext, ChannelTask, Effects, HandleIn, JoinRequest, Joined, LeaveReason, OutboundRoom, Reply,
-    Router, SocketInfo, StopReason,
+    Channel, ChannelContext, ChannelTask, Effects, Emit, HandleIn, JoinRequest, Joined, LeaveReason, OutboundRoom,
+    Reply, Router, SocketInfo, StopReason,
 };
 use crate::config::SocketConfig;
 use crate::protocol::{
     DecodeError, HEARTBEAT, Message, Outgoing, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE, Payload,
     Serializer, WireFrame, is_reserved_event,
 };
-use crate::pubsub::{Deliver, PubSub};
+use crate::pubsub::{Broadcast, Deliver, PubSub};
 
 /// The event on a socket-id topic that force-closes the socket (Phoenix's `disconnect`).
 pub const DISCONNECT_EVENT: &str = "disconnect";
@@ -116,6 +118,13 @@ impl SocketSession {
 
     // ---- outbound -------------------------------------------------------------------------
 
+    /// Sends a broadcast's shared frame, if this socket's serializer can carry it.
+    fn forward(&mut self, ctx: &mut Context<Self>, broadcast: &Broadcast) {
+        if let Some(frame) = broadcast.encoded(self.serializer) {
+            self.enqueue(ctx, frame.clone());
+        }
+    }
+
     fn enqueue(&mut self, ctx: &mut Context<Self>, frame: WireFrame) {
         if self.phase == Phase::Closing {
             return;
@@ -185,9 +194,15 @@ impl SocketSession {
             );
             std::panic::catch_unwind(AssertUnwindSafe(|| callback(joined.channel.as_mut(), &mut cctx)))
         };
-        let Effects { pushes, tasks } = effects;
-        for (event, payload) in pushes {
-            self.send(ctx, Outgoing::Push { join_ref: Some(&join_ref), topic, event: &event, payload: &payload });
+        let Effects { frames, tasks } = effects;
+        for frame in frames {
+            match frame {
+                Emit::Push(event, payload) => {
+                    let frame = Outgoing::Push { join_ref: Some(&join_ref), topic, event: &event, payload: &payload };
+                    self.send(ctx, frame);
+                }
+                Emit::Forward(broadcast) => self.forward(ctx, &broadcast),
+            }
         }
         for task in tasks {
             self.start_task(ctx, topic, &join_ref, task);
@@ -312,6 +327,38 @@ impl SocketSession {
         self.dispatch(ctx, topic, channel_join_ref, msg_ref, event, payload);
     }
 
+    /// Replies when `future` completes, then hands its info, if any, to the channel's
+    /// `handle_info` when the same join is still there.
+    fn reply_later(
+        &mut self,
+        ctx: &mut Context<Self>,
+        topic: String,
+        join_ref: String,
+        msg_ref: Option<String>,
+        future: LocalBoxFuture<'static, (Reply, Option<Box<dyn Any>>)>,
+    ) {
+        self.in_flight += 1;
+        let future = AssertUnwindSafe(future).catch_unwind().into_actor(self);
+        ctx.spawn(future.map(move |result, act, ctx| {
+            act.in_flight -= 1;
+            let same_join = act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref);
+            match result {
+                Ok((reply, info)) => {
+                    act.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
+                    if let Some(info) = info.filter(|_| same_join && act.phase != Phase::Closing) {
+                        let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
+                        if matches!(outcome, Some(Err(_))) {
+                            act.crash_channel(ctx, &topic, "handle_info panicked");
+                        }
+                    }
+                }
+                Err(_) if same_join => act.crash_channel(ctx, &topic, "handle_in future panicked"),
+                Err(_) => {}
+            }
+            act.finish_drain_if_idle(ctx);
+        }));
+    }
+
     fn dispatch(
         &mut self,
         ctx: &mut Context<Self>,
@@ -330,19 +377,12 @@ impl SocketSession {
             Ok(HandleIn::Reply(reply)) => self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply),
             Ok(HandleIn::NoReply) => {}
             Ok(HandleIn::Later(future)) => {
-                self.in_flight += 1;
-                let future = AssertUnwindSafe(future).catch_unwind().into_actor(self);
-                ctx.spawn(future.map(move |result, act, ctx| {
-                    act.in_flight -= 1;
-                    match result {
-                        Ok(reply) => act.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply),
-                        Err(_) if act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref) => {
-                            act.crash_channel(ctx, &topic, "handle_in future panicked");
-                        }
-                        Err(_) => {}
-                    }
-                    act.finish_drain_if_idle(ctx);
-                }));
+                let future = future.map(|reply| (reply, None));
+                self.reply_later(ctx, topic, join_ref, msg_ref, Box::pin(future));
+            }
+            Ok(HandleIn::LaterThen(future)) => {
+                let future = future.map(|(reply, info)| (reply, Some(info)));
+                self.reply_later(ctx, topic, join_ref, msg_ref, Box::pin(future));
             }
             Ok(HandleIn::Stop { reply, reason }) => {
                 if let Some(reply) = reply {
@@ -611,14 +651,14 @@ impl Handler<Deliver> for SocketSession {
             return;
         }
         if self.info.identity.socket_id.as_deref() == Some(broadcast.topic.as_str()) {
-            if broadcast.event == DISCONNECT_EVENT {
+            if broadcast.name() == DISCONNECT_EVENT {
                 tracing::info!(conn = self.conn(), "disconnect requested for socket id");
                 self.close(ctx, CloseCode::Away, "disconnected");
             }
             return;
         }
         if self.info.identity.session.as_ref().is_some_and(|s| s.topic == broadcast.topic) {
-            if broadcast.event == DISCONNECT_EVENT {
+            if broadcast.name() == DISCONNECT_EVENT {
                 tracing::info!(conn = self.conn(), "closing socket: its session ended");
                 self.close(ctx, CloseCode::Away, "session ended");
             }
@@ -630,11 +670,7 @@ impl Handler<Deliver> for SocketSession {
             return;
         };
         match forward {
-            Ok(true) => {
-                if let Some(frame) = broadcast.encoded(self.serializer) {
-                    self.enqueue(ctx, frame.clone());
-                }
-            }
+            Ok(true) => self.forward(ctx, &broadcast),
             Ok(false) => {}
             Err(_) => self.crash_channel(ctx, &broadcast.topic, "handle_out panicked"),
         }

@@ -1,177 +1,381 @@
 //! A device's delivery state on its inbox topic: where it is in its log, and whether it is
-//! still catching up on stored messages or following live ones.
+//! reading stored messages or following live ones, so that pushes follow the log in offset
+//! order without gap or duplicate, whatever order live publishes arrive in.
 //!
 //! The socket subscribes before the join reply, so every message committed after a page of
 //! stored messages was read arrives live. Each page is read from one snapshot of the log, so it
-//! has no hole, and says whether it reached that snapshot's end. Live messages are held back
-//! until a page does (`more` false), then pushed if past the last offset pushed; after that they go
-//! straight out. Past a bound, held messages are dropped and the catch-up reads once more:
-//! they are stored, so the next page has them. Pushes thus follow the log without gap or
-//! duplicate. (A device's own sends never come back to it live; it has them already.)
+//! has no hole, and says whether it reached that snapshot's end.
+//!
+//! - **Reading** (the catch-up after a join, or a gap fill): stored messages are pushed as
+//!   pages come; live ones are held. When a page reaches the end of its snapshot, everything
+//!   up to that snapshot's last offset has been seen (an offset the log could not return, such
+//!   as a deleted user's message, is skipped), and the inbox goes live with what it holds.
+//! - **Live**: a message at the next offset is pushed, followed by every held one that is now
+//!   contiguous. One that arrives ahead of a gap is held; if the gap is still open after a short
+//!   window, the inbox reads the log again from where it is.
+//!
+//! A device's own sends never come back to its socket live, so they would look like gaps: the
+//! channel reports each send's offset in the sender's log ([`Inbox::own_sent`]) when its ack
+//! comes back, and the inbox steps over it. Held messages are bounded; past the bound they are
+//! dropped and read back from storage, where they already are.
 
-use crate::pubsub::Attachment;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Live messages held back during a catch-up before the inbox relies on reading them back.
+/// Live messages held past a gap, or during a read, before the inbox relies on reading them
+/// back from storage instead.
 const MAX_HELD: usize = 1024;
 
-/// What to do with a live message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
-    /// Push it now.
-    Push,
-    /// Do not push it now: it was pushed already, is held back, or the device pulls.
-    Skip,
-}
+/// Own-send offsets remembered ahead of the delivered mark; past this the oldest is forgotten,
+/// which only costs a read that pushes the device a message it sent.
+const MAX_OWN: usize = 1024;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// The device asks for messages itself (`pull`); nothing is pushed.
     Pull,
-    /// Stored messages are being pushed; live ones wait in `held`.
-    CatchingUp { held: Vec<(i64, Attachment)>, overflowed: bool },
-    /// Live messages go straight out.
-    Live,
+    /// Stored messages are being pushed; live ones are held. `overflowed`: some were dropped
+    /// after this read's snapshot may have been taken, so one more read is needed.
+    Reading { overflowed: bool },
+    /// Live messages go out in order. `gap_timer`: the delivered mark when the gap timer was
+    /// armed, if one is running.
+    Live { gap_timer: Option<i64> },
 }
 
-/// Delivery state of one device on `user:<eid>`.
+/// Delivery state of one device on `user:<eid>`, holding live messages of type `T`.
 #[derive(Debug)]
-pub struct Inbox {
+pub struct Inbox<T> {
     delivered: i64,
+    /// This socket's own sends past `delivered`.
+    own: BTreeSet<i64>,
+    /// Live messages past `delivered` that wait for what comes before them.
+    held: BTreeMap<i64, T>,
     phase: Phase,
 }
 
-impl Inbox {
-    /// A push-mode device that has seen the log up to `after` and now catches up.
+impl<T> Inbox<T> {
+    /// A push-mode device that has seen the log up to `after` and now reads the rest.
     pub fn catching_up(after: i64) -> Self {
-        Inbox { delivered: after, phase: Phase::CatchingUp { held: Vec::new(), overflowed: false } }
+        Inbox {
+            delivered: after,
+            own: BTreeSet::new(),
+            held: BTreeMap::new(),
+            phase: Phase::Reading { overflowed: false },
+        }
     }
 
     /// A pull-mode device.
     pub fn pull() -> Self {
-        Inbox { delivered: 0, phase: Phase::Pull }
+        Inbox { delivered: 0, own: BTreeSet::new(), held: BTreeMap::new(), phase: Phase::Pull }
     }
 
-    /// The last offset pushed to the device.
+    /// The last offset pushed to the device (or stepped over).
     pub fn delivered(&self) -> i64 {
         self.delivered
     }
 
-    /// Whether stored messages are still being read.
-    pub fn is_catching_up(&self) -> bool {
-        matches!(self.phase, Phase::CatchingUp { .. })
+    /// Whether stored messages are being read.
+    pub fn is_reading(&self) -> bool {
+        matches!(self.phase, Phase::Reading { .. })
     }
 
-    /// Decides about a live message at `offset`.
-    pub fn offer_live(&mut self, offset: i64, message: &Attachment) -> Offer {
+    /// Takes a live message at `offset`; returns what to push now, in offset order.
+    pub fn offer_live(&mut self, offset: i64, message: T) -> Vec<T> {
+        if self.phase == Phase::Pull || offset <= self.delivered || self.held.contains_key(&offset) {
+            return Vec::new();
+        }
+        if self.held.len() >= MAX_HELD {
+            // Stored already: a read after this one's commit returns it.
+            if let Phase::Reading { overflowed } = &mut self.phase {
+                *overflowed = true;
+            }
+            return Vec::new();
+        }
+        self.held.insert(offset, message);
+        self.release()
+    }
+
+    /// Records that this socket's own send took `offset` in the log; returns what that unblocks.
+    pub fn own_sent(&mut self, offset: i64) -> Vec<T> {
+        if self.phase == Phase::Pull || offset <= self.delivered {
+            return Vec::new();
+        }
+        if self.own.len() >= MAX_OWN {
+            self.own.pop_first();
+        }
+        self.own.insert(offset);
+        self.release()
+    }
+
+    /// Whether a gap timer should start now: live, holding messages past a gap, none running.
+    pub fn gap_timer_due(&mut self) -> bool {
         match &mut self.phase {
-            Phase::Pull => Offer::Skip,
-            Phase::CatchingUp { held, overflowed } => {
-                if offset > self.delivered {
-                    if held.len() < MAX_HELD {
-                        held.push((offset, Attachment::clone(message)));
-                    } else {
-                        *overflowed = true;
-                    }
-                }
-                Offer::Skip
+            Phase::Live { gap_timer } if gap_timer.is_none() && !self.held.is_empty() => {
+                *gap_timer = Some(self.delivered);
+                true
             }
-            Phase::Live if offset > self.delivered => {
-                self.delivered = offset;
-                Offer::Push
-            }
-            Phase::Live => Offer::Skip,
+            _ => false,
         }
     }
 
-    /// Decides about a stored message at `offset` from a catch-up page.
-    pub fn offer_stored(&mut self, offset: i64) -> Offer {
-        if !self.is_catching_up() || offset <= self.delivered {
-            return Offer::Skip;
+    /// The gap timer fired: true when the same gap is still open and the log must be read
+    /// (the inbox is then reading). A gap that moved on since gets a timer of its own.
+    pub fn gap_expired(&mut self) -> bool {
+        let Phase::Live { gap_timer } = &mut self.phase else { return false };
+        let armed_at = gap_timer.take();
+        if self.held.is_empty() || armed_at != Some(self.delivered) {
+            return false;
+        }
+        self.phase = Phase::Reading { overflowed: false };
+        true
+    }
+
+    /// Decides about a stored message at `offset` from a page: true to push it.
+    pub fn offer_stored(&mut self, offset: i64) -> bool {
+        if !self.is_reading() || offset <= self.delivered {
+            return false;
         }
         self.delivered = offset;
-        Offer::Push
+        // The device sent this one itself.
+        !self.own.remove(&offset)
     }
 
-    /// Ends the catch-up after a page that reached the end of the log; returns the held live
-    /// messages to push now, in order. If some were dropped for space, the catch-up goes on
-    /// instead (`None`) and reads them from storage.
-    pub fn finish_catch_up(&mut self) -> Option<Vec<(i64, Attachment)>> {
-        let Phase::CatchingUp { held, overflowed } = &mut self.phase else { return Some(Vec::new()) };
-        if std::mem::take(overflowed) {
-            held.clear();
+    /// Ends a read after a page that reached the end of its snapshot, whose last offset was
+    /// `last_offset`: every offset up to it has been offered, so what was not is skipped. Returns
+    /// the held messages to push now, in order; `None` when held messages were dropped for
+    /// space and the read must go on.
+    pub fn finish_reading(&mut self, last_offset: i64) -> Option<Vec<T>> {
+        let Phase::Reading { overflowed } = self.phase else { return Some(Vec::new()) };
+        self.delivered = self.delivered.max(last_offset);
+        let delivered = self.delivered;
+        self.held.retain(|offset, _| *offset > delivered);
+        self.own.retain(|offset| *offset > delivered);
+        if overflowed {
+            self.held.clear();
+            self.phase = Phase::Reading { overflowed: false };
             return None;
         }
-        let mut held = std::mem::take(held);
-        held.retain(|(offset, _)| *offset > self.delivered);
-        if let Some((last, _)) = held.last() {
-            self.delivered = *last;
+        self.phase = Phase::Live { gap_timer: None };
+        Some(self.release())
+    }
+
+    /// While live, pushes everything contiguous with the delivered mark.
+    fn release(&mut self) -> Vec<T> {
+        let mut out = Vec::new();
+        if !matches!(self.phase, Phase::Live { .. }) {
+            return out;
         }
-        self.phase = Phase::Live;
-        Some(held)
+        loop {
+            let next = self.delivered + 1;
+            if self.own.remove(&next) {
+                self.delivered = next;
+            } else if let Some(message) = self.held.remove(&next) {
+                self.delivered = next;
+                out.push(message);
+            } else {
+                return out;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
-    fn tag(n: i64) -> Attachment {
-        Arc::new(n)
+    /// Drives an inbox the way the channel does, recording what reaches the device.
+    struct Device {
+        inbox: Inbox<i64>,
+        pushed: Vec<i64>,
+        timer: bool,
     }
 
-    fn offsets(items: &[(i64, Attachment)]) -> Vec<i64> {
-        items.iter().map(|(o, _)| *o).collect()
+    impl Device {
+        fn live(delivered: i64) -> Self {
+            let mut device = Device { inbox: Inbox::catching_up(delivered), pushed: Vec::new(), timer: false };
+            device.read(&[], delivered);
+            device
+        }
+
+        fn arm(&mut self) {
+            if self.inbox.gap_timer_due() {
+                assert!(!self.timer, "one gap timer at a time");
+                self.timer = true;
+            }
+        }
+
+        fn live_message(&mut self, offset: i64) {
+            let ready = self.inbox.offer_live(offset, offset);
+            self.pushed.extend(ready);
+            self.arm();
+        }
+
+        fn own(&mut self, offset: i64) {
+            let ready = self.inbox.own_sent(offset);
+            self.pushed.extend(ready);
+            self.arm();
+        }
+
+        /// The gap timer fires; returns whether the log is read.
+        fn timer_fires(&mut self) -> bool {
+            assert!(self.timer, "no timer was armed");
+            self.timer = false;
+            let read = self.inbox.gap_expired();
+            self.arm();
+            read
+        }
+
+        /// One page that reaches the end of a log whose last offset is `last`.
+        fn read(&mut self, stored: &[i64], last: i64) {
+            assert!(self.inbox.is_reading());
+            for &offset in stored {
+                if self.inbox.offer_stored(offset) {
+                    self.pushed.push(offset);
+                }
+            }
+            let held = self.inbox.finish_reading(last).expect("no overflow");
+            self.pushed.extend(held);
+            self.arm();
+        }
     }
 
     #[test]
     fn live_messages_wait_for_the_catch_up_and_duplicates_are_dropped() {
-        let mut inbox = Inbox::catching_up(2);
-        // Live 5 and 6 arrive while stored 3..=5 are read.
-        assert_eq!(inbox.offer_live(5, &tag(5)), Offer::Skip);
-        assert_eq!(inbox.offer_live(6, &tag(6)), Offer::Skip);
-        assert_eq!(inbox.offer_stored(2), Offer::Skip, "at or before `after`");
-        for o in 3..=5 {
-            assert_eq!(inbox.offer_stored(o), Offer::Push);
-        }
-        let held = inbox.finish_catch_up().expect("held messages follow on");
-        assert_eq!(offsets(&held), vec![6], "5 came from storage already");
-        assert_eq!(inbox.delivered(), 6);
-        assert_eq!(inbox.offer_live(6, &tag(6)), Offer::Skip);
-        assert_eq!(inbox.offer_live(7, &tag(7)), Offer::Push);
-        assert_eq!(inbox.offer_stored(8), Offer::Skip, "no stored pushes once live");
+        let mut d = Device { inbox: Inbox::catching_up(2), pushed: Vec::new(), timer: false };
+        // Live 5 and 6 arrive while stored 3..=5 are read from a snapshot ending at 5.
+        d.live_message(5);
+        d.live_message(6);
+        d.live_message(6);
+        assert!(d.pushed.is_empty(), "nothing live goes out during the catch-up");
+        assert!(!d.inbox.offer_stored(2), "at or before `after`");
+        d.read(&[3, 4, 5], 5);
+        assert_eq!(d.pushed, vec![3, 4, 5, 6], "5 came from storage, 6 from the held ones");
+        assert_eq!(d.inbox.delivered(), 6);
+        d.live_message(6);
+        d.live_message(7);
+        assert_eq!(d.pushed, vec![3, 4, 5, 6, 7]);
+        assert!(!d.inbox.offer_stored(8), "no stored pushes once live");
+        assert!(!d.timer);
     }
 
     #[test]
-    fn own_sends_leave_gaps_that_are_not_waited_for() {
-        let mut inbox = Inbox::catching_up(0);
-        // Offset 2 was this device's own send: never live here.
-        inbox.offer_live(3, &tag(3));
-        assert_eq!(inbox.offer_stored(1), Offer::Push);
-        assert_eq!(offsets(&inbox.finish_catch_up().unwrap()), vec![3]);
-        assert_eq!(inbox.offer_live(5, &tag(5)), Offer::Push);
+    fn a_message_ahead_of_a_gap_waits_for_the_one_before_it() {
+        let mut d = Device::live(5);
+        d.live_message(7);
+        assert!(d.pushed.is_empty(), "7 is held until 6 is known");
+        assert!(d.timer);
+        d.live_message(6);
+        assert_eq!(d.pushed, vec![6, 7], "offset order, though published 7 first");
+        // The timer that was armed for the closed gap finds nothing to do.
+        assert!(!d.timer_fires());
+        assert!(!d.inbox.is_reading());
     }
 
     #[test]
-    fn held_messages_are_bounded() {
+    fn reordered_bursts_and_duplicates_come_out_once_in_order() {
+        let mut d = Device::live(0);
+        for offset in [3, 1, 2, 2, 6, 5, 1, 4, 6, 8, 7] {
+            d.live_message(offset);
+        }
+        assert_eq!(d.pushed, (1..=8).collect::<Vec<_>>());
+        assert_eq!(d.inbox.delivered(), 8);
+    }
+
+    #[test]
+    fn a_gap_still_open_after_the_window_is_filled_from_the_log() {
+        let mut d = Device::live(5);
+        d.live_message(8);
+        d.live_message(9);
+        assert!(d.timer_fires(), "6 and 7 never came live: read them");
+        // While the log is read, 10 arrives live and is held.
+        d.live_message(10);
+        d.read(&[6, 7, 8, 9], 9);
+        assert_eq!(d.pushed, vec![6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_gap_the_database_cannot_fill_is_skipped_after_the_read() {
+        // Offset 6 belongs to a message the log no longer returns (its sender was deleted).
+        let mut d = Device::live(5);
+        d.live_message(7);
+        assert!(d.timer_fires());
+        d.read(&[7], 7);
+        assert_eq!(d.pushed, vec![7], "6 is skipped, 7 pushed once");
+        d.live_message(8);
+        assert_eq!(d.pushed, vec![7, 8], "and the stream goes on without waiting again");
+        assert!(!d.timer);
+    }
+
+    #[test]
+    fn a_gap_that_moved_on_gets_a_new_window_before_a_read() {
+        let mut d = Device::live(5);
+        d.live_message(7);
+        d.live_message(6); // closes the first gap
+        d.live_message(9); // opens another while the first timer still runs
+        assert_eq!(d.pushed, vec![6, 7]);
+        assert!(!d.timer_fires(), "the timer was armed for the first gap");
+        assert!(d.timer, "the second gap gets a full window");
+        assert!(d.timer_fires());
+    }
+
+    #[test]
+    fn own_sends_are_stepped_over_once_their_ack_says_where_they_went() {
+        let mut d = Device::live(5);
+        // This socket's own send took 6; a peer's message at 7 arrives before the ack.
+        d.live_message(7);
+        assert!(d.pushed.is_empty());
+        d.own(6);
+        assert_eq!(d.pushed, vec![7]);
+        // An ack that comes first leaves no gap at all.
+        d.own(8);
+        d.live_message(9);
+        assert_eq!(d.pushed, vec![7, 9]);
+        assert_eq!(d.inbox.delivered(), 9);
+    }
+
+    #[test]
+    fn own_sends_read_back_during_a_catch_up_are_not_pushed() {
+        let mut d = Device { inbox: Inbox::catching_up(0), pushed: Vec::new(), timer: false };
+        d.own(2);
+        d.read(&[1, 2, 3], 3);
+        assert_eq!(d.pushed, vec![1, 3]);
+    }
+
+    #[test]
+    fn held_messages_are_bounded_and_read_back_after_overflow() {
         let mut inbox = Inbox::catching_up(0);
-        for o in 1..=(MAX_HELD as i64 + 10) {
-            inbox.offer_live(o, &tag(o));
+        let past = MAX_HELD as i64 + 10;
+        for o in 1..=past {
+            inbox.offer_live(o, o);
         }
-        assert!(inbox.finish_catch_up().is_none(), "overflow means read the rest from storage");
-        assert!(inbox.is_catching_up());
-        for o in 1..=(MAX_HELD as i64 + 10) {
-            assert_eq!(inbox.offer_stored(o), Offer::Push);
+        for o in 1..=5 {
+            assert!(inbox.offer_stored(o));
         }
-        inbox.offer_live(MAX_HELD as i64 + 11, &tag(0));
-        assert_eq!(offsets(&inbox.finish_catch_up().unwrap()), vec![MAX_HELD as i64 + 11]);
+        assert!(inbox.finish_reading(5).is_none(), "overflow means read the rest from storage");
+        assert!(inbox.is_reading());
+        for o in 6..=past {
+            assert!(inbox.offer_stored(o));
+        }
+        inbox.offer_live(past + 1, past + 1);
+        assert_eq!(inbox.finish_reading(past).unwrap(), vec![past + 1]);
+
+        // Live, a gap that holds more than the bound drops the rest; the read fetches them.
+        let mut d = Device::live(0);
+        for o in 2..=(MAX_HELD as i64 + 10) {
+            d.live_message(o);
+        }
+        assert!(d.pushed.is_empty());
+        assert!(d.timer_fires());
+        let stored: Vec<i64> = (1..=(MAX_HELD as i64 + 10)).collect();
+        d.read(&stored, MAX_HELD as i64 + 10);
+        assert_eq!(d.pushed, stored);
     }
 
     #[test]
     fn pull_mode_pushes_nothing() {
         let mut inbox = Inbox::pull();
-        assert_eq!(inbox.offer_live(1, &tag(1)), Offer::Skip);
-        assert_eq!(inbox.offer_stored(1), Offer::Skip);
+        assert!(inbox.offer_live(1, 1).is_empty());
+        assert!(inbox.own_sent(1).is_empty());
+        assert!(!inbox.offer_stored(1));
+        assert!(!inbox.gap_timer_due());
     }
 }

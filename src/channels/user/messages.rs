@@ -2,6 +2,7 @@
 //! device, and the push-mode delivery of its log (catch-up, then live `message` and `receipt`
 //! events) to it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -9,19 +10,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::UserChannel;
-use super::inbox::Offer;
 use crate::channels::{ChannelContext, HandleIn, Reply};
 use crate::messaging::signals::EVENT_SIGNAL;
 use crate::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
-use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LiveMessage, LogPage, MessagingError, now_millis};
+use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LogPage, MessagingError, now_millis};
 use crate::pb;
 use crate::protocol::Payload;
-use crate::pubsub::Broadcast;
+use crate::pubsub::{Broadcast, Event};
 
 /// How long a catch-up waits for the socket's outbound queue to drain before the next page.
 const CATCH_UP_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a catch-up waits before reading again after a storage error.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
+/// How long a live message ahead of a gap waits for the ones before it before the inbox reads
+/// them from the log. Publishes reorder by microseconds on one node and by a broker's latency
+/// across nodes; a lost one costs the device this long.
+const GAP_WAIT: Duration = Duration::from_millis(250);
+
+/// The gap timer of the inbox fired.
+pub struct GapTimer;
+
+/// The offset in its user's log that this socket's send was stored at, from the send's ack.
+pub struct OwnSent(i64);
 
 /// A step of a push-mode catch-up, handed back to the channel by its task.
 pub enum CatchUp {
@@ -119,10 +129,10 @@ impl UserChannel {
         };
         // Queued now, not when the reply future first runs, so pipelined sends keep their order.
         let stored = self.messaging.send(&self.origin, message);
-        HandleIn::Later(Box::pin(async move {
+        HandleIn::LaterThen(Box::pin(async move {
             match stored.await {
-                Ok(ack) => Reply::ok(encoding.encode(&ack)),
-                Err(e) => send_error(encoding, &id, &e),
+                Ok(sent) => (Reply::ok(encoding.encode(&sent.ack)), Box::new(OwnSent(sent.sender_offset)) as _),
+                Err(e) => (send_error(encoding, &id, &e), Box::new(()) as _),
             }
         }))
     }
@@ -216,57 +226,82 @@ impl UserChannel {
                 return;
             }
         };
-        let more = page.more;
         for (offset, message) in &page.entries {
-            if self.inbox.offer_stored(*offset) == Offer::Push {
+            if self.inbox.offer_stored(*offset) {
                 ctx.push(EVENT_MESSAGE, self.encoding.encode(message));
             }
         }
-        if more {
+        if page.more {
             return self.fetch_next(ctx);
         }
-        match self.inbox.finish_catch_up() {
+        match self.inbox.finish_reading(page.last_offset) {
             Some(held) => {
-                for (_, attachment) in held {
-                    if let Some(live) = attachment.downcast_ref::<LiveMessage>() {
-                        ctx.push(EVENT_MESSAGE, self.encoding.encode(&live.message));
-                    }
-                }
+                self.push_live(held, ctx);
+                self.arm_gap_timer(ctx);
             }
             None => self.fetch_next(ctx),
         }
     }
 
+    /// Pushes live messages the inbox released: JSON devices get the frame every subscriber
+    /// shares, protobuf devices the message re-encoded.
+    fn push_live(&self, released: Vec<Arc<Broadcast>>, ctx: &mut ChannelContext<'_>) {
+        for broadcast in released {
+            match (&broadcast.event, self.encoding) {
+                (Event::Message { message, .. }, Encoding::Protobuf) => {
+                    ctx.push(EVENT_MESSAGE, self.encoding.encode(message));
+                }
+                _ => ctx.forward(&broadcast),
+            }
+        }
+    }
+
+    /// Starts the gap timer if the inbox holds messages past a gap and none is running.
+    fn arm_gap_timer(&mut self, ctx: &mut ChannelContext<'_>) {
+        if self.inbox.gap_timer_due() {
+            ctx.spawn(Box::pin(async {
+                tokio::time::sleep(GAP_WAIT).await;
+                Box::new(GapTimer) as _
+            }));
+        }
+    }
+
+    /// The gap timer fired: read the log if the gap is still open, or time the next one.
+    pub(super) fn gap_timer(&mut self, ctx: &mut ChannelContext<'_>) {
+        if self.inbox.gap_expired() {
+            tracing::debug!(user = self.origin.eid, after = self.inbox.delivered(), "filling a gap from the log");
+            return self.fetch_next(ctx);
+        }
+        self.arm_gap_timer(ctx);
+    }
+
+    /// This socket's send was stored at `offset` in its user's log.
+    pub(super) fn own_sent(&mut self, OwnSent(offset): OwnSent, ctx: &mut ChannelContext<'_>) {
+        let released = self.inbox.own_sent(offset);
+        self.push_live(released, ctx);
+        self.arm_gap_timer(ctx);
+    }
+
     /// `handle_out` for the inbox topic: live messages go through the inbox; protobuf devices
     /// get seed types (messages, receipts, signals) re-encoded, JSON devices the shared frame.
-    pub(super) fn deliver_live(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
-        if broadcast.event == EVENT_MESSAGE {
-            let (Some(live), Some(attachment)) = (broadcast.attachment::<LiveMessage>(), &broadcast.attachment) else {
-                return true;
-            };
-            if self.inbox.offer_live(live.offset, attachment) == Offer::Skip {
-                return false;
+    pub(super) fn deliver_live(&mut self, broadcast: &Arc<Broadcast>, ctx: &mut ChannelContext<'_>) -> bool {
+        let protobuf = self.encoding == Encoding::Protobuf;
+        match &broadcast.event {
+            Event::Message { offset, .. } => {
+                let released = self.inbox.offer_live(*offset, Arc::clone(broadcast));
+                self.push_live(released, ctx);
+                self.arm_gap_timer(ctx);
+                false
             }
-            if self.encoding == Encoding::Protobuf {
-                ctx.push(EVENT_MESSAGE, self.encoding.encode(&live.message));
-                return false;
-            }
-            return true;
-        }
-        if self.encoding == Encoding::Protobuf {
-            if broadcast.event == EVENT_RECEIPT
-                && let Some(ack) = broadcast.attachment::<pb::MessagePeerAckSignal>()
-            {
+            Event::Receipt(ack) if protobuf => {
                 ctx.push(EVENT_RECEIPT, self.encoding.encode(ack));
-                return false;
+                false
             }
-            if broadcast.event == EVENT_SIGNAL
-                && let Some(signal) = broadcast.attachment::<pb::Signal>()
-            {
+            Event::Signal(signal) if protobuf => {
                 ctx.push(EVENT_SIGNAL, self.encoding.encode(signal));
-                return false;
+                false
             }
+            Event::Receipt(_) | Event::Signal(_) | Event::PresenceDiff { .. } | Event::Raw { .. } => true,
         }
-        true
     }
 }

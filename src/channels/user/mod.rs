@@ -25,7 +25,7 @@ use crate::presence::{Meta, Tracker};
 use crate::protocol::{Payload, Serializer};
 use crate::pubsub::{Broadcast, PubSub};
 use inbox::Inbox;
-use messages::CatchUp;
+use messages::{CatchUp, GapTimer, OwnSent};
 
 /// The topic prefix this family serves.
 pub const PREFIX: &str = "user:";
@@ -184,7 +184,7 @@ pub struct UserChannel {
     signal_request: i32,
     /// This device's presence meta, kept to apply `presence` updates to.
     meta: Meta,
-    inbox: Inbox,
+    inbox: Inbox<Arc<Broadcast>>,
 }
 
 /// The payload of the `presence` event: what the device says about itself.
@@ -258,7 +258,7 @@ impl Channel for UserChannel {
         let watched = presence_topic(&self.origin.eid);
         let topic = ctx.topic.to_owned();
         track_and_list(ctx, &self.tracker, &[&topic, &watched], self.origin.device_key(), meta);
-        if self.inbox.is_catching_up() {
+        if self.inbox.is_reading() {
             self.fetch_next(ctx);
         }
     }
@@ -291,12 +291,20 @@ impl Channel for UserChannel {
         if push_presence_state(info.as_ref(), ctx).is_some() {
             return;
         }
-        if let Ok(step) = info.downcast::<CatchUp>() {
-            self.catch_up(*step, ctx);
+        let info = match info.downcast::<CatchUp>() {
+            Ok(step) => return self.catch_up(*step, ctx),
+            Err(info) => info,
+        };
+        let info = match info.downcast::<OwnSent>() {
+            Ok(sent) => return self.own_sent(*sent, ctx),
+            Err(info) => info,
+        };
+        if info.is::<GapTimer>() {
+            self.gap_timer(ctx);
         }
     }
 
-    fn handle_out(&mut self, broadcast: &Broadcast, ctx: &mut ChannelContext<'_>) -> bool {
+    fn handle_out(&mut self, broadcast: &Arc<Broadcast>, ctx: &mut ChannelContext<'_>) -> bool {
         self.deliver_live(broadcast, ctx)
     }
 
