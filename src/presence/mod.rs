@@ -3,9 +3,11 @@
 //! Channels `track` a socket under a key with a meta map; every change reaches the topic's
 //! subscribers as a `presence_diff` broadcast, coalesced per topic over a short window, and a
 //! joining socket gets the whole `presence_state`. The engine sits behind the [`Tracker`] trait,
-//! like pub/sub's broker, so a multi-node backend can replace [`LocalTracker`]. This module owns
+//! like pub/sub's broker, so a multi-node backend can replace [`LocalTracker`]; [`conformance`] is
+//! the contract such a backend must pass, as a check that takes a factory. This module owns
 //! presence state only; who may see a topic is the channels' business.
 
+pub mod conformance;
 mod local;
 mod state;
 
