@@ -153,6 +153,7 @@ impl Courier {
             .disable_signals()
             .shutdown_timeout(2)
             .listen("courier", listener, move || {
+                // The same paths as the upgrades, so a plain GET there says why it is no socket.
                 let app = upgrades
                     .paths()
                     .fold(App::new(), |app, path| app.route(path, web::get().to(upgrade::not_upgraded)));
