@@ -30,8 +30,8 @@ use crate::pubsub::{Broker, LocalBroker, PubSub};
 use crate::store::{Store, StoreOptions};
 use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
-use crate::transport::upgrade::Upgrades;
-use crate::transport::{Sockets, TransportState, websocket};
+use crate::transport::upgrade::{self, Upgrades};
+use crate::transport::{Sockets, TransportState};
 
 /// The channel families every Courier serves. Starts the last-seen writer, so it must run
 /// inside a runtime.
@@ -134,7 +134,9 @@ impl Courier {
             n => n,
         };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
-        let upgrades = Upgrades { phoenix: transport.clone(), json: json.clone() };
+        let upgrades = Upgrades::new()
+            .endpoint("/socket/websocket", transport.clone().into_inner())
+            .endpoint("/json/websocket", json.clone().into_inner());
         let max_connections = match config.http.max_connections {
             0 => edge::connection_limit_from_fd_limit(config.database_pool, workers),
             n => n,
@@ -151,14 +153,16 @@ impl Courier {
             .disable_signals()
             .shutdown_timeout(2)
             .listen("courier", listener, move || {
-                let app = App::new()
+                // The same paths as the upgrades, so a plain GET there says why it is no socket.
+                let app = upgrades
+                    .paths()
+                    .fold(App::new(), |app, path| app.route(path, web::get().to(upgrade::not_upgraded)));
+                let app = app
                     .app_data(transport.clone())
                     .app_data(admin.clone())
                     .app_data(json.clone())
                     .app_data(accounts.clone())
                     .app_data(crate::http::json_config())
-                    .route("/socket/websocket", web::get().to(websocket::not_upgraded))
-                    .route("/json/websocket", web::get().to(websocket::not_upgraded))
                     .configure(admin::configure)
                     .configure(crate::http::api::configure);
                 let app = match &static_dir {

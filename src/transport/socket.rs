@@ -1,9 +1,12 @@
-//! The socket actor: one per WebSocket connection.
+//! The Phoenix socket session: one per connection of the Phoenix endpoint, run by a
+//! [`Connection`](super::connection::Connection).
 //!
-//! It owns the connection's joined channels, its heartbeat deadline, its rate limit and its
-//! bounded outbound queue, and implements Phoenix's socket rules: join/leave/duplicate-join,
-//! join_ref checks, the unmatched-topic reply, the channel limit, socket-id disconnects and
-//! graceful drain. Channel behaviour itself is delegated to [`crate::channels`].
+//! It owns the connection's joined channels, its rate limit and its in-flight replies, and
+//! implements Phoenix's socket rules: join/leave/duplicate-join, join_ref checks, the
+//! unmatched-topic reply, the channel limit, socket-id and session disconnects, and what a
+//! draining socket still finishes. Channel behaviour itself is delegated to [`crate::channels`];
+//! the socket's lifecycle (close handshake, idle timeout, slow consumers, shutdown) is
+//! [`super::connection`]'s.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -11,19 +14,19 @@ use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, StreamHandler, WrapFuture,
-};
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+use actix::{ActorFutureExt, AsyncContext, Recipient};
+use actix_ws::CloseCode;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::FutureExt;
 use futures_util::future::LocalBoxFuture;
-use futures_util::{FutureExt, Stream};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use super::writer::{Outbound, QueueError};
+use super::TransportState;
+pub use super::connection::DISCONNECT_EVENT;
+use super::connection::{Ctx, IntoConnection, Link, Session};
 use super::ws_io::WsWriter;
-use super::{CLOSE_HANDSHAKE_GRACE, Sockets, TransportState};
 use crate::channels::{
     Channel, ChannelContext, ChannelTask, Effects, Emit, HandleIn, JoinRequest, Joined, LeaveReason, OutboundRoom,
     Reply, Router, SocketInfo, StopReason,
@@ -31,21 +34,9 @@ use crate::channels::{
 use crate::config::SocketConfig;
 use crate::protocol::{
     DecodeError, HEARTBEAT, Message, Outgoing, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE, Payload,
-    Serializer, WireFrame, is_reserved_event,
+    Serializer, is_reserved_event,
 };
 use crate::pubsub::{Broadcast, Deliver, PubSub};
-
-/// The event on a socket-id topic that force-closes the socket (Phoenix's `disconnect`).
-pub const DISCONNECT_EVENT: &str = "disconnect";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// Shutting down: no new frames are taken; the socket closes once in-flight work is done.
-    Draining,
-    /// A close frame is queued; nothing more is sent.
-    Closing,
-}
 
 struct JoinedChannel {
     join_ref: String,
@@ -57,89 +48,56 @@ enum JoinFailure {
     Crashed,
 }
 
-/// The actor behind one WebSocket connection.
+/// The Phoenix protocol behind one WebSocket connection.
 pub struct SocketSession {
     info: Rc<SocketInfo>,
     serializer: Serializer,
     settings: Arc<SocketConfig>,
     router: Arc<Router>,
     pubsub: PubSub,
-    sockets: Arc<Sockets>,
     channels: HashMap<String, JoinedChannel>,
-    outbound: Outbound,
-    last_received: Instant,
+    link: Link,
     limiter: DefaultDirectRateLimiter,
     in_flight: usize,
-    phase: Phase,
-    close_reason: &'static str,
 }
 
 impl SocketSession {
-    /// Prepares the actor for an upgraded connection.
+    /// Prepares the session for an upgraded connection, writing to `writer`.
     pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, writer: WsWriter) -> Self {
         let settings = Arc::clone(&state.settings);
         let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_burst).unwrap_or(NonZeroU32::MIN);
         SocketSession {
+            link: Link::new("phoenix", info.connection_id, writer, &settings, Arc::clone(&state.sockets)),
             info,
             serializer,
-            outbound: Outbound::start(writer, settings.queue_limits()),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             settings,
             router: Arc::clone(&state.router),
             pubsub: state.pubsub.clone(),
-            sockets: Arc::clone(&state.sockets),
             channels: HashMap::new(),
-            last_received: Instant::now(),
             in_flight: 0,
-            phase: Phase::Open,
-            close_reason: "connection closed",
         }
-    }
-
-    /// Starts the actor, reading client frames from `stream`.
-    pub fn start_with<S>(self, stream: S)
-    where
-        S: Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
-    {
-        SocketSession::create(move |ctx| {
-            ctx.add_stream(stream);
-            self
-        });
     }
 
     fn conn(&self) -> u64 {
         self.info.connection_id
     }
 
-    fn recipient(ctx: &mut Context<Self>) -> Recipient<Deliver> {
+    fn recipient(ctx: &mut Ctx<Self>) -> Recipient<Deliver> {
         ctx.address().recipient()
     }
 
     // ---- outbound -------------------------------------------------------------------------
 
     /// Sends a broadcast's shared frame, if this socket's serializer can carry it.
-    fn forward(&mut self, ctx: &mut Context<Self>, broadcast: &Broadcast) {
+    fn forward(&mut self, ctx: &mut Ctx<Self>, broadcast: &Broadcast) {
         if let Some(frame) = broadcast.encoded(self.serializer) {
             self.enqueue(ctx, frame.clone());
         }
     }
 
-    fn enqueue(&mut self, ctx: &mut Context<Self>, frame: WireFrame) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        match self.outbound.send(frame) {
-            Ok(()) => {}
-            Err(QueueError::Full) => {
-                tracing::info!(conn = self.conn(), queued_bytes = self.outbound.queued_bytes(), "closing slow socket");
-                self.abort(ctx, CloseCode::Away, "slow consumer: outbound queue full");
-            }
-            Err(QueueError::Closed) => ctx.stop(),
-        }
-    }
-
-    fn send(&mut self, ctx: &mut Context<Self>, frame: Outgoing<'_>) {
+    fn send(&mut self, ctx: &mut Ctx<Self>, frame: Outgoing<'_>) {
         match self.serializer.encode(&frame) {
             Ok(wire) => self.enqueue(ctx, wire),
             Err(e) => tracing::debug!(conn = self.conn(), error = %e, "frame not sent"),
@@ -148,7 +106,7 @@ impl SocketSession {
 
     fn reply(
         &mut self,
-        ctx: &mut Context<Self>,
+        ctx: &mut Ctx<Self>,
         join_ref: Option<&str>,
         msg_ref: Option<&str>,
         topic: &str,
@@ -166,7 +124,7 @@ impl SocketSession {
         }
     }
 
-    fn lifecycle(&mut self, ctx: &mut Context<Self>, join_ref: &str, topic: &str, event: &str) {
+    fn lifecycle(&mut self, ctx: &mut Ctx<Self>, join_ref: &str, topic: &str, event: &str) {
         let payload = if event == PHX_ERROR { Payload::reason("channel_crash") } else { Payload::empty() };
         self.send(ctx, Outgoing::Lifecycle { join_ref, topic, event, payload: &payload });
     }
@@ -175,11 +133,11 @@ impl SocketSession {
     /// pushes it made and starts the tasks it spawned. `None` when the topic is not joined.
     fn run_callback<R>(
         &mut self,
-        ctx: &mut Context<Self>,
+        ctx: &mut Ctx<Self>,
         topic: &str,
         callback: impl FnOnce(&mut dyn Channel, &mut ChannelContext<'_>) -> R,
     ) -> Option<std::thread::Result<R>> {
-        let SocketSession { channels, info, pubsub, outbound, .. } = self;
+        let SocketSession { channels, info, pubsub, link, .. } = self;
         let joined = channels.get_mut(topic)?;
         let join_ref = joined.join_ref.clone();
         let mut effects = Effects::default();
@@ -189,7 +147,7 @@ impl SocketSession {
                 &join_ref,
                 info,
                 pubsub,
-                OutboundRoom { frames: outbound.room(), bytes: outbound.room_bytes() },
+                OutboundRoom { frames: link.room(), bytes: link.room_bytes() },
                 &mut effects,
             );
             std::panic::catch_unwind(AssertUnwindSafe(|| callback(joined.channel.as_mut(), &mut cctx)))
@@ -210,13 +168,45 @@ impl SocketSession {
         Some(outcome)
     }
 
+    /// Replies when `future` completes, then hands its info, if any, to the channel's
+    /// `handle_info` when the same join is still there.
+    fn reply_later(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        topic: String,
+        join_ref: String,
+        msg_ref: Option<String>,
+        future: LocalBoxFuture<'static, (Reply, Option<Box<dyn Any>>)>,
+    ) {
+        self.in_flight += 1;
+        let future = AssertUnwindSafe(future).catch_unwind().into_connection(self);
+        ctx.spawn(future.map(move |result, act, ctx| {
+            act.in_flight -= 1;
+            let same_join = act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref);
+            match result {
+                Ok((reply, info)) => {
+                    act.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
+                    if let Some(info) = info.filter(|_| same_join && !act.link.is_closing()) {
+                        let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
+                        if matches!(outcome, Some(Err(_))) {
+                            act.crash_channel(ctx, &topic, "handle_info panicked");
+                        }
+                    }
+                }
+                Err(_) if same_join => act.crash_channel(ctx, &topic, "handle_in future panicked"),
+                Err(_) => {}
+            }
+            act.finish_drain_if_idle(ctx);
+        }));
+    }
+
     /// Runs a channel's task off the actor; its result goes to `handle_info` if the same join
     /// of the topic is still there when it completes.
-    fn start_task(&mut self, ctx: &mut Context<Self>, topic: &str, join_ref: &str, task: ChannelTask) {
+    fn start_task(&mut self, ctx: &mut Ctx<Self>, topic: &str, join_ref: &str, task: ChannelTask) {
         let (topic, join_ref) = (topic.to_owned(), join_ref.to_owned());
-        let task = AssertUnwindSafe(task).catch_unwind().into_actor(self);
+        let task = AssertUnwindSafe(task).catch_unwind().into_connection(self);
         ctx.spawn(task.map(move |result, act, ctx| {
-            if act.channels.get(&topic).is_none_or(|c| c.join_ref != join_ref) || act.phase == Phase::Closing {
+            if act.channels.get(&topic).is_none_or(|c| c.join_ref != join_ref) || act.link.is_closing() {
                 return;
             }
             let crashed = match result {
@@ -232,36 +222,9 @@ impl SocketSession {
         }));
     }
 
-    /// Queues a close frame after everything already queued, then stops shortly after.
-    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str) {
-        self.end(ctx, code, reason, false);
-    }
-
-    /// Like [`Self::close`], but drops what is queued: the client is not reading it.
-    fn abort(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str) {
-        self.end(ctx, code, reason, true);
-    }
-
-    fn end(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &'static str, drop_queued: bool) {
-        if self.phase == Phase::Closing {
-            return;
-        }
-        self.phase = Phase::Closing;
-        self.close_reason = reason;
-        if drop_queued {
-            self.outbound.abort(code, reason);
-        } else {
-            self.outbound.close(code, reason);
-        }
-        ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
-    }
-
     // ---- inbound --------------------------------------------------------------------------
 
-    fn inbound(&mut self, ctx: &mut Context<Self>, decoded: Result<Message, DecodeError>) {
-        if self.phase != Phase::Open {
-            return;
-        }
+    fn inbound(&mut self, ctx: &mut Ctx<Self>, decoded: Result<Message, DecodeError>) {
         let msg = match decoded {
             Ok(msg) => msg,
             Err(DecodeError::BinaryNotSupported) => {
@@ -287,7 +250,7 @@ impl SocketSession {
         self.handle_message(ctx, msg);
     }
 
-    fn handle_message(&mut self, ctx: &mut Context<Self>, msg: Message) {
+    fn handle_message(&mut self, ctx: &mut Ctx<Self>, msg: Message) {
         let Message { join_ref, msg_ref, topic, event, payload } = msg;
         if topic == PHOENIX_TOPIC && event == HEARTBEAT {
             return self.reply(ctx, None, msg_ref.as_deref(), &topic, &Reply::ok_empty());
@@ -327,41 +290,9 @@ impl SocketSession {
         self.dispatch(ctx, topic, channel_join_ref, msg_ref, event, payload);
     }
 
-    /// Replies when `future` completes, then hands its info, if any, to the channel's
-    /// `handle_info` when the same join is still there.
-    fn reply_later(
-        &mut self,
-        ctx: &mut Context<Self>,
-        topic: String,
-        join_ref: String,
-        msg_ref: Option<String>,
-        future: LocalBoxFuture<'static, (Reply, Option<Box<dyn Any>>)>,
-    ) {
-        self.in_flight += 1;
-        let future = AssertUnwindSafe(future).catch_unwind().into_actor(self);
-        ctx.spawn(future.map(move |result, act, ctx| {
-            act.in_flight -= 1;
-            let same_join = act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref);
-            match result {
-                Ok((reply, info)) => {
-                    act.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
-                    if let Some(info) = info.filter(|_| same_join && act.phase != Phase::Closing) {
-                        let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
-                        if matches!(outcome, Some(Err(_))) {
-                            act.crash_channel(ctx, &topic, "handle_info panicked");
-                        }
-                    }
-                }
-                Err(_) if same_join => act.crash_channel(ctx, &topic, "handle_in future panicked"),
-                Err(_) => {}
-            }
-            act.finish_drain_if_idle(ctx);
-        }));
-    }
-
     fn dispatch(
         &mut self,
-        ctx: &mut Context<Self>,
+        ctx: &mut Ctx<Self>,
         topic: String,
         join_ref: String,
         msg_ref: Option<String>,
@@ -401,7 +332,7 @@ impl SocketSession {
 
     fn join(
         &mut self,
-        ctx: &mut Context<Self>,
+        ctx: &mut Ctx<Self>,
         join_ref: Option<String>,
         msg_ref: Option<String>,
         topic: String,
@@ -448,7 +379,7 @@ impl SocketSession {
         };
         // Like Phoenix, the socket handles nothing else until the join is decided, so frames and
         // broadcasts that arrive meanwhile are written after the join reply.
-        ctx.wait(joined.into_actor(self).map(move |result, act, ctx| {
+        ctx.wait(joined.into_connection(self).map(move |result, act, ctx| {
             let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
             match result {
                 Ok(joined) => {
@@ -484,7 +415,7 @@ impl SocketSession {
         }));
     }
 
-    fn after_join(&mut self, ctx: &mut Context<Self>, topic: &str) {
+    fn after_join(&mut self, ctx: &mut Ctx<Self>, topic: &str) {
         let outcome = self.run_callback(ctx, topic, |channel, cctx| channel.after_join(cctx));
         if matches!(outcome, Some(Err(_))) {
             self.crash_channel(ctx, topic, "after_join panicked");
@@ -507,7 +438,7 @@ impl SocketSession {
     }
 
     /// Removes a channel and tells the client with `phx_close` (graceful) or `phx_error` (crash).
-    fn end_channel(&mut self, ctx: &mut Context<Self>, topic: &str, reason: LeaveReason, event: &str) {
+    fn end_channel(&mut self, ctx: &mut Ctx<Self>, topic: &str, reason: LeaveReason, event: &str) {
         let Some(mut joined) = self.channels.remove(topic) else { return };
         self.terminate(topic, &mut joined, reason);
         self.pubsub.unsubscribe(topic, self.conn());
@@ -515,39 +446,18 @@ impl SocketSession {
         self.lifecycle(ctx, &joined.join_ref, topic, event);
     }
 
-    fn crash_channel(&mut self, ctx: &mut Context<Self>, topic: &str, why: &str) {
+    fn crash_channel(&mut self, ctx: &mut Ctx<Self>, topic: &str, why: &str) {
         tracing::error!(conn = self.conn(), topic, why, "channel crashed");
         self.end_channel(ctx, topic, LeaveReason::Stopped, PHX_ERROR);
     }
-
-    // ---- shutdown -------------------------------------------------------------------------
-
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Open {
-            self.phase = Phase::Draining;
-            self.finish_drain_if_idle(ctx);
-        }
-    }
-
-    fn finish_drain_if_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Draining && self.in_flight == 0 {
-            self.close(ctx, CloseCode::Away, "server shutting down");
-        }
-    }
 }
 
-impl Actor for SocketSession {
-    type Context = Context<Self>;
+impl Session for SocketSession {
+    fn link(&mut self) -> &mut Link {
+        &mut self.link
+    }
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.sockets.opened();
-        let idle = self.settings.idle_timeout();
-        ctx.run_interval(super::idle_check_interval(idle), move |act, ctx| {
-            if act.phase != Phase::Closing && act.last_received.elapsed() >= idle {
-                tracing::info!(conn = act.conn(), "closing idle socket");
-                act.close(ctx, CloseCode::Away, "idle timeout");
-            }
-        });
+    fn started(&mut self, ctx: &mut Ctx<Self>) {
         let session = self.info.identity.session.clone();
         let control_topics: Vec<String> =
             self.info.identity.socket_id.iter().cloned().chain(session.as_ref().map(|s| s.topic.clone())).collect();
@@ -568,7 +478,7 @@ impl Actor for SocketSession {
                         None => true,
                     }
                 }
-                .into_actor(self)
+                .into_connection(self)
                 .map(|live, act, ctx| {
                     if !live {
                         tracing::info!(conn = act.conn(), "closing socket: its session ended before it listened");
@@ -583,10 +493,23 @@ impl Actor for SocketSession {
                 act.close(ctx, CloseCode::Away, "session expired");
             });
         }
-        ctx.spawn(self.sockets.shutdown_requested().into_actor(self).map(|_, act, ctx| act.drain(ctx)));
     }
 
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+    fn text(&mut self, ctx: &mut Ctx<Self>, text: ByteString) {
+        let decoded = self.serializer.decode_text(&text);
+        self.inbound(ctx, decoded);
+    }
+
+    fn binary(&mut self, ctx: &mut Ctx<Self>, data: Bytes) {
+        let decoded = self.serializer.decode_binary(data);
+        self.inbound(ctx, decoded);
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    fn stopped(&mut self) {
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
             if let Some(mut joined) = self.channels.remove(&topic) {
@@ -600,56 +523,9 @@ impl Actor for SocketSession {
         if let Some(session) = &self.info.identity.session {
             self.pubsub.unsubscribe(&session.topic, self.conn());
         }
-        self.sockets.closed();
-        tracing::info!(conn = self.conn(), reason = self.close_reason, "socket closed");
     }
-}
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SocketSession {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
-        let msg = match item {
-            Ok(msg) => msg,
-            Err(e) => {
-                let (code, reason) = super::read_error_close(&e);
-                tracing::debug!(conn = self.conn(), error = %e, "closing socket on a websocket error");
-                return self.close(ctx, code, reason);
-            }
-        };
-        self.last_received = Instant::now();
-        match msg {
-            AggregatedMessage::Text(text) => {
-                let decoded = self.serializer.decode_text(&text);
-                self.inbound(ctx, decoded);
-            }
-            AggregatedMessage::Binary(data) => {
-                let decoded = self.serializer.decode_binary(data);
-                self.inbound(ctx, decoded);
-            }
-            AggregatedMessage::Ping(data) => {
-                let _ = self.outbound.pong(data);
-            }
-            AggregatedMessage::Pong(_) => {}
-            AggregatedMessage::Close(reason) => {
-                if self.phase != Phase::Closing {
-                    // Answer the client's close with its own code, as RFC 6455 asks.
-                    self.phase = Phase::Closing;
-                    self.close_reason = "client closed";
-                    let code = reason.map_or(CloseCode::Normal, |r| r.code);
-                    self.outbound.close(code, "");
-                }
-                ctx.stop();
-            }
-        }
-    }
-}
-
-impl Handler<Deliver> for SocketSession {
-    type Result = ();
-
-    fn handle(&mut self, Deliver(broadcast): Deliver, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Closing {
-            return;
-        }
+    fn deliver(&mut self, Deliver(broadcast): Deliver, ctx: &mut Ctx<Self>) {
         if self.info.identity.socket_id.as_deref() == Some(broadcast.topic.as_str()) {
             if broadcast.name() == DISCONNECT_EVENT {
                 tracing::info!(conn = self.conn(), "disconnect requested for socket id");

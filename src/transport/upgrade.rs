@@ -1,6 +1,8 @@
 //! Where upgraded connections leave actix-http: its HTTP/1 dispatcher hands every request with
 //! `Connection: upgrade` here, together with the raw TCP stream and any bytes it read past the
-//! request head. The handshake is answered here, and the socket then runs on [`super::ws_io`].
+//! request head. The request is routed by path to one of the registered [`Endpoint`]s, which
+//! checks the handshake; the `101` (or the refusal) is written here, and the socket then runs
+//! on [`super::ws_io`].
 //!
 //! Why not an actix-web route: the dispatcher behind a route keeps a read and a write buffer of
 //! 8 KiB each for as long as the connection lives, which was 16 KiB of an idle socket's 19 KB.
@@ -12,16 +14,22 @@ use actix_codec::Framed;
 use actix_http::body::BodySize;
 use actix_http::header::{self, HeaderValue};
 use actix_http::{ConnectionType, Method, Request, Response, h1};
-use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
 use futures_util::SinkExt;
+use futures_util::future::LocalBoxFuture;
 
-use super::TransportState;
 use super::edge::Conn;
-use super::json_socket::{self, JsonEndpoint};
-use super::websocket;
 use super::ws_io::{WsReader, WsWriter};
 use crate::error::{Code, Error};
+
+/// A WebSocket endpoint: checks one handshake and says how its socket starts.
+///
+/// `Arc<Self>` so the accepted socket can keep the endpoint's shared state without a copy.
+pub trait Endpoint: Send + Sync + 'static {
+    /// Answers a `GET` upgrade request on this endpoint's path: accepted, or the refusal to send.
+    fn accept<'a>(self: Arc<Self>, req: &'a Request) -> LocalBoxFuture<'a, Result<Accepted, Error>>;
+}
 
 /// An accepted WebSocket handshake: the `101` response and what runs the socket afterwards.
 pub struct Accepted {
@@ -33,16 +41,30 @@ pub struct Accepted {
     pub start: Box<dyn FnOnce(WsReader, WsWriter)>,
 }
 
-/// The upgrade service: the WebSocket endpoints, by path.
-#[derive(Clone)]
+/// The upgrade service: the registered WebSocket endpoints, by path.
+#[derive(Clone, Default)]
 pub struct Upgrades {
-    /// `GET /socket/websocket`, the Phoenix endpoint.
-    pub phoenix: web::Data<TransportState>,
-    /// `GET /json/websocket`, the seed-002 JSON endpoint.
-    pub json: web::Data<JsonEndpoint>,
+    /// Cloned for every upgrade request, so shared rather than copied.
+    endpoints: Arc<Vec<(&'static str, Arc<dyn Endpoint>)>>,
 }
 
 impl Upgrades {
+    /// No endpoints yet: every upgrade is answered 404.
+    pub fn new() -> Self {
+        Upgrades::default()
+    }
+
+    /// Registers `endpoint` at `path`; an earlier registration of the same path wins.
+    pub fn endpoint(mut self, path: &'static str, endpoint: Arc<dyn Endpoint>) -> Self {
+        Arc::make_mut(&mut self.endpoints).push((path, endpoint));
+        self
+    }
+
+    /// The registered paths, for the plain-HTTP answer to a request that is not an upgrade.
+    pub fn paths(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.endpoints.iter().map(|(path, _)| *path)
+    }
+
     /// Answers one upgrade request and, when accepted, starts the socket on the raw stream.
     ///
     /// The error type is what actix-http's upgrade hook asks for; the only errors are the
@@ -57,10 +79,11 @@ impl Upgrades {
     }
 
     async fn answer(self, req: Request, mut framed: Framed<Conn, h1::Codec>) -> io::Result<()> {
-        let accepted = match (req.method() == Method::GET, req.path()) {
-            (true, "/socket/websocket") => websocket::accept(&req, &self.phoenix).await,
-            (true, "/json/websocket") => json_socket::accept(&req, &self.json),
-            _ => Err(Error::new(Code::NotFound, format!("no route for {} {}", req.method(), req.path()))),
+        let get = req.method() == Method::GET;
+        let endpoint = self.endpoints.iter().find(|(path, _)| get && *path == req.path());
+        let accepted = match endpoint {
+            Some((_, endpoint)) => Arc::clone(endpoint).accept(&req).await,
+            None => Err(Error::new(Code::NotFound, format!("no route for {} {}", req.method(), req.path()))),
         };
         match accepted {
             Ok(accepted) => {
@@ -89,4 +112,14 @@ async fn refuse(framed: &mut Framed<Conn, h1::Codec>, refusal: Error) -> io::Res
     framed.feed(h1::Message::Item((response, BodySize::Sized(body.len() as u64)))).await?;
     framed.feed(h1::Message::Chunk(Some(body))).await?;
     framed.send(h1::Message::Chunk(None)).await
+}
+
+/// A registered endpoint's path asked for without `Connection: upgrade`: upgrade requests never
+/// reach the HTTP routes, so this answers only handshakes that are not one.
+pub async fn not_upgraded(req: HttpRequest) -> HttpResponse {
+    let reason = match actix_http::ws::verify_handshake(req.head()) {
+        Err(e) => e.to_string(),
+        Ok(()) => "the request is not a WebSocket upgrade".to_owned(),
+    };
+    Error::new(Code::BadHandshake, reason).error_response()
 }

@@ -1,18 +1,21 @@
-//! `GET /socket/websocket`: vsn negotiation, the `authToken` subprotocol, authentication, and the
-//! socket actor's start once the connection is upgraded.
+//! `GET /socket/websocket`, the Phoenix endpoint: vsn negotiation, the `authToken` subprotocol,
+//! authentication, and the [`SocketSession`]'s start once the connection is upgraded.
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use actix_http::Request;
 use actix_http::header::{self, HeaderMap, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::web;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use futures_util::future::LocalBoxFuture;
 
 use super::TransportState;
+use super::connection::Connection;
 use super::socket::SocketSession;
-use super::upgrade::Accepted;
+use super::upgrade::{Accepted, Endpoint};
 use crate::channels::{ConnectError, ConnectRequest, SocketInfo};
 use crate::error::{Code, Error};
 use crate::protocol::Serializer;
@@ -21,9 +24,15 @@ use crate::protocol::Serializer;
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
 const BEARER_PREFIX: &str = "base64url.bearer.phx.";
 
+impl Endpoint for TransportState {
+    fn accept<'a>(self: Arc<Self>, req: &'a Request) -> LocalBoxFuture<'a, Result<Accepted, Error>> {
+        Box::pin(accept(req, self))
+    }
+}
+
 /// Checks a Phoenix client's handshake and authenticates it; the socket starts once the `101`
 /// is out (see [`super::upgrade`]).
-pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<Accepted, Error> {
+async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, Error> {
     if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
         return Err(Error::new(Code::BadHandshake, e.to_string()));
     }
@@ -71,7 +80,6 @@ pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PHOENIX_SUBPROTOCOL));
     }
     let info = SocketInfo::new(state.sockets.next_connection_id(), identity, request.params, serializer);
-    let state = web::Data::clone(state);
     let peer = request.peer;
     Ok(Accepted {
         response,
@@ -86,19 +94,9 @@ pub async fn accept(req: &Request, state: &web::Data<TransportState>) -> Result<
                 ?peer,
                 "socket connected"
             );
-            SocketSession::new(Rc::new(info), serializer, &state, writer).start_with(reader);
+            Connection::start(SocketSession::new(Rc::new(info), serializer, &state, writer), reader);
         }),
     })
-}
-
-/// `GET /socket/websocket` (and `/json/websocket`) without `Connection: upgrade`: upgrade
-/// requests never reach the HTTP routes, so this answers only handshakes that are not one.
-pub async fn not_upgraded(req: HttpRequest) -> HttpResponse {
-    let reason = match actix_http::ws::verify_handshake(req.head()) {
-        Err(e) => e.to_string(),
-        Ok(()) => "the request is not a WebSocket upgrade".to_owned(),
-    };
-    Error::new(Code::BadHandshake, reason).error_response()
 }
 
 fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {

@@ -60,7 +60,7 @@ impl Item {
     }
 }
 
-/// The sending side, owned by the socket actor.
+/// The sending side, owned by the socket's [`Link`](super::connection::Link).
 pub struct Outbound {
     tx: mpsc::Sender<Item>,
     abort: Option<oneshot::Sender<CloseReason>>,
