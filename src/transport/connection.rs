@@ -3,7 +3,7 @@
 //!
 //! It owns, through the session's [`Link`], the bounded outbound queue, the idle timer, pong
 //! answers, the close handshake (echoing the client's close, or sending ours and waiting
-//! [`CLOSE_HANDSHAKE_GRACE`] for the answer), the slow-consumer abort, the drain at shutdown and
+//! `CLOSE_HANDSHAKE_GRACE` for the answer), the slow-consumer abort, the drain at shutdown and
 //! the live count ([`Sockets`]). What a message means belongs to the endpoint: its [`Session`]
 //! handles text and binary messages and pub/sub deliveries, and lets go of its subscriptions
 //! when the socket stops.
