@@ -163,17 +163,21 @@ impl<'a> ChannelContext<'a> {
 
     /// Pushes an event to this channel's client only (`[join_ref, null, topic, event, payload]`).
     pub fn push(&mut self, event: impl Into<String>, payload: Payload) {
-        self.outbound_room = self.outbound_room.saturating_sub(1);
-        self.outbound_room_bytes = self.outbound_room_bytes.saturating_sub(payload.len());
+        self.take_room(payload.len());
         self.effects.frames.push(Emit::Push(event.into(), payload));
     }
 
     /// Forwards a broadcast to this channel's client in its shared frame, e.g. one that
     /// `handle_out` held back and releases later.
     pub fn forward(&mut self, broadcast: &Arc<Broadcast>) {
-        self.outbound_room = self.outbound_room.saturating_sub(1);
-        self.outbound_room_bytes = self.outbound_room_bytes.saturating_sub(broadcast.payload().len());
+        self.take_room(broadcast.payload().len());
         self.effects.frames.push(Emit::Forward(Arc::clone(broadcast)));
+    }
+
+    /// Counts one more frame of about `bytes` against the room the callback was given.
+    fn take_room(&mut self, bytes: usize) {
+        self.outbound_room = self.outbound_room.saturating_sub(1);
+        self.outbound_room_bytes = self.outbound_room_bytes.saturating_sub(bytes);
     }
 
     /// Runs `task` off the socket; its result is handed to this channel's `handle_info`.

@@ -182,18 +182,16 @@ impl SocketSession {
         let future = AssertUnwindSafe(future).catch_unwind().into_connection(self);
         ctx.spawn(future.map(move |result, act, ctx| {
             act.in_flight -= 1;
-            let same_join = act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref);
             match result {
                 Ok((reply, info)) => {
                     act.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
-                    if let Some(info) = info.filter(|_| same_join && !act.link.is_closing()) {
-                        let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
-                        if matches!(outcome, Some(Err(_))) {
-                            act.crash_channel(ctx, &topic, "handle_info panicked");
-                        }
+                    if let Some(info) = info {
+                        act.hand_info(ctx, &topic, &join_ref, info);
                     }
                 }
-                Err(_) if same_join => act.crash_channel(ctx, &topic, "handle_in future panicked"),
+                Err(_) if act.channels.get(&topic).is_some_and(|c| c.join_ref == join_ref) => {
+                    act.crash_channel(ctx, &topic, "handle_in future panicked");
+                }
                 Err(_) => {}
             }
             act.finish_drain_if_idle(ctx);
@@ -205,21 +203,28 @@ impl SocketSession {
     fn start_task(&mut self, ctx: &mut Ctx<Self>, topic: &str, join_ref: &str, task: ChannelTask) {
         let (topic, join_ref) = (topic.to_owned(), join_ref.to_owned());
         let task = AssertUnwindSafe(task).catch_unwind().into_connection(self);
-        ctx.spawn(task.map(move |result, act, ctx| {
-            if act.channels.get(&topic).is_none_or(|c| c.join_ref != join_ref) || act.link.is_closing() {
-                return;
-            }
-            let crashed = match result {
-                Ok(info) => {
-                    let outcome = act.run_callback(ctx, &topic, |channel, cctx| channel.handle_info(info, cctx));
-                    matches!(outcome, Some(Err(_)))
-                }
-                Err(_) => true,
-            };
-            if crashed {
-                act.crash_channel(ctx, &topic, "channel task or handle_info panicked");
-            }
+        ctx.spawn(task.map(move |result, act, ctx| match result {
+            Ok(info) => act.hand_info(ctx, &topic, &join_ref, info),
+            Err(_) if act.is_same_join(&topic, &join_ref) => act.crash_channel(ctx, &topic, "channel task panicked"),
+            Err(_) => {}
         }));
+    }
+
+    /// Whether the channel joined on `topic` is still the join `join_ref` named, on an open socket.
+    fn is_same_join(&self, topic: &str, join_ref: &str) -> bool {
+        self.channels.get(topic).is_some_and(|c| c.join_ref == join_ref) && !self.link.is_closing()
+    }
+
+    /// Hands a task's or a reply's info to the channel's `handle_info`, if the same join of
+    /// `topic` is still there; a panic there crashes the channel.
+    fn hand_info(&mut self, ctx: &mut Ctx<Self>, topic: &str, join_ref: &str, info: Box<dyn Any>) {
+        if !self.is_same_join(topic, join_ref) {
+            return;
+        }
+        let outcome = self.run_callback(ctx, topic, |channel, cctx| channel.handle_info(info, cctx));
+        if matches!(outcome, Some(Err(_))) {
+            self.crash_channel(ctx, topic, "handle_info panicked");
+        }
     }
 
     // ---- inbound --------------------------------------------------------------------------
