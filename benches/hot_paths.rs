@@ -26,8 +26,9 @@ use courier::messaging::log::{self, Append, Write, Written};
 use courier::messaging::now_millis;
 use courier::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
 use courier::pb;
-use courier::presence::{Meta, Owner, TopicPresence};
+use courier::presence::{Meta, TopicPresence};
 use courier::protocol::{Outgoing, Payload, Serializer, WireFrame};
+use courier::pubsub::{ConnectionId, NodeId};
 use courier::store::messages::MessageRow;
 use courier::store::{Store, StoreOptions};
 
@@ -202,18 +203,15 @@ fn presence_meta(i: usize) -> Meta {
 /// One key (user) and one socket per index, like a room where everyone has one device.
 struct Members {
     keys: Vec<String>,
-    owners: Vec<Owner>,
-    // Owners hold only weak references; these keep them alive so no sweep would drop them.
-    _alive: Vec<Arc<()>>,
+    owners: Vec<ConnectionId>,
 }
 
 impl Members {
     fn new(n: usize) -> Members {
-        let alive: Vec<Arc<()>> = (0..n).map(|_| Arc::new(())).collect();
+        let node = NodeId::new("courier-1");
         Members {
             keys: (0..n).map(|i| format!("user{i:05}")).collect(),
-            owners: alive.iter().enumerate().map(|(i, a)| Owner { id: i as u64, alive: Arc::downgrade(a) }).collect(),
-            _alive: alive,
+            owners: (0..n).map(|i| ConnectionId::new(node.clone(), i as u64)).collect(),
         }
     }
 
@@ -261,7 +259,7 @@ fn bench_presence(c: &mut Criterion) {
                 || presence_meta(n / 2),
                 |meta| {
                     next = (next + 1) % n;
-                    topic.update(&members.keys[next], next as u64, meta).expect("update");
+                    topic.update(&members.keys[next], &members.owners[next], meta).expect("update");
                     topic.take_diff()
                 },
                 BatchSize::SmallInput,
@@ -279,7 +277,7 @@ fn bench_presence(c: &mut Criterion) {
                 let mut timed = Duration::ZERO;
                 for i in 0..iters {
                     let k = i as usize % n;
-                    topic.update(&members.keys[k], k as u64, presence_meta(k)).expect("update");
+                    topic.update(&members.keys[k], &members.owners[k], presence_meta(k)).expect("update");
                     topic.take_diff().expect("a diff to send");
                     let start = Instant::now();
                     let state = topic.snapshot();

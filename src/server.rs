@@ -107,7 +107,7 @@ impl Courier {
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts);
         let tracker: Arc<dyn Tracker> = Arc::new(LocalTracker::start(&config.presence, pubsub.clone()));
         let router = default_router(&accounts, &messaging, &signals, &tracker).merge(extra_channels);
-        let sockets = Arc::new(Sockets::default());
+        let sockets = Arc::new(Sockets::new(pubsub.node_id().clone()));
         let transport = web::Data::new(TransportState {
             router: Arc::new(router),
             pubsub: pubsub.clone(),

@@ -197,7 +197,7 @@ impl<'a> ChannelContext<'a> {
 
     /// This socket's subscriber id in the registry.
     pub fn subscriber(&self) -> SubscriberId {
-        self.socket.connection_id
+        self.socket.connection_id.subscriber()
     }
 }
 

@@ -46,8 +46,8 @@ pub fn track_and_list(
     key: &str,
     meta: Meta,
 ) {
-    let owner = ctx.socket.presence_owner();
-    let tracks: Vec<_> = topics.iter().map(|topic| tracker.track(topic, key, owner.clone(), meta.clone())).collect();
+    let owner = ctx.socket.presence_owner(tracker);
+    let tracks: Vec<_> = topics.iter().map(|topic| tracker.track(topic, key, owner, meta.clone())).collect();
     let listed = tracker.list(topics.first().copied().unwrap_or(ctx.topic));
     ctx.spawn(Box::pin(async move {
         let mut tracked = Ok(String::new());

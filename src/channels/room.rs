@@ -115,7 +115,7 @@ impl Channel for RoomChannel {
 
     fn terminate(&mut self, _reason: LeaveReason, ctx: &mut ChannelContext<'_>) {
         if self.tracked {
-            self.tracker.untrack(ctx.topic, &self.key, ctx.socket.connection_id);
+            self.tracker.untrack(ctx.topic, &self.key, &ctx.socket.connection_id);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! The transport parses connect params and the `authToken` subprotocol, then asks a
 //! [`SocketAuthenticator`] whether to accept the socket and who it is.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use futures_util::future::LocalBoxFuture;
 
 use crate::accounts::Clock;
-use crate::presence::Owner;
+use crate::presence::{Lease, Tracker};
 use crate::protocol::Serializer;
-use crate::pubsub::SubscriberId;
+use crate::pubsub::ConnectionId;
 
 /// What a connecting client presented.
 #[derive(Debug, Clone, Default)]
@@ -112,31 +113,40 @@ impl SocketAuthenticator for AnonymousSockets {
 /// A connected socket, as channels see it.
 #[derive(Debug)]
 pub struct SocketInfo {
-    /// Unique per connection in this process; the socket's id in the pub/sub registry.
-    pub connection_id: SubscriberId,
+    /// Unique across nodes and restarts; its sequence number is the socket's id in this node's
+    /// pub/sub registry.
+    pub connection_id: ConnectionId,
     /// Who the socket is.
     pub identity: SocketIdentity,
     /// The connect params (never logged: they may hold tokens).
     pub params: HashMap<String, String>,
     /// The wire format the client chose (`vsn`); only V2 carries binary payloads.
     pub serializer: Serializer,
-    /// Dropped with the socket, so what the socket owns elsewhere (presences) can tell it is gone.
-    alive: Arc<()>,
+    /// The presence leases this socket holds, one per tracker it tracked with; they drop with
+    /// the socket, so its presences leave even if it crashes.
+    leases: RefCell<Vec<(usize, Lease)>>,
 }
 
 impl SocketInfo {
     /// Describes a newly accepted connection.
     pub fn new(
-        connection_id: SubscriberId,
+        connection_id: ConnectionId,
         identity: SocketIdentity,
         params: HashMap<String, String>,
         serializer: Serializer,
     ) -> Self {
-        SocketInfo { connection_id, identity, params, serializer, alive: Arc::new(()) }
+        SocketInfo { connection_id, identity, params, serializer, leases: RefCell::new(Vec::new()) }
     }
 
-    /// This socket as the owner of presences: they leave when it does, even if it crashes.
-    pub fn presence_owner(&self) -> Owner {
-        Owner { id: self.connection_id, alive: Arc::downgrade(&self.alive) }
+    /// This socket as the owner of presences on `tracker`, taking a lease from it on first use,
+    /// so its presences leave when it does.
+    pub fn presence_owner(&self, tracker: &Arc<dyn Tracker>) -> &ConnectionId {
+        // The tracker's address tells trackers apart; the vector almost always holds one.
+        let key = Arc::as_ptr(tracker).cast::<()>() as usize;
+        let mut leases = self.leases.borrow_mut();
+        if !leases.iter().any(|(k, _)| *k == key) {
+            leases.push((key, tracker.lease(&self.connection_id)));
+        }
+        &self.connection_id
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix::{Actor, Context, Handler};
 use serde_json::{Value, json};
 
-use super::{Meta, Owner, PresenceError, Tracker};
-use crate::pubsub::{Deliver, Event, LocalBroker, PubSub};
+use super::{Meta, PresenceError, Tracker};
+use crate::pubsub::{ConnectionId, Deliver, Event, LocalBroker, PubSub};
 
 /// Builds the tracker under test, publishing its diffs through `pubsub`.
 pub type TrackerFactory = dyn Fn(PubSub) -> Arc<dyn Tracker>;
@@ -69,9 +69,10 @@ pub async fn check_tracker(factory: &TrackerFactory) {
     pubsub.subscribe(topic, u64::MAX, probe.recipient()).await.expect("subscribes");
 
     // Track: a fresh phx_ref, visible in the state and announced as a join.
-    let alive_a = Arc::new(());
-    let owner_a = Owner { id: 1, alive: Arc::downgrade(&alive_a) };
-    let ref_a = tracker.track(topic, "alice", owner_a.clone(), meta("here")).await.expect("tracks");
+    let owner = |seq| ConnectionId::new(pubsub.node_id().clone(), seq);
+    let (owner_a, owner_b, owner_c) = (owner(1), owner(2), owner(3));
+    let lease_a = tracker.lease(&owner_a);
+    let ref_a = tracker.track(topic, "alice", &owner_a, meta("here")).await.expect("tracks");
     assert!(!ref_a.is_empty(), "a phx_ref is never empty");
     let listed = state(&tracker, topic).await;
     assert_eq!(listed["alice"]["metas"][0]["phx_ref"], json!(ref_a));
@@ -80,31 +81,25 @@ pub async fn check_tracker(factory: &TrackerFactory) {
     assert!(joined, "a track is announced as a presence_diff join");
 
     // The same owner under the same key twice is refused; another owner adds a second meta.
-    assert!(matches!(
-        tracker.track(topic, "alice", owner_a.clone(), Meta::new()).await,
-        Err(PresenceError::AlreadyTracked)
-    ));
-    let alive_b = Arc::new(());
-    let ref_b = tracker
-        .track(topic, "alice", Owner { id: 2, alive: Arc::downgrade(&alive_b) }, meta("tablet"))
-        .await
-        .expect("a second device of one key");
+    assert!(matches!(tracker.track(topic, "alice", &owner_a, Meta::new()).await, Err(PresenceError::AlreadyTracked)));
+    let lease_b = tracker.lease(&owner_b);
+    let ref_b = tracker.track(topic, "alice", &owner_b, meta("tablet")).await.expect("a second device of one key");
     assert_ne!(ref_a, ref_b, "every presence has its own phx_ref");
     assert_eq!(state(&tracker, topic).await["alice"]["metas"].as_array().map(Vec::len), Some(2));
 
     // Update: a new phx_ref whose phx_ref_prev is the old one; an unknown presence is an error.
-    let ref_a2 = tracker.update(topic, "alice", 1, meta("away")).await.expect("updates");
+    let ref_a2 = tracker.update(topic, "alice", &owner_a, meta("away")).await.expect("updates");
     assert_ne!(ref_a2, ref_a);
     let listed = state(&tracker, topic).await;
     let updated = listed["alice"]["metas"].as_array().and_then(|m| m.iter().find(|m| m["phx_ref"] == json!(ref_a2)));
     let updated = updated.expect("the updated meta is listed");
     assert_eq!(updated["status"], json!("away"));
     assert_eq!(updated["phx_ref_prev"], json!(ref_a));
-    assert!(matches!(tracker.update(topic, "nobody", 1, Meta::new()).await, Err(PresenceError::NoPresence)));
+    assert!(matches!(tracker.update(topic, "nobody", &owner_a, Meta::new()).await, Err(PresenceError::NoPresence)));
 
     // Untrack, twice: the second is a no-op. Calls from one socket apply in call order.
-    tracker.untrack(topic, "alice", 1);
-    tracker.untrack(topic, "alice", 1);
+    tracker.untrack(topic, "alice", &owner_a);
+    tracker.untrack(topic, "alice", &owner_a);
     let listed = state(&tracker, topic).await;
     assert_eq!(listed["alice"]["metas"].as_array().map(Vec::len), Some(1));
     assert_eq!(listed["alice"]["metas"][0]["phx_ref"], json!(ref_b));
@@ -119,18 +114,26 @@ pub async fn check_tracker(factory: &TrackerFactory) {
     .await;
     assert!(left, "an untrack is announced as a presence_diff leave");
 
-    let quick = Owner { id: 3, alive: Arc::downgrade(&alive_a) };
-    let tracked = tracker.track(topic, "carol", quick, Meta::new());
-    tracker.untrack(topic, "carol", 3);
+    let lease_c = tracker.lease(&owner_c);
+    let tracked = tracker.track(topic, "carol", &owner_c, Meta::new());
+    tracker.untrack(topic, "carol", &owner_c);
     let _ = tracked.await;
     assert!(state(&tracker, topic).await.get("carol").is_none(), "track then untrack leaves nothing");
 
-    // An owner that goes away without untracking (its socket died) leaves on its own.
-    drop(alive_b);
-    let swept = eventually(async || state(&tracker, topic).await.get("alice").is_none()).await;
-    assert!(swept, "a presence whose owner is gone leaves");
+    // A connection that ends without untracking (its socket died and dropped its lease) leaves
+    // from every topic it was on, and only it does.
+    let other_topic = "room:conformance-2";
+    tracker.track(other_topic, "bob", &owner_b, Meta::new()).await.expect("tracks on a second topic");
+    tracker.track(other_topic, "carol", &owner_c, Meta::new()).await.expect("tracks a survivor");
+    drop(lease_b);
+    let gone = eventually(async || {
+        state(&tracker, topic).await.get("alice").is_none() && state(&tracker, other_topic).await.get("bob").is_none()
+    })
+    .await;
+    assert!(gone, "the presences of a connection whose lease dropped leave");
+    assert!(state(&tracker, other_topic).await["carol"].is_object(), "other connections stay");
     assert_eq!(tracker.list("room:never-tracked").await.expect("list answers").keys, 0);
-    drop(alive_a);
+    drop((lease_a, lease_c));
     pubsub.stop();
 }
 
@@ -141,7 +144,7 @@ mod tests {
 
     #[actix::test]
     async fn the_local_tracker_keeps_the_contract() {
-        let config = PresenceConfig { shards: 2, diff_window_ms: 5, sweep_interval_ms: 20 };
+        let config = PresenceConfig { shards: 2, diff_window_ms: 5 };
         check_tracker(&move |pubsub| Arc::new(LocalTracker::start(&config, pubsub)) as Arc<dyn Tracker>).await;
     }
 }

@@ -1,5 +1,7 @@
 //! The single-node tracker: topics hashed over shard actors, each on its own thread, each
-//! owning the [`TopicPresence`] of its topics and broadcasting their diffs.
+//! owning the [`TopicPresence`] of its topics and broadcasting their diffs. A connection's lease
+//! is a guard that, when dropped, tells every shard the connection is gone; each shard keeps
+//! which of its topics a connection is on, so a departure costs its own presences only.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -10,17 +12,40 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
-use super::{Meta, Occupancy, Owner, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
+use super::{Lease, Meta, Occupancy, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
 use crate::messaging::now_millis;
-use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, ConnectionId, Event, PubSub};
 
 type Answer<T> = oneshot::Sender<Result<T, PresenceError>>;
 
 enum Command {
-    Track { topic: String, key: String, owner: Owner, meta: Meta, answer: Answer<String> },
-    Update { topic: String, key: String, owner: SubscriberId, meta: Meta, answer: Answer<String> },
-    Untrack { topic: String, key: String, owner: SubscriberId },
-    List { topic: String, answer: Answer<Snapshot> },
+    Track {
+        topic: String,
+        key: String,
+        owner: ConnectionId,
+        meta: Meta,
+        answer: Answer<String>,
+    },
+    Update {
+        topic: String,
+        key: String,
+        owner: ConnectionId,
+        meta: Meta,
+        answer: Answer<String>,
+    },
+    Untrack {
+        topic: String,
+        key: String,
+        owner: ConnectionId,
+    },
+    List {
+        topic: String,
+        answer: Answer<Snapshot>,
+    },
+    /// The connection's lease was dropped.
+    Gone {
+        owner: ConnectionId,
+    },
 }
 
 impl Message for Command {
@@ -32,29 +57,27 @@ struct Shard {
     topics: HashMap<String, TopicPresence>,
     /// Topics with changes not yet broadcast.
     dirty: HashSet<String>,
+    /// Which of this shard's topics each connection has a presence on.
+    owners: HashMap<ConnectionId, HashSet<String>>,
     pubsub: PubSub,
     window: Duration,
-    sweep_every: Duration,
 }
 
 impl Actor for Shard {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.sweep_every, |shard, ctx| {
-            let swept: Vec<String> =
-                shard.topics.iter_mut().filter_map(|(topic, p)| (p.sweep() > 0).then(|| topic.clone())).collect();
-            if !swept.is_empty() {
-                tracing::info!(topics = swept.len(), "presences of dead sockets removed");
-            }
-            for topic in swept {
-                shard.changed(&topic, ctx);
-            }
-        });
-    }
 }
 
 impl Shard {
+    /// Drops `topic` from what `owner` is on here.
+    fn forget(&mut self, owner: &ConnectionId, topic: &str) {
+        if let Some(topics) = self.owners.get_mut(owner) {
+            topics.remove(topic);
+            if topics.is_empty() {
+                self.owners.remove(owner);
+            }
+        }
+    }
+
     fn changed(&mut self, topic: &str, ctx: &mut Context<Self>) {
         if self.dirty.is_empty() {
             // The first change after a quiet spell opens the window; everything that changes
@@ -91,12 +114,13 @@ impl Handler<Command> for Shard {
                 let result = self.topics.entry(topic.clone()).or_default().track(&key, &owner, meta);
                 if result.is_ok() {
                     self.changed(&topic, ctx);
+                    self.owners.entry(owner).or_default().insert(topic);
                 }
                 let _ = answer.send(result);
             }
             Command::Update { topic, key, owner, meta, answer } => {
                 let result = match self.topics.get_mut(&topic) {
-                    Some(presence) => presence.update(&key, owner, meta),
+                    Some(presence) => presence.update(&key, &owner, meta),
                     None => Err(PresenceError::NoPresence),
                 };
                 if result.is_ok() {
@@ -105,8 +129,20 @@ impl Handler<Command> for Shard {
                 let _ = answer.send(result);
             }
             Command::Untrack { topic, key, owner } => {
-                if self.topics.get_mut(&topic).is_some_and(|p| p.untrack(&key, owner)) {
+                let Some(presence) = self.topics.get_mut(&topic) else { return };
+                if presence.untrack(&key, &owner) {
+                    let still_here = presence.has_owner(&owner);
                     self.changed(&topic, ctx);
+                    if !still_here {
+                        self.forget(&owner, &topic);
+                    }
+                }
+            }
+            Command::Gone { owner } => {
+                for topic in self.owners.remove(&owner).unwrap_or_default() {
+                    if self.topics.get_mut(&topic).is_some_and(|p| p.remove_owner(&owner) > 0) {
+                        self.changed(&topic, ctx);
+                    }
                 }
             }
             Command::List { topic, answer } => {
@@ -133,13 +169,13 @@ impl LocalTracker {
         let shards: Vec<Addr<Shard>> = (0..config.shards.max(1))
             .map(|_| {
                 let arbiter = actix::Arbiter::new().handle();
-                let (pubsub, window, sweep_every) = (pubsub.clone(), config.diff_window(), config.sweep_interval());
+                let (pubsub, window) = (pubsub.clone(), config.diff_window());
                 Shard::start_in_arbiter(&arbiter, move |_| Shard {
                     topics: HashMap::new(),
                     dirty: HashSet::new(),
+                    owners: HashMap::new(),
                     pubsub,
                     window,
-                    sweep_every,
                 })
             })
             .collect();
@@ -163,15 +199,33 @@ impl LocalTracker {
     }
 }
 
+/// A local lease: its drop is the connection's departure, told to every shard.
+struct LocalLease {
+    owner: ConnectionId,
+    shards: Arc<[Addr<Shard>]>,
+}
+
+impl Drop for LocalLease {
+    fn drop(&mut self) {
+        for shard in self.shards.iter() {
+            shard.do_send(Command::Gone { owner: self.owner.clone() });
+        }
+    }
+}
+
 impl Tracker for LocalTracker {
+    fn lease(&self, owner: &ConnectionId) -> Lease {
+        Lease::new(LocalLease { owner: owner.clone(), shards: Arc::clone(&self.shards) })
+    }
+
     fn track(
         &self,
         topic: &str,
         key: &str,
-        owner: Owner,
+        owner: &ConnectionId,
         meta: Meta,
     ) -> LocalBoxFuture<'static, Result<String, PresenceError>> {
-        let (t, key) = (topic.to_owned(), key.to_owned());
+        let (t, key, owner) = (topic.to_owned(), key.to_owned(), owner.clone());
         self.ask(topic, |answer| Command::Track { topic: t, key, owner, meta, answer })
     }
 
@@ -179,14 +233,15 @@ impl Tracker for LocalTracker {
         &self,
         topic: &str,
         key: &str,
-        owner: SubscriberId,
+        owner: &ConnectionId,
         meta: Meta,
     ) -> LocalBoxFuture<'static, Result<String, PresenceError>> {
-        let (t, key) = (topic.to_owned(), key.to_owned());
+        let (t, key, owner) = (topic.to_owned(), key.to_owned(), owner.clone());
         self.ask(topic, |answer| Command::Update { topic: t, key, owner, meta, answer })
     }
 
-    fn untrack(&self, topic: &str, key: &str, owner: SubscriberId) {
+    fn untrack(&self, topic: &str, key: &str, owner: &ConnectionId) {
+        let owner = owner.clone();
         self.shard(topic).do_send(Command::Untrack { topic: topic.to_owned(), key: key.to_owned(), owner });
     }
 
@@ -239,20 +294,18 @@ mod tests {
     #[actix::test]
     async fn coalesces_a_burst_into_one_diff_and_cleans_up_after_dead_sockets() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
-        let config = PresenceConfig { shards: 2, diff_window_ms: 40, sweep_interval_ms: 20 };
+        let config = PresenceConfig { shards: 2, diff_window_ms: 40 };
         let tracker = LocalTracker::start(&config, pubsub.clone());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe(Arc::clone(&seen)).start();
         pubsub.subscribe("room:t", 99, probe.recipient()).await.unwrap();
 
-        let sockets: Vec<Arc<()>> = (0..50).map(|_| Arc::new(())).collect();
-        let tracks: Vec<_> = sockets
+        let owners: Vec<ConnectionId> = (0..50).map(|i| ConnectionId::new(pubsub.node_id().clone(), i)).collect();
+        let leases: Vec<Lease> = owners.iter().map(|owner| tracker.lease(owner)).collect();
+        let tracks: Vec<_> = owners
             .iter()
             .enumerate()
-            .map(|(i, alive)| {
-                let owner = Owner { id: i as u64, alive: Arc::downgrade(alive) };
-                tracker.track("room:t", &format!("user{i}"), owner, Meta::new())
-            })
+            .map(|(i, owner)| tracker.track("room:t", &format!("user{i}"), owner, Meta::new()))
             .collect();
         for t in tracks {
             t.await.unwrap();
@@ -266,14 +319,13 @@ mod tests {
         assert!(diffs[0].1.changed() && diffs[0].1.occupied);
 
         // An update is a join of the new meta and a leave of the old one, in one diff.
-        let owner0 = Owner { id: 0, alive: Arc::downgrade(&sockets[0]) };
         assert!(matches!(
-            tracker.track("room:t", "user0", owner0, Meta::new()).await,
+            tracker.track("room:t", "user0", &owners[0], Meta::new()).await,
             Err(PresenceError::AlreadyTracked)
         ));
         let mut meta = Meta::new();
         meta.insert("status".into(), json!("away"));
-        let new_ref = tracker.update("room:t", "user0", 0, meta).await.unwrap();
+        let new_ref = tracker.update("room:t", "user0", &owners[0], meta).await.unwrap();
         let diffs = wait_for(&seen, 2).await;
         let update = &diffs[1].0;
         assert_eq!(update["joins"]["user0"]["metas"][0]["phx_ref"], json!(new_ref));
@@ -284,12 +336,15 @@ mod tests {
         );
         assert!(!diffs[1].1.changed());
 
-        // Forty sockets die without untracking; the others untrack, one of them twice.
-        drop(sockets.into_iter().take(40).collect::<Vec<_>>());
-        for i in 40..50 {
-            tracker.untrack("room:t", &format!("user{i}"), i);
+        // Forty sockets die without untracking (their leases drop); the others untrack, one of
+        // them twice, and then end too.
+        let mut leases = leases.into_iter();
+        drop(leases.by_ref().take(40).collect::<Vec<_>>());
+        for (i, owner) in owners.iter().enumerate().skip(40) {
+            tracker.untrack("room:t", &format!("user{i}"), owner);
         }
-        tracker.untrack("room:t", "user49", 49);
+        tracker.untrack("room:t", "user49", &owners[49]);
+        drop(leases);
         let mut left = std::collections::BTreeSet::new();
         for _ in 0..100 {
             let diffs = wait_for(&seen, 3).await;
@@ -309,7 +364,10 @@ mod tests {
         let last = diffs.last().unwrap().1;
         assert!(last.changed() && !last.occupied);
         assert_eq!(tracker.list("room:t").await.unwrap().keys, 0);
-        assert!(matches!(tracker.update("room:t", "user0", 0, Meta::new()).await, Err(PresenceError::NoPresence)));
+        assert!(matches!(
+            tracker.update("room:t", "user0", &owners[0], Meta::new()).await,
+            Err(PresenceError::NoPresence)
+        ));
         pubsub.stop();
     }
 }

@@ -6,12 +6,18 @@
 //! like pub/sub's broker, so a multi-node backend can replace [`LocalTracker`]; [`conformance`] is
 //! the contract such a backend must pass, as a check that takes a factory. This module owns
 //! presence state only; who may see a topic is the channels' business.
+//!
+//! Presences belong to a [`ConnectionId`], which names a socket across nodes. How the tracker
+//! learns that a connection is gone is its own business too: each connection holds a [`Lease`]
+//! the tracker gave it, and dropping the lease (the socket ended, or its actor crashed and was
+//! dropped) makes the connection's presences leave. The local tracker acts on the drop; a
+//! distributed one would also let the lease lapse on a TTL, so a node that dies takes its
+//! presences with it.
 
 pub mod conformance;
 mod local;
 mod state;
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
@@ -21,8 +27,8 @@ pub use local::LocalTracker;
 pub use state::{Diff, TopicPresence};
 
 use crate::protocol::Payload;
+use crate::pubsub::ConnectionId;
 pub use crate::pubsub::Occupancy;
-use crate::pubsub::SubscriberId;
 
 /// The event that carries a topic's whole presence to a socket that just joined.
 pub const PRESENCE_STATE: &str = "presence_state";
@@ -32,14 +38,23 @@ pub const PRESENCE_DIFF: &str = crate::pubsub::event::PRESENCE_DIFF;
 /// A presence's meta: a JSON object; `phx_ref` and `phx_ref_prev` are set by the tracker.
 pub type Meta = serde_json::Map<String, serde_json::Value>;
 
-/// The socket a presence belongs to. `alive` dies with the socket, so a socket that stops
-/// without untracking (it crashed) still leaves.
-#[derive(Debug, Clone)]
-pub struct Owner {
-    /// The socket's connection id.
-    pub id: SubscriberId,
-    /// Upgradable while the socket exists.
-    pub alive: Weak<()>,
+/// A connection's hold on its presences, from [`Tracker::lease`]: while it is held they stay;
+/// once it is dropped they all leave, even those the connection never untracked.
+pub struct Lease {
+    _release: Box<dyn Send>,
+}
+
+impl Lease {
+    /// A lease whose end is `release` being dropped (a tracker's own guard type).
+    pub fn new(release: impl Send + 'static) -> Self {
+        Lease { _release: Box::new(release) }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
 }
 
 /// Why a presence call failed.
@@ -71,12 +86,15 @@ pub struct Snapshot {
 /// A presence engine. Mutations are queued before the call returns, so a `track` followed by
 /// an `untrack` from the same socket always apply in that order.
 pub trait Tracker: Send + Sync + 'static {
+    /// Opens `owner`'s lease; the connection holds it for as long as it lives and tracks only
+    /// while it holds it.
+    fn lease(&self, owner: &ConnectionId) -> Lease;
     /// Tracks `owner` under `key` on `topic`; resolves to the new `phx_ref`.
     fn track(
         &self,
         topic: &str,
         key: &str,
-        owner: Owner,
+        owner: &ConnectionId,
         meta: Meta,
     ) -> LocalBoxFuture<'static, Result<String, PresenceError>>;
     /// Replaces the meta of `owner`'s presence under `key`; resolves to the new `phx_ref`.
@@ -84,11 +102,11 @@ pub trait Tracker: Send + Sync + 'static {
         &self,
         topic: &str,
         key: &str,
-        owner: SubscriberId,
+        owner: &ConnectionId,
         meta: Meta,
     ) -> LocalBoxFuture<'static, Result<String, PresenceError>>;
     /// Removes `owner`'s presence under `key` (a no-op if there is none).
-    fn untrack(&self, topic: &str, key: &str, owner: SubscriberId);
+    fn untrack(&self, topic: &str, key: &str, owner: &ConnectionId);
     /// The topic's presences, for a socket already subscribed to its diffs.
     fn list(&self, topic: &str) -> LocalBoxFuture<'static, Result<Snapshot, PresenceError>>;
 }
@@ -101,13 +119,11 @@ pub struct PresenceConfig {
     pub shards: usize,
     /// Changes to a topic within this window go out as one `presence_diff`.
     pub diff_window_ms: u64,
-    /// How often presences of sockets that died without leaving are removed.
-    pub sweep_interval_ms: u64,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        PresenceConfig { shards: 1, diff_window_ms: 25, sweep_interval_ms: 2_000 }
+        PresenceConfig { shards: 1, diff_window_ms: 25 }
     }
 }
 
@@ -120,19 +136,11 @@ impl PresenceConfig {
         if self.diff_window_ms > 1_000 {
             return Err("diff_window_ms must be at most 1000".into());
         }
-        if !(10..=60_000).contains(&self.sweep_interval_ms) {
-            return Err("sweep_interval_ms must be 10..=60000".into());
-        }
         Ok(())
     }
 
     /// The diff window as a duration.
     pub fn diff_window(&self) -> Duration {
         Duration::from_millis(self.diff_window_ms)
-    }
-
-    /// The sweep interval as a duration.
-    pub fn sweep_interval(&self) -> Duration {
-        Duration::from_millis(self.sweep_interval_ms)
     }
 }

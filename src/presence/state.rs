@@ -7,21 +7,20 @@
 //! leave a ghost on a client whose snapshot was taken between the join and the leave.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
-use super::{Meta, Owner, PresenceError};
+use super::{Meta, PresenceError};
 use crate::protocol::Payload;
-use crate::pubsub::SubscriberId;
+use crate::pubsub::ConnectionId;
 
 /// One tracked presence: who holds it, its ref, and its meta as sent (with `phx_ref`).
 struct Tracked {
-    owner: SubscriberId,
-    alive: Weak<()>,
+    owner: ConnectionId,
     phx_ref: String,
     meta: Arc<RawValue>,
 }
@@ -128,19 +127,14 @@ pub struct TopicPresence {
 
 impl TopicPresence {
     /// Tracks `owner` under `key` with `meta`; one presence per (owner, key), as in Phoenix.
-    pub fn track(&mut self, key: &str, owner: &Owner, meta: Meta) -> Result<String, PresenceError> {
-        if self.keys.get(key).is_some_and(|entries| entries.iter().any(|t| t.owner == owner.id)) {
+    pub fn track(&mut self, key: &str, owner: &ConnectionId, meta: Meta) -> Result<String, PresenceError> {
+        if self.keys.get(key).is_some_and(|entries| entries.iter().any(|t| t.owner == *owner)) {
             return Err(PresenceError::AlreadyTracked);
         }
         // Encoded before the key is created, so a failure cannot leave a key with no metas.
         let (phx_ref, meta) = encode_meta(meta, None)?;
         let entries = self.keys.entry(key.to_owned()).or_default();
-        entries.push(Tracked {
-            owner: owner.id,
-            alive: owner.alive.clone(),
-            phx_ref: phx_ref.clone(),
-            meta: Arc::clone(&meta),
-        });
+        entries.push(Tracked { owner: owner.clone(), phx_ref: phx_ref.clone(), meta: Arc::clone(&meta) });
         self.joins.push(key, meta);
         self.touched();
         Ok(phx_ref)
@@ -148,11 +142,11 @@ impl TopicPresence {
 
     /// Replaces the meta of `owner` under `key`: a new `phx_ref`, the old one as `phx_ref_prev`,
     /// sent as a join of the new meta and a leave of the old one.
-    pub fn update(&mut self, key: &str, owner: SubscriberId, meta: Meta) -> Result<String, PresenceError> {
+    pub fn update(&mut self, key: &str, owner: &ConnectionId, meta: Meta) -> Result<String, PresenceError> {
         let tracked = self
             .keys
             .get_mut(key)
-            .and_then(|entries| entries.iter_mut().find(|t| t.owner == owner))
+            .and_then(|entries| entries.iter_mut().find(|t| t.owner == *owner))
             .ok_or(PresenceError::NoPresence)?;
         let (phx_ref, meta) = encode_meta(meta, Some(&tracked.phx_ref))?;
         let old = std::mem::replace(&mut tracked.meta, Arc::clone(&meta));
@@ -164,13 +158,18 @@ impl TopicPresence {
     }
 
     /// Removes `owner`'s presence under `key`; false when there was none.
-    pub fn untrack(&mut self, key: &str, owner: SubscriberId) -> bool {
-        self.remove_where(Some(key), |t| t.owner == owner) > 0
+    pub fn untrack(&mut self, key: &str, owner: &ConnectionId) -> bool {
+        self.remove_where(Some(key), |t| t.owner == *owner) > 0
     }
 
-    /// Removes presences whose socket is gone without saying so; returns how many.
-    pub fn sweep(&mut self) -> usize {
-        self.remove_where(None, |t| t.alive.strong_count() == 0)
+    /// Removes every presence of `owner` (its connection ended); returns how many.
+    pub fn remove_owner(&mut self, owner: &ConnectionId) -> usize {
+        self.remove_where(None, |t| t.owner == *owner)
+    }
+
+    /// Whether `owner` has a presence here under any key.
+    pub fn has_owner(&self, owner: &ConnectionId) -> bool {
+        self.keys.values().flatten().any(|t| t.owner == *owner)
     }
 
     fn remove_where(&mut self, only_key: Option<&str>, mut gone: impl FnMut(&Tracked) -> bool) -> usize {
@@ -285,8 +284,9 @@ mod tests {
 
     use super::*;
 
-    fn owner(id: SubscriberId, alive: &Arc<()>) -> Owner {
-        Owner { id, alive: Arc::downgrade(alive) }
+    fn owner(seq: u64) -> ConnectionId {
+        thread_local!(static NODE: crate::pubsub::NodeId = crate::pubsub::NodeId::new("test"));
+        NODE.with(|node| ConnectionId::new(node.clone(), seq))
     }
 
     fn meta(v: Value) -> Meta {
@@ -337,16 +337,15 @@ mod tests {
 
     #[test]
     fn track_update_untrack_make_phoenix_shaped_diffs() {
-        let alive = Arc::new(());
         let mut t = TopicPresence::default();
-        let r1 = t.track("alice", &owner(1, &alive), meta(json!({"online_at": 5}))).unwrap();
+        let r1 = t.track("alice", &owner(1), meta(json!({"online_at": 5}))).unwrap();
         assert_eq!(r1.len(), 16);
-        assert!(matches!(t.track("alice", &owner(1, &alive), Meta::new()), Err(PresenceError::AlreadyTracked)));
-        let r2 = t.track("alice", &owner(2, &alive), Meta::new()).unwrap();
+        assert!(matches!(t.track("alice", &owner(1), Meta::new()), Err(PresenceError::AlreadyTracked)));
+        let r2 = t.track("alice", &owner(2), Meta::new()).unwrap();
         assert_eq!(refs_of(&value(&t.snapshot()))["alice"], vec![r1.clone(), r2.clone()]);
-        let r_bob = t.track("bob", &owner(1, &alive), Meta::new()).unwrap();
+        let r_bob = t.track("bob", &owner(1), Meta::new()).unwrap();
         assert_eq!(refs_of(&value(&t.snapshot()))["bob"], vec![r_bob.clone()], "a small topic's state is exact");
-        assert!(t.untrack("bob", 1));
+        assert!(t.untrack("bob", &owner(1)));
         let d = t.take_diff().unwrap();
         assert!(!d.was_occupied && d.occupied);
         assert_eq!(
@@ -359,15 +358,15 @@ mod tests {
         );
         assert!(t.take_diff().is_none(), "nothing changed since");
 
-        let r3 = t.update("alice", 1, meta(json!({"online_at": 6, "phx_ref": "forged"}))).unwrap();
+        let r3 = t.update("alice", &owner(1), meta(json!({"online_at": 6, "phx_ref": "forged"}))).unwrap();
         let d = value(&t.take_diff().unwrap().payload);
         assert_eq!(d["joins"]["alice"]["metas"], json!([{"online_at": 6, "phx_ref": r3, "phx_ref_prev": r1}]));
         assert_eq!(d["leaves"]["alice"]["metas"], json!([{"online_at": 5, "phx_ref": r1}]));
-        assert!(matches!(t.update("bob", 1, Meta::new()), Err(PresenceError::NoPresence)));
+        assert!(matches!(t.update("bob", &owner(1), Meta::new()), Err(PresenceError::NoPresence)));
 
-        assert!(t.untrack("alice", 1));
-        assert!(!t.untrack("alice", 1), "a second untrack is a no-op");
-        assert!(t.untrack("alice", 2));
+        assert!(t.untrack("alice", &owner(1)));
+        assert!(!t.untrack("alice", &owner(1)), "a second untrack is a no-op");
+        assert!(t.untrack("alice", &owner(2)));
         let d = t.take_diff().unwrap();
         assert!(d.was_occupied && !d.occupied);
         assert_eq!(value(&d.payload)["leaves"]["alice"]["metas"].as_array().unwrap().len(), 2);
@@ -375,15 +374,15 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_owner_is_swept_once() {
-        let (alive, dead) = (Arc::new(()), Arc::new(()));
+    fn a_gone_owner_leaves_once() {
         let mut t = TopicPresence::default();
-        t.track("a", &owner(1, &alive), Meta::new()).unwrap();
-        t.track("b", &owner(2, &dead), Meta::new()).unwrap();
+        t.track("a", &owner(1), Meta::new()).unwrap();
+        t.track("b", &owner(2), Meta::new()).unwrap();
         t.take_diff();
-        drop(dead);
-        assert_eq!(t.sweep(), 1);
-        assert_eq!(t.sweep(), 0);
+        assert!(t.has_owner(&owner(2)));
+        assert_eq!(t.remove_owner(&owner(2)), 1);
+        assert_eq!(t.remove_owner(&owner(2)), 0);
+        assert!(!t.has_owner(&owner(2)) && t.has_owner(&owner(1)));
         let d = value(&t.take_diff().unwrap().payload);
         assert_eq!(d["leaves"].as_object().unwrap().keys().collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(t.key_count(), 1);
@@ -391,24 +390,23 @@ mod tests {
 
     #[test]
     fn a_snapshot_from_anywhere_in_a_window_plus_the_window_diff_gives_the_true_state() {
-        let alive = Arc::new(());
         let mut t = TopicPresence::default();
-        t.track("a", &owner(1, &alive), Meta::new()).unwrap();
-        t.track("b", &owner(2, &alive), Meta::new()).unwrap();
+        t.track("a", &owner(1), Meta::new()).unwrap();
+        t.track("b", &owner(2), Meta::new()).unwrap();
         // Enough members that the snapshot is kept for the whole window.
         for i in 0..EXACT_SNAPSHOT_KEYS {
-            t.track(&format!("member{i:03}"), &owner(100 + i as u64, &alive), Meta::new()).unwrap();
+            t.track(&format!("member{i:03}"), &owner(100 + i as u64), Meta::new()).unwrap();
         }
         t.take_diff();
         // Inside one window: c joins, a leaves, b updates, c leaves again, d joins.
         let before = value(&t.snapshot());
-        t.track("c", &owner(3, &alive), Meta::new()).unwrap();
-        t.untrack("a", 1);
+        t.track("c", &owner(3), Meta::new()).unwrap();
+        t.untrack("a", &owner(1));
         let cached = value(&t.snapshot());
         assert_eq!(cached, before, "a snapshot is cached until the window's diff goes out");
-        t.update("b", 2, Meta::new()).unwrap();
-        t.untrack("c", 3);
-        t.track("d", &owner(4, &alive), Meta::new()).unwrap();
+        t.update("b", &owner(2), Meta::new()).unwrap();
+        t.untrack("c", &owner(3));
+        t.track("d", &owner(4), Meta::new()).unwrap();
         let diff = value(&t.take_diff().unwrap().payload);
         let truth = refs_of(&value(&t.snapshot()));
         assert_eq!(truth.len(), EXACT_SNAPSHOT_KEYS + 2);

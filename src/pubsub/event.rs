@@ -122,8 +122,8 @@ pub enum EventDecodeError {
     Json(#[from] serde_json::Error),
 }
 
-/// Encodes a broadcast on `topic` for other nodes.
-pub(super) fn encode(topic: &str, event: &Event) -> Vec<u8> {
+/// Encodes a broadcast on `topic`, made on node `origin`, for other nodes.
+pub(super) fn encode(origin: &str, topic: &str, event: &Event) -> Vec<u8> {
     let wire = match event {
         Event::Message { offset, message } => {
             WireEvent::Message(pb::node::LiveMessage { offset: *offset, message: Some(message.clone()) })
@@ -144,11 +144,11 @@ pub(super) fn encode(topic: &str, event: &Event) -> Vec<u8> {
             }),
         }),
     };
-    pb::node::Broadcast { topic: topic.to_owned(), event: Some(wire) }.encode_to_vec()
+    pb::node::Broadcast { topic: topic.to_owned(), origin: origin.to_owned(), event: Some(wire) }.encode_to_vec()
 }
 
-/// Decodes what [`encode`] made: the topic and the event.
-pub(super) fn decode(bytes: &[u8]) -> Result<(String, Event), EventDecodeError> {
+/// Decodes what [`encode`] made: the origin node, the topic and the event.
+pub(super) fn decode(bytes: &[u8]) -> Result<(String, String, Event), EventDecodeError> {
     let wire = pb::node::Broadcast::decode(bytes)?;
     let event = match wire.event.ok_or(EventDecodeError::Missing("an event"))? {
         WireEvent::Message(live) => Event::Message {
@@ -169,7 +169,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(String, Event), EventDecodeError> 
             Event::Raw { event: raw.event, payload }
         }
     };
-    Ok((wire.topic, event))
+    Ok((wire.origin, wire.topic, event))
 }
 
 #[cfg(test)]
@@ -212,9 +212,9 @@ mod tests {
     #[test]
     fn every_event_survives_the_node_encoding() {
         for event in every_kind() {
-            let bytes = encode("user:bob", &event);
-            let (topic, back) = decode(&bytes).expect("decodes");
-            assert_eq!(topic, "user:bob");
+            let bytes = encode("n1/0000abcd", "user:bob", &event);
+            let (origin, topic, back) = decode(&bytes).expect("decodes");
+            assert_eq!((origin.as_str(), topic.as_str()), ("n1/0000abcd", "user:bob"));
             assert!(same(&event, &back), "{event:?} came back as {back:?}");
         }
     }
@@ -234,10 +234,11 @@ mod tests {
     #[test]
     fn malformed_node_bytes_are_refused_not_trusted() {
         assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(EventDecodeError::Protobuf(_))));
-        let empty = pb::node::Broadcast { topic: "t".into(), event: None }.encode_to_vec();
+        let empty = pb::node::Broadcast { topic: "t".into(), origin: "n".into(), event: None }.encode_to_vec();
         assert!(matches!(decode(&empty), Err(EventDecodeError::Missing(_))));
         let bad_json = pb::node::Broadcast {
             topic: "t".into(),
+            origin: "n".into(),
             event: Some(WireEvent::Raw(pb::node::Raw {
                 event: "e".into(),
                 payload: Some(pb::node::raw::Payload::Json("{not json".into())),
@@ -247,6 +248,7 @@ mod tests {
         assert!(matches!(decode(&bad_json), Err(EventDecodeError::Json(_))));
         let no_message = pb::node::Broadcast {
             topic: "t".into(),
+            origin: "n".into(),
             event: Some(WireEvent::Message(pb::node::LiveMessage { offset: 1, message: None })),
         }
         .encode_to_vec();

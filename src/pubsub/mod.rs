@@ -7,16 +7,22 @@
 //! between nodes; [`LocalBroker`] is the single-node implementation and a Redis or NATS one plugs
 //! in behind the same trait.
 
+pub mod conformance;
 pub mod event;
+mod ids;
+mod memory;
 mod registry;
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
 
 use actix::{Actor, Addr, ArbiterHandle, MailboxError, Message, Recipient};
+use futures_util::future::BoxFuture;
 
 use crate::protocol::{Outgoing, Payload, Serializer, WireFrame};
 pub use event::{Event, EventDecodeError, Occupancy};
+pub use ids::{ConnectionId, NodeId};
+pub use memory::{MemoryBroker, MemoryCluster};
 pub use registry::RegistryShard;
 use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
 
@@ -78,15 +84,15 @@ impl Broadcast {
         .as_ref()
     }
 
-    /// The bytes a broker sends to other nodes (a `courier.node.Broadcast`).
-    pub fn to_node_bytes(&self) -> Vec<u8> {
-        event::encode(&self.topic, &self.event)
+    /// The bytes a broker sends to other nodes (a `courier.node.Broadcast` from `origin`).
+    pub fn to_node_bytes(&self, origin: &NodeId) -> Vec<u8> {
+        event::encode(origin.as_str(), &self.topic, &self.event)
     }
 
-    /// Rebuilds a broadcast another node sent.
-    pub fn from_node_bytes(bytes: &[u8]) -> Result<Arc<Self>, EventDecodeError> {
-        let (topic, event) = event::decode(bytes)?;
-        Ok(Broadcast::new(topic, event))
+    /// Rebuilds a broadcast another node sent, with the id of the node that made it.
+    pub fn from_node_bytes(bytes: &[u8]) -> Result<(String, Arc<Self>), EventDecodeError> {
+        let (origin, topic, event) = event::decode(bytes)?;
+        Ok((origin, Broadcast::new(topic, event)))
     }
 }
 
@@ -95,11 +101,26 @@ impl Broadcast {
 #[rtype(result = "()")]
 pub struct Deliver(pub Arc<Broadcast>);
 
+/// Resolves once a broker has taken up (or dropped) interest in a topic.
+pub type InterestTaken = BoxFuture<'static, ()>;
+
 /// Carries broadcasts between nodes. Implementations must be cheap to call on every broadcast.
+///
+/// The calls come from the registry: `start` once, before any other; `interest` from the
+/// registry shard that owns the topic, so the calls for one topic never race each other;
+/// `publish` from whichever thread broadcasts.
 pub trait Broker: Send + Sync + 'static {
     /// The name of this node, as reported in identities.
     fn node(&self) -> &str;
-    /// Sends a broadcast that was just fanned out locally to every other node.
+    /// Hands the broker the way into this node: remote broadcasts go to [`Inbound::deliver`].
+    fn start(&self, inbound: Inbound);
+    /// This node gained its first subscriber on `topic` (`true`) or lost its last (`false`), so
+    /// a broker need carry only the topics someone here listens to. The work starts at the
+    /// call; the future resolves once broadcasts published elsewhere from then on will arrive
+    /// (a subscribe waits for it; an unsubscribe does not).
+    fn interest(&self, topic: &str, interested: bool) -> InterestTaken;
+    /// Sends a broadcast that was just fanned out locally to every other node with interest in
+    /// its topic (encode it with [`Inbound::encode`]).
     fn publish(&self, broadcast: &Arc<Broadcast>);
 }
 
@@ -120,6 +141,10 @@ impl Broker for LocalBroker {
     fn node(&self) -> &str {
         &self.node
     }
+    fn start(&self, _inbound: Inbound) {}
+    fn interest(&self, _topic: &str, _interested: bool) -> InterestTaken {
+        Box::pin(std::future::ready(()))
+    }
     fn publish(&self, _broadcast: &Arc<Broadcast>) {}
 }
 
@@ -131,25 +156,79 @@ pub enum PubSubError {
     Unavailable(#[from] MailboxError),
 }
 
+/// This node's registry shards: the local half of pub/sub, which both [`PubSub`] and the
+/// broker's [`Inbound`] fan out through.
+#[derive(Clone)]
+struct Fanout {
+    shards: Arc<[Addr<RegistryShard>]>,
+    hasher: RandomState,
+}
+
+impl Fanout {
+    fn shard(&self, topic: &str) -> &Addr<RegistryShard> {
+        let index = self.hasher.hash_one(topic) as usize % self.shards.len();
+        &self.shards[index]
+    }
+
+    fn deliver(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
+        self.shard(&broadcast.topic).do_send(Publish { broadcast, exclude });
+    }
+}
+
+/// The way remote broadcasts enter this node, handed to the broker at start.
+#[derive(Clone)]
+pub struct Inbound {
+    fanout: Fanout,
+    node: NodeId,
+}
+
+impl Inbound {
+    /// This node's id, which [`Inbound::encode`] stamps on what it sends.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The bytes to send other nodes for a broadcast made here.
+    pub fn encode(&self, broadcast: &Broadcast) -> Vec<u8> {
+        broadcast.to_node_bytes(&self.node)
+    }
+
+    /// Fans bytes another node sent out to this node's subscribers. This node's own
+    /// broadcasts, echoed back by a broker that delivers to every member, are dropped
+    /// (`Ok(false)`): they were fanned out here when they were made.
+    pub fn deliver(&self, bytes: &[u8]) -> Result<bool, EventDecodeError> {
+        let (origin, broadcast) = Broadcast::from_node_bytes(bytes)?;
+        if origin == self.node.as_str() {
+            return Ok(false);
+        }
+        self.fanout.deliver(broadcast, None);
+        Ok(true)
+    }
+}
+
 /// A cheap, cloneable handle to the registry shards and the broker.
 #[derive(Clone)]
 pub struct PubSub {
-    shards: Arc<[Addr<RegistryShard>]>,
+    fanout: Fanout,
     arbiters: Arc<[ArbiterHandle]>,
-    hasher: RandomState,
     broker: Arc<dyn Broker>,
+    node: NodeId,
 }
 
 impl PubSub {
-    /// Starts `shards` registry shards, each on its own arbiter thread.
+    /// Starts `shards` registry shards, each on its own arbiter thread, and starts `broker`.
     pub fn start(shards: usize, broker: Arc<dyn Broker>) -> Self {
         let (addrs, arbiters): (Vec<_>, Vec<_>) = (0..shards.max(1))
             .map(|_| {
                 let arbiter = actix::Arbiter::new().handle();
-                (RegistryShard::start_in_arbiter(&arbiter, |_| RegistryShard::default()), arbiter)
+                let broker = Arc::clone(&broker);
+                (RegistryShard::start_in_arbiter(&arbiter, move |_| RegistryShard::new(broker)), arbiter)
             })
             .unzip();
-        PubSub { shards: addrs.into(), arbiters: arbiters.into(), hasher: RandomState::new(), broker }
+        let node = NodeId::new(broker.node());
+        let fanout = Fanout { shards: addrs.into(), hasher: RandomState::new() };
+        broker.start(Inbound { fanout: fanout.clone(), node: node.clone() });
+        PubSub { fanout, arbiters: arbiters.into(), broker, node }
     }
 
     /// The name of this node.
@@ -157,13 +236,14 @@ impl PubSub {
         self.broker.node()
     }
 
-    fn shard(&self, topic: &str) -> &Addr<RegistryShard> {
-        let index = self.hasher.hash_one(topic) as usize % self.shards.len();
-        &self.shards[index]
+    /// This process's id: the node's name and its incarnation.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
     }
 
-    /// Subscribes `recipient` to `topic`; resolves once the registry has recorded it, so a
-    /// broadcast made after this returns reaches the subscriber.
+    /// Subscribes `recipient` to `topic`; resolves once the registry (and, for a topic new to
+    /// this node, the broker) has recorded it, so a broadcast made anywhere after this returns
+    /// reaches the subscriber.
     pub async fn subscribe(
         &self,
         topic: &str,
@@ -171,12 +251,15 @@ impl PubSub {
         recipient: Recipient<Deliver>,
     ) -> Result<(), PubSubError> {
         let msg = Subscribe { topic: topic.to_owned(), subscriber, recipient };
-        Ok(self.shard(topic).send(msg).await?)
+        if let Some(interest) = self.fanout.shard(topic).send(msg).await? {
+            interest.await;
+        }
+        Ok(())
     }
 
     /// Removes a subscription; a no-op if there is none.
     pub fn unsubscribe(&self, topic: &str, subscriber: SubscriberId) {
-        self.shard(topic).do_send(Unsubscribe { topic: topic.to_owned(), subscriber });
+        self.fanout.shard(topic).do_send(Unsubscribe { topic: topic.to_owned(), subscriber });
     }
 
     /// Broadcasts to every subscriber of `topic`, on every node.
@@ -192,17 +275,12 @@ impl PubSub {
     /// Publishes a prepared broadcast to every subscriber of its topic (but `exclude`), on every node.
     pub fn publish(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
         self.broker.publish(&broadcast);
-        self.deliver_local(broadcast, exclude);
-    }
-
-    /// Fans a broadcast out to this node's subscribers only; brokers call it for remote traffic.
-    pub fn deliver_local(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
-        self.shard(&broadcast.topic).do_send(Publish { broadcast, exclude });
+        self.fanout.deliver(broadcast, exclude);
     }
 
     /// How many live subscribers `topic` has on this node.
     pub async fn subscriber_count(&self, topic: &str) -> Result<usize, PubSubError> {
-        Ok(self.shard(topic).send(SubscriberCount { topic: topic.to_owned() }).await?)
+        Ok(self.fanout.shard(topic).send(SubscriberCount { topic: topic.to_owned() }).await?)
     }
 
     /// Stops the registry arbiters (at server shutdown).
@@ -242,6 +320,11 @@ mod tests {
         fn node(&self) -> &str {
             "test@node"
         }
+        fn start(&self, _inbound: Inbound) {}
+        fn interest(&self, topic: &str, interested: bool) -> InterestTaken {
+            self.0.lock().unwrap().push(format!("{}{topic}", if interested { "+" } else { "-" }));
+            Box::pin(std::future::ready(()))
+        }
         fn publish(&self, b: &Arc<Broadcast>) {
             self.0.lock().unwrap().push(b.name().to_owned());
         }
@@ -279,7 +362,8 @@ mod tests {
         pubsub.broadcast("room:y", "three", Payload::empty());
         assert_eq!(wait_for(&seen_b, 3).await, vec!["room:x:one", "room:x:two", "room:y:three"]);
         assert_eq!(wait_for(&seen_a, 1).await, vec!["room:x:one"]);
-        assert_eq!(*broker.0.lock().unwrap(), vec!["one", "two", "three"]);
+        let told = broker.0.lock().unwrap().clone();
+        assert_eq!(told, vec!["+room:x", "+room:y", "one", "two", "three"], "interest once per topic, then publishes");
         assert_eq!(pubsub.node(), "test@node");
 
         pubsub.unsubscribe("room:x", 2);
@@ -298,6 +382,9 @@ mod tests {
         pubsub.subscribe("room:x", 3, b.clone().recipient()).await.unwrap();
         pubsub.broadcast("room:x", "five", Payload::empty());
         assert_eq!(wait_for(&seen_b, 4).await, vec!["room:x:five", "room:x:one", "room:x:two", "room:y:three"]);
+        // The dead subscriber was room:x's last, so the broker heard the topic go and come back.
+        let told = broker.0.lock().unwrap().clone();
+        assert_eq!(told[5..], ["four", "-room:x", "+room:x", "five"]);
         pubsub.stop();
     }
 

@@ -1,24 +1,43 @@
-//! A registry shard: topic → subscribers, for the topics that hash to it.
+//! A registry shard: topic → subscribers, for the topics that hash to it. It is also where the
+//! broker hears which topics this node listens to: a topic's first subscriber and its last
+//! leaving (by unsubscribe or by dying) are told to the broker from here, in order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, Recipient};
 
-use super::{Broadcast, Deliver, SubscriberId};
+use super::{Broadcast, Broker, Deliver, InterestTaken, SubscriberId};
 
 /// One shard of the topic registry; owns the subscriber sets of its topics.
-#[derive(Default)]
 pub struct RegistryShard {
     topics: HashMap<String, HashMap<SubscriberId, Recipient<Deliver>>>,
+    broker: Arc<dyn Broker>,
+}
+
+impl RegistryShard {
+    /// An empty shard that tells `broker` when its topics gain or lose this node's interest.
+    pub(super) fn new(broker: Arc<dyn Broker>) -> Self {
+        RegistryShard { topics: HashMap::new(), broker }
+    }
+
+    /// Forgets a topic that has no subscribers left, and tells the broker.
+    fn drop_if_empty(&mut self, topic: &str) {
+        if self.topics.get(topic).is_some_and(HashMap::is_empty) {
+            self.topics.remove(topic);
+            // Nothing waits for an unsubscribe, so the broker's acknowledgement is not awaited.
+            drop(self.broker.interest(topic, false));
+        }
+    }
 }
 
 impl Actor for RegistryShard {
     type Context = Context<Self>;
 }
 
+/// Resolves to the broker's acknowledgement when the topic is new to this node.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Option<InterestTaken>")]
 pub(super) struct Subscribe {
     pub topic: String,
     pub subscriber: SubscriberId,
@@ -46,9 +65,12 @@ pub(super) struct SubscriberCount {
 }
 
 impl Handler<Subscribe> for RegistryShard {
-    type Result = ();
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+    type Result = Option<InterestTaken>;
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Option<InterestTaken> {
+        let new_topic = !self.topics.contains_key(&msg.topic);
+        let interest = new_topic.then(|| self.broker.interest(&msg.topic, true));
         self.topics.entry(msg.topic).or_default().insert(msg.subscriber, msg.recipient);
+        interest
     }
 }
 
@@ -57,9 +79,7 @@ impl Handler<Unsubscribe> for RegistryShard {
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         if let Some(subscribers) = self.topics.get_mut(&msg.topic) {
             subscribers.remove(&msg.subscriber);
-            if subscribers.is_empty() {
-                self.topics.remove(&msg.topic);
-            }
+            self.drop_if_empty(&msg.topic);
         }
     }
 }
@@ -79,9 +99,7 @@ impl Handler<Publish> for RegistryShard {
             }
             true
         });
-        if subscribers.is_empty() {
-            self.topics.remove(&msg.broadcast.topic);
-        }
+        self.drop_if_empty(&msg.broadcast.topic);
     }
 }
 

@@ -26,7 +26,7 @@ use super::writer::{Outbound, QueueError};
 use super::ws_io::{self, WsWriter};
 use crate::config::SocketConfig;
 use crate::protocol::WireFrame;
-use crate::pubsub::Deliver;
+use crate::pubsub::{ConnectionId, Deliver, NodeId};
 
 /// The event on a socket-id or session topic that force-closes the socket (Phoenix's `disconnect`).
 pub const DISCONNECT_EVENT: &str = "disconnect";
@@ -49,21 +49,22 @@ fn read_error_close(error: &ProtocolError) -> (CloseCode, &'static str) {
     }
 }
 
-/// Live-socket bookkeeping shared by every worker and endpoint: counts and the shutdown signal.
+/// Live-socket bookkeeping shared by every worker and endpoint: counts, connection ids and
+/// the shutdown signal.
 #[derive(Debug)]
 pub struct Sockets {
     live: AtomicUsize,
+    node: NodeId,
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
-impl Default for Sockets {
-    fn default() -> Self {
-        Sockets { live: AtomicUsize::new(0), next_id: AtomicU64::new(1), shutdown: watch::channel(false).0 }
-    }
-}
-
 impl Sockets {
+    /// The bookkeeping of the sockets of the node process `node`.
+    pub fn new(node: NodeId) -> Self {
+        Sockets { live: AtomicUsize::new(0), node, next_id: AtomicU64::new(1), shutdown: watch::channel(false).0 }
+    }
+
     /// Sockets currently open.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
@@ -74,9 +75,9 @@ impl Sockets {
         self.shutdown.send_replace(true);
     }
 
-    /// A connection id no other socket of this process has had.
-    pub(super) fn next_connection_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    /// A connection id no other socket, on any node, has had.
+    pub(super) fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId::new(self.node.clone(), self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     fn opened(&self) {

@@ -56,7 +56,7 @@ fn accept(req: &Request, state: Arc<JsonEndpoint>) -> Result<Accepted, Error> {
         response,
         max_bytes: state.settings.max_frame_bytes,
         start: Box::new(move |reader, writer| {
-            let id = state.sockets.next_connection_id();
+            let id = state.sockets.next_connection_id().subscriber();
             let session = JsonSession {
                 link: Link::new("json", id, writer, &state.settings, Arc::clone(&state.sockets)),
                 protocol: Some(JsonProtocolSession::with_peer(state.accounts.clone(), peer.map(|p| p.ip()))),

@@ -68,7 +68,7 @@ impl SocketSession {
         let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_burst).unwrap_or(NonZeroU32::MIN);
         SocketSession {
-            link: Link::new("phoenix", info.connection_id, writer, &settings, Arc::clone(&state.sockets)),
+            link: Link::new("phoenix", info.connection_id.subscriber(), writer, &settings, Arc::clone(&state.sockets)),
             info,
             serializer,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
@@ -81,7 +81,7 @@ impl SocketSession {
     }
 
     fn conn(&self) -> u64 {
-        self.info.connection_id
+        self.info.connection_id.subscriber()
     }
 
     fn recipient(ctx: &mut Ctx<Self>) -> Recipient<Deliver> {

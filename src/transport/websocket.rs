@@ -86,7 +86,7 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
         max_bytes: state.settings.max_frame_bytes,
         start: Box::new(move |reader, writer| {
             tracing::info!(
-                conn = info.connection_id,
+                conn = info.connection_id.subscriber(),
                 socket_id = info.identity.socket_id.as_deref(),
                 user = info.identity.user.as_deref(),
                 device = info.identity.device.as_deref(),

@@ -5,6 +5,7 @@ mod support;
 mod accounts;
 mod auth_limits;
 mod channel_lifecycle;
+mod cluster;
 mod connect;
 mod edge;
 mod limits;

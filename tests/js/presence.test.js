@@ -15,10 +15,9 @@ import { serverPerFile } from "./support/suite.js";
 const QUIET_MS = 300;
 const PASSWORD = "phoenix-js-password";
 const TYPING_TIMEOUT_MS = 500;
-// A typing timeout that fits in one bounded wait, and sweeps of dead sockets' presences every
-// 100 ms, so that QUIET_MS after a kill covers several sweeps: a sweep that made a killed
-// socket leave a second time would be seen.
-const CONFIG = `[messaging]\ntyping_timeout_ms = ${TYPING_TIMEOUT_MS}\n\n[presence]\nsweep_interval_ms = 100\n`;
+// A typing timeout that fits in one bounded wait. A killed socket's presences leave when its
+// lease drops; QUIET_MS after a kill would show a second leave of the same presence.
+const CONFIG = `[messaging]\ntyping_timeout_ms = ${TYPING_TIMEOUT_MS}\n`;
 // Seed 004: signal_request 1 pull, 2 push; Signal.type 1 REQUEST, 2 RESPONSE; signal_type 1 the
 // sender's own answer, 2 the sender's other devices, 3 the receiver's; statuses as named.
 const PULL = 1;
@@ -249,7 +248,7 @@ describe("presence", () => {
     }
   });
 
-  test("room presence: members by user name or anonymous:<n>; a leave and a kill are seen once each", async () => {
+  test("room presence: members by user name or anonymous:<connection id>; a leave and a kill are seen once each", async () => {
     const [a, b] = names("alice", "bob");
     const [alice, bob] = await Promise.all([account(a, ["phone"]), account(b, ["laptop"])]);
     const room = `room:lobby-${run}`;
@@ -262,7 +261,8 @@ describe("presence", () => {
     const converged = () => members.every((m) => m.presence.synced?.length === 3) && synced(members, anon.presence.synced);
     await until(converged, "the lists to converge", ...members);
     const anonKey = anon.presence.synced.find((k) => k.startsWith("anonymous:"));
-    assert.match(anonKey ?? "", /^anonymous:\d+$/, transcripts(...members));
+    // A connection id names the node, its incarnation and the socket: <node>/<hex>/<n>.
+    assert.match(anonKey ?? "", /^anonymous:[^/\s]+\/[0-9a-f]{8}\/\d+$/, transcripts(...members));
     assert.deepEqual(anon.presence.synced, [a, anonKey, b].sort(), transcripts(...members));
     for (const m of members) {
       const metas = metasBy(m);

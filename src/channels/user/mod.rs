@@ -131,7 +131,7 @@ impl ChannelFactory for UserChannels {
             let origin = Origin {
                 eid: eid.clone(),
                 device: identity.device.clone(),
-                connection: socket.connection_id,
+                connection: socket.connection_id.subscriber(),
                 node: request.pubsub.node().to_owned(),
             };
             let invites = accounts.pending_invites(&eid).await.map_err(|e| Payload::reason(e.code()))?;
@@ -216,7 +216,7 @@ impl UserChannel {
             _ => return HandleIn::Reply(Reply::error("expected {\"status\": a string of 1..=64 bytes}")),
         };
         self.meta.insert("status".into(), update.status.into());
-        let (key, owner) = (self.origin.device_key(), ctx.socket.connection_id);
+        let (key, owner) = (self.origin.device_key(), &ctx.socket.connection_id);
         let here = self.tracker.update(ctx.topic, key, owner, self.meta.clone());
         let watched = self.tracker.update(&presence_topic(&self.origin.eid), key, owner, self.meta.clone());
         HandleIn::Later(Box::pin(async move {
@@ -310,7 +310,7 @@ impl Channel for UserChannel {
 
     fn terminate(&mut self, _reason: LeaveReason, ctx: &mut ChannelContext<'_>) {
         let key = self.origin.device_key();
-        let owner = ctx.socket.connection_id;
+        let owner = &ctx.socket.connection_id;
         self.tracker.untrack(ctx.topic, key, owner);
         self.tracker.untrack(&presence_topic(&self.origin.eid), key, owner);
         // The device's last_seen_at is what a watcher of an offline user is told.
