@@ -57,8 +57,8 @@ struct Shard {
     topics: HashMap<String, TopicPresence>,
     /// Topics with changes not yet broadcast.
     dirty: HashSet<String>,
-    /// Which of this shard's topics each connection has a presence on.
-    owners: HashMap<ConnectionId, HashSet<String>>,
+    /// Which of this shard's topics each connection has presences on, and under how many keys.
+    owners: HashMap<ConnectionId, HashMap<String, usize>>,
     pubsub: PubSub,
     window: Duration,
 }
@@ -68,13 +68,17 @@ impl Actor for Shard {
 }
 
 impl Shard {
-    /// Drops `topic` from what `owner` is on here.
+    /// Counts one presence of `owner` on `topic` gone (an untrack), forgetting what reaches 0.
     fn forget(&mut self, owner: &ConnectionId, topic: &str) {
-        if let Some(topics) = self.owners.get_mut(owner) {
-            topics.remove(topic);
-            if topics.is_empty() {
-                self.owners.remove(owner);
+        let Some(topics) = self.owners.get_mut(owner) else { return };
+        if let Some(keys) = topics.get_mut(topic) {
+            *keys = keys.saturating_sub(1);
+            if *keys == 0 {
+                topics.remove(topic);
             }
+        }
+        if topics.is_empty() {
+            self.owners.remove(owner);
         }
     }
 
@@ -114,7 +118,7 @@ impl Handler<Command> for Shard {
                 let result = self.topics.entry(topic.clone()).or_default().track(&key, &owner, meta);
                 if result.is_ok() {
                     self.changed(&topic, ctx);
-                    self.owners.entry(owner).or_default().insert(topic);
+                    *self.owners.entry(owner).or_default().entry(topic).or_default() += 1;
                 }
                 let _ = answer.send(result);
             }
@@ -129,17 +133,13 @@ impl Handler<Command> for Shard {
                 let _ = answer.send(result);
             }
             Command::Untrack { topic, key, owner } => {
-                let Some(presence) = self.topics.get_mut(&topic) else { return };
-                if presence.untrack(&key, &owner) {
-                    let still_here = presence.has_owner(&owner);
+                if self.topics.get_mut(&topic).is_some_and(|p| p.untrack(&key, &owner)) {
                     self.changed(&topic, ctx);
-                    if !still_here {
-                        self.forget(&owner, &topic);
-                    }
+                    self.forget(&owner, &topic);
                 }
             }
             Command::Gone { owner } => {
-                for topic in self.owners.remove(&owner).unwrap_or_default() {
+                for topic in self.owners.remove(&owner).unwrap_or_default().into_keys() {
                     if self.topics.get_mut(&topic).is_some_and(|p| p.remove_owner(&owner) > 0) {
                         self.changed(&topic, ctx);
                     }
@@ -368,6 +368,33 @@ mod tests {
             tracker.update("room:t", "user0", &owners[0], Meta::new()).await,
             Err(PresenceError::NoPresence)
         ));
+        pubsub.stop();
+    }
+
+    #[actix::test]
+    async fn a_dropped_lease_takes_the_keys_an_untrack_left() {
+        let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
+        let tracker = LocalTracker::start(&PresenceConfig { shards: 3, diff_window_ms: 5 }, pubsub.clone());
+        let node = pubsub.node_id().clone();
+        let (me, other) = (ConnectionId::new(node.clone(), 1), ConnectionId::new(node, 2));
+        let (mine, theirs) = (tracker.lease(&me), tracker.lease(&other));
+        for (topic, key) in [("room:a", "k1"), ("room:a", "k2"), ("room:b", "k1")] {
+            tracker.track(topic, key, &me, Meta::new()).await.unwrap();
+        }
+        tracker.track("room:a", "k3", &other, Meta::new()).await.unwrap();
+        tracker.untrack("room:a", "k1", &me);
+        assert_eq!(tracker.list("room:a").await.unwrap().keys, 2, "k2 and the other's k3");
+        drop(mine);
+        let mut left = (usize::MAX, usize::MAX);
+        for _ in 0..250 {
+            left = (tracker.list("room:a").await.unwrap().keys, tracker.list("room:b").await.unwrap().keys);
+            if left == (1, 0) {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, (1, 0), "only the other connection's presence stays");
+        drop(theirs);
         pubsub.stop();
     }
 }

@@ -167,11 +167,6 @@ impl TopicPresence {
         self.remove_where(None, |t| t.owner == *owner)
     }
 
-    /// Whether `owner` has a presence here under any key.
-    pub fn has_owner(&self, owner: &ConnectionId) -> bool {
-        self.keys.values().flatten().any(|t| t.owner == *owner)
-    }
-
     fn remove_where(&mut self, only_key: Option<&str>, mut gone: impl FnMut(&Tracked) -> bool) -> usize {
         let mut removed = 0;
         let leaves = &mut self.leaves;
@@ -379,10 +374,8 @@ mod tests {
         t.track("a", &owner(1), Meta::new()).unwrap();
         t.track("b", &owner(2), Meta::new()).unwrap();
         t.take_diff();
-        assert!(t.has_owner(&owner(2)));
         assert_eq!(t.remove_owner(&owner(2)), 1);
         assert_eq!(t.remove_owner(&owner(2)), 0);
-        assert!(!t.has_owner(&owner(2)) && t.has_owner(&owner(1)));
         let d = value(&t.take_diff().unwrap().payload);
         assert_eq!(d["leaves"].as_object().unwrap().keys().collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(t.key_count(), 1);

@@ -12,8 +12,15 @@ use std::sync::Arc;
 use super::SubscriberId;
 
 /// One running process of a node: its configured name plus a random incarnation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq, Hash)]
 pub struct NodeId(Arc<str>);
+
+impl PartialEq for NodeId {
+    fn eq(&self, other: &Self) -> bool {
+        // Ids of one process share their text, so the pointer answers almost every comparison.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl NodeId {
     /// A fresh incarnation of the node called `name`.
