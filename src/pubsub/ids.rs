@@ -12,8 +12,15 @@ use std::sync::Arc;
 use super::SubscriberId;
 
 /// One running process of a node: its configured name plus a random incarnation.
-#[derive(Debug, Clone, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 pub struct NodeId(Arc<str>);
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // By the text, as equality falls back to it.
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for NodeId {
     fn eq(&self, other: &Self) -> bool {
