@@ -104,9 +104,14 @@ impl Encoding {
     pub fn encode<T: prost::Message + Serialize>(self, value: &T) -> Payload {
         match self {
             Encoding::Json => Payload::json(value),
-            Encoding::Protobuf => Payload::Binary(Bytes::from(value.encode_to_vec())),
+            Encoding::Protobuf => Payload::Binary(protobuf(value)),
         }
     }
+}
+
+/// The protobuf encoding of a seed type.
+pub fn protobuf<T: prost::Message>(value: &T) -> Bytes {
+    Bytes::from(value.encode_to_vec())
 }
 
 /// Decodes a seed type from a client payload in either encoding.

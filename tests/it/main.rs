@@ -7,6 +7,7 @@ mod auth_limits;
 mod channel_lifecycle;
 mod connect;
 mod edge;
+mod error_codes;
 mod limits;
 mod load;
 mod messaging;
