@@ -12,6 +12,7 @@ mod limits;
 mod load;
 mod messaging;
 mod messaging_durability;
+mod offset_limit;
 mod presence;
 mod reads;
 mod rooms;
