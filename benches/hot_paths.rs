@@ -79,6 +79,7 @@ fn delivered_message() -> pb::Message {
         wire::ack_state(row.user_offset, (1_206, 1_200)),
         SIGNAL_REQUEST_PUSH,
     )
+    .expect("offsets within int32")
 }
 
 /// The `MessagePeerAckSignal` a sender gets in the reply to its `message` push.

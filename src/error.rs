@@ -111,13 +111,14 @@ pub enum Code {
     BadRequest,
     /// No route has this method and path.
     NotFound,
-    /// The admin token is missing or wrong.
+    /// The admin token is missing or wrong; a channel join that needs a signed-in socket.
     Unauthorized,
     /// The admin routes are off (no `admin.token`).
     AdminDisabled,
     /// A WebSocket upgrade that is not a valid handshake.
     BadHandshake,
-    /// A WebSocket connect whose credentials are refused (403, as Phoenix refuses a connect).
+    /// A WebSocket connect whose credentials are refused (403, as Phoenix refuses a connect); a
+    /// join of another user's topic.
     Forbidden,
     /// A WebSocket connect whose query string is not form encoding.
     BadQuery,
@@ -131,11 +132,21 @@ pub enum Code {
     HeadersTooLarge,
     /// The request head did not arrive within `http.head_timeout_ms`.
     RequestTimeout,
+    /// A join or push names a topic no channel serves, or one the socket has not joined.
+    UnmatchedTopic,
+    /// A join's topic is malformed: over `socket.max_topic_bytes`, or an empty room or user name.
+    InvalidTopic,
+    /// A push's event is reserved, empty, over `socket.max_event_bytes`, or not one the channel takes.
+    InvalidEvent,
+    /// A join past `socket.max_channels` on one socket.
+    TooManyChannels,
+    /// A log or conversation is at the largest offset the wire carries (2^31 - 1); nothing was stored.
+    LogFull,
 }
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 36] = [
+    pub const ALL: [Code; 41] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -172,9 +183,15 @@ impl Code {
         Code::UriTooLong,
         Code::HeadersTooLarge,
         Code::RequestTimeout,
+        Code::UnmatchedTopic,
+        Code::InvalidTopic,
+        Code::InvalidEvent,
+        Code::TooManyChannels,
+        Code::LogFull,
     ];
 
-    /// The stable snake_case name sent as `error` (HTTP) and `reason` codes.
+    /// The stable snake_case name sent as `error` (HTTP), `code` (channel error replies) and
+    /// `reason` codes.
     pub fn as_str(self) -> &'static str {
         self.wire().0
     }
@@ -229,6 +246,11 @@ impl Code {
             UriTooLong => ("uri_too_long", 414, RespCode::InvalidInput),
             HeadersTooLarge => ("headers_too_large", 431, RespCode::InvalidInput),
             RequestTimeout => ("request_timeout", 408, RespCode::InvalidInput),
+            UnmatchedTopic => ("unmatched_topic", 404, RespCode::NotFound),
+            InvalidTopic => ("invalid_topic", 400, RespCode::InvalidInput),
+            InvalidEvent => ("invalid_event", 400, RespCode::InvalidInput),
+            TooManyChannels => ("too_many_channels", 429, RespCode::LimitExceeded),
+            LogFull => ("log_full", 507, RespCode::LimitExceeded),
         }
     }
 

@@ -15,8 +15,12 @@ use std::any::Any;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 
+use crate::accounts::AccountError;
+use crate::error::Code;
+use crate::messaging::MessagingError;
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, PubSub, SubscriberId};
 pub use socket::{
@@ -24,19 +28,19 @@ pub use socket::{
     SocketInfo,
 };
 
-/// A reply to a client push: `{"status": status, "response": response}`.
+/// A reply to a client push: `{"status": "ok" | "error", "response": response}`. An error
+/// reply can only be built with a [`Code`], which a JSON body carries as `code` beside
+/// Phoenix's `reason`.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    /// `ok`, `error`, or any status string the channel chooses.
-    pub status: String,
-    /// The response body.
-    pub response: Payload,
+    code: Option<Code>,
+    response: Payload,
 }
 
 impl Reply {
     /// An `ok` reply with this body.
     pub fn ok(response: Payload) -> Self {
-        Reply { status: "ok".into(), response }
+        Reply { code: None, response }
     }
 
     /// An `ok` reply with `{}`.
@@ -44,9 +48,77 @@ impl Reply {
         Reply::ok(Payload::empty())
     }
 
-    /// An `error` reply with `{"reason": reason}`.
-    pub fn error(reason: &str) -> Self {
-        Reply { status: "error".into(), response: Payload::reason(reason) }
+    /// An `error` reply with `{"reason": reason, "code": code}`.
+    pub fn error(code: Code, reason: &str) -> Self {
+        Reply::error_with(code, reason, serde_json::Value::Null)
+    }
+
+    /// An `error` reply whose body is `extra` (a JSON object; anything else is left out) plus
+    /// `reason` and `code`, which win over keys of the same name in `extra`.
+    pub fn error_with(code: Code, reason: &str, extra: serde_json::Value) -> Self {
+        let mut body = match extra {
+            serde_json::Value::Object(fields) => fields,
+            _ => serde_json::Map::new(),
+        };
+        body.insert("reason".into(), reason.into());
+        body.insert("code".into(), code.as_str().into());
+        Reply { code: Some(code), response: Payload::json(&body) }
+    }
+
+    /// An `error` reply whose body is a binary seed type that says `code` in its own field
+    /// (`status_code`, `error`): protobuf has no place for the JSON `code` key.
+    pub fn error_binary(code: Code, body: Bytes) -> Self {
+        Reply { code: Some(code), response: Payload::Binary(body) }
+    }
+
+    /// `ok` or `error`.
+    pub fn status(&self) -> &'static str {
+        if self.code.is_some() { "error" } else { "ok" }
+    }
+
+    /// The code of an error reply; `None` for `ok`.
+    pub fn code(&self) -> Option<Code> {
+        self.code
+    }
+
+    /// The response body.
+    pub fn response(&self) -> &Payload {
+        &self.response
+    }
+}
+
+/// A refused join or push: the code from the crate's table and the reason clients read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What went wrong, as the table names it.
+    pub code: Code,
+    /// Text for the client: Phoenix's own reasons ("unauthorized", "join crashed") or prose.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `reason`.
+    pub fn new(code: Code, reason: impl Into<String>) -> Self {
+        Refusal { code, reason: reason.into() }
+    }
+}
+
+impl From<Refusal> for Reply {
+    fn from(refusal: Refusal) -> Self {
+        Reply::error(refusal.code, &refusal.reason)
+    }
+}
+
+impl From<MessagingError> for Refusal {
+    fn from(e: MessagingError) -> Self {
+        Refusal::new(e.code(), e.reason())
+    }
+}
+
+impl From<AccountError> for Refusal {
+    // The snake_case name has always been the reason of an account refusal on a channel.
+    fn from(e: AccountError) -> Self {
+        Refusal::new(e.wire_code(), e.code())
     }
 }
 
@@ -241,8 +313,8 @@ pub struct Joined {
     pub response: Payload,
 }
 
-/// A join outcome: the channel, or the body of the error reply (by convention `{"reason": ...}`).
-pub type JoinResult = Result<Joined, Payload>;
+/// A join outcome: the channel, or why it was refused (the error reply's `code` and `reason`).
+pub type JoinResult = Result<Joined, Refusal>;
 
 /// Performs joins for one family of topics.
 pub trait ChannelFactory: Send + Sync + 'static {
@@ -310,8 +382,49 @@ mod tests {
     struct Nothing;
     impl ChannelFactory for Nothing {
         fn join(&self, _: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
-            Box::pin(async { Err(Payload::reason("no")) })
+            Box::pin(async { Err(Refusal::new(Code::Forbidden, "no")) })
         }
+    }
+
+    fn body(reply: &Reply) -> serde_json::Value {
+        serde_json::from_str(reply.response().as_json_str().expect("a JSON body")).expect("valid JSON")
+    }
+
+    #[test]
+    fn an_error_reply_carries_the_reason_and_the_code() {
+        let reply = Reply::error(Code::UnmatchedTopic, "unmatched topic");
+        assert_eq!((reply.status(), reply.code()), ("error", Some(Code::UnmatchedTopic)));
+        assert_eq!(body(&reply), serde_json::json!({"reason": "unmatched topic", "code": "unmatched_topic"}));
+    }
+
+    #[test]
+    fn extra_fields_go_beside_reason_and_code_without_replacing_them() {
+        let extra = serde_json::json!({"status_code": 400, "code": "forged", "reason": "forged"});
+        let reply = Reply::error_with(Code::InvalidInput, "id is missing", extra);
+        assert_eq!(
+            body(&reply),
+            serde_json::json!({"status_code": 400, "reason": "id is missing", "code": "invalid_input"})
+        );
+        let not_an_object = Reply::error_with(Code::Internal, "x", serde_json::json!([1]));
+        assert_eq!(body(&not_an_object), serde_json::json!({"reason": "x", "code": "internal"}));
+    }
+
+    #[test]
+    fn an_ok_reply_has_no_code_and_a_binary_error_keeps_its_bytes() {
+        let ok = Reply::ok_empty();
+        assert_eq!((ok.status(), ok.code()), ("ok", None));
+        assert_eq!(ok.response().as_json_str(), Some("{}"));
+        let binary = Reply::error_binary(Code::PayloadTooLarge, Bytes::from_static(b"\x08\x01"));
+        assert_eq!((binary.status(), binary.code()), ("error", Some(Code::PayloadTooLarge)));
+        assert!(matches!(binary.response(), Payload::Binary(b) if b.as_ref() == b"\x08\x01"));
+    }
+
+    #[test]
+    fn refusals_of_the_module_errors_keep_their_reasons_and_take_their_codes() {
+        let reply = Reply::from(Refusal::from(AccountError::NoSuchUser));
+        assert_eq!(body(&reply), serde_json::json!({"reason": "no_such_user", "code": "no_such_user"}));
+        let reply = Reply::from(Refusal::from(MessagingError::invalid("bad JSON: x")));
+        assert_eq!(body(&reply), serde_json::json!({"reason": "bad JSON: x", "code": "invalid_input"}));
     }
 
     #[test]

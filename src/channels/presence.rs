@@ -8,8 +8,9 @@ use std::sync::Arc;
 use futures_util::future::LocalBoxFuture;
 use serde_json::json;
 
-use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Reply};
+use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Refusal, Reply};
 use crate::accounts::Accounts;
+use crate::error::Code;
 use crate::messaging::now_millis;
 use crate::presence::{Meta, PRESENCE_DIFF, PRESENCE_STATE, PresenceError, Snapshot, Tracker};
 use crate::protocol::Payload;
@@ -94,17 +95,17 @@ impl ChannelFactory for PresenceChannels {
         let (accounts, tracker) = (self.accounts.clone(), Arc::clone(&self.tracker));
         Box::pin(async move {
             let Some(me) = request.socket.identity.user.clone() else {
-                return Err(Payload::reason("unauthorized"));
+                return Err(Refusal::new(Code::Unauthorized, "unauthorized"));
             };
             let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
             if eid.is_empty() {
-                return Err(Payload::reason("presence topic must name a user"));
+                return Err(Refusal::new(Code::InvalidTopic, "presence topic must name a user"));
             }
             if eid != me {
                 // The same rule as messaging: the user exists and, if required, is a contact.
-                accounts.authorize_message(&me, &eid).await.map_err(|e| Payload::reason(e.code()))?;
+                accounts.authorize_message(&me, &eid).await?;
             }
-            let last_seen = accounts.last_seen(&eid).await.map_err(|e| Payload::reason(e.code()))?;
+            let last_seen = accounts.last_seen(&eid).await?;
             let channel = WatchChannel { tracker, last_seen, shown_online: None };
             Ok(Joined { channel: Box::new(channel), response: Payload::json(&json!({ "last_seen": last_seen })) })
         })
@@ -136,7 +137,7 @@ impl Channel for WatchChannel {
     }
 
     fn handle_in(&mut self, _event: &str, _payload: Payload, _ctx: &mut ChannelContext<'_>) -> HandleIn {
-        HandleIn::Reply(Reply::error("presence topics take no pushes"))
+        HandleIn::Reply(Reply::error(Code::InvalidEvent, "presence topics take no pushes"))
     }
 
     fn handle_info(&mut self, info: Box<dyn Any>, ctx: &mut ChannelContext<'_>) {

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use futures_util::future::LocalBoxFuture;
 
 use super::presence::{base_meta, push_presence_state, track_and_list};
-use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
+use super::{
+    Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Refusal, Reply,
+};
+use crate::error::Code;
 use crate::presence::Tracker;
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, Event};
@@ -48,9 +51,9 @@ impl ChannelFactory for RoomChannels {
         };
         Box::pin(async move {
             if name_is_empty {
-                return Err(Payload::reason("room name must not be empty"));
+                return Err(Refusal::new(Code::InvalidTopic, "room name must not be empty"));
             }
-            tracked.map_err(Payload::reason)?;
+            tracked.map_err(|reason| Refusal::new(Code::InvalidInput, reason))?;
             Ok(Joined { channel: Box::new(channel), response: Payload::empty() })
         })
     }
@@ -98,7 +101,7 @@ impl Channel for RoomChannel {
             return HandleIn::Reply(Reply::ok(payload));
         }
         if !matches!(payload, Payload::Binary(_)) && !payload.is_object() {
-            return HandleIn::Reply(Reply::error("payload must be an object"));
+            return HandleIn::Reply(Reply::error(Code::InvalidInput, "payload must be an object"));
         }
         ctx.broadcast_from(event, payload);
         HandleIn::Reply(Reply::ok_empty())

@@ -25,7 +25,14 @@ pub enum MessagingError {
     TooLarge(usize),
     /// The database failed; nothing was stored and the client should retry with the same id.
     #[error("storage unavailable, retry")]
-    Storage(#[from] StoreError),
+    Storage(StoreError),
+    /// A log or conversation of the message is at the largest offset the wire carries; nothing
+    /// was stored, and a retry fails alike.
+    #[error("{log} is full (offsets end at {max}); nothing was stored", max = crate::store::messages::MAX_OFFSET)]
+    LogFull {
+        /// Which log: "bob's message log", or "the conversation of alice and bob".
+        log: String,
+    },
     /// Too many requests of this kind (status signals to one user); slow down.
     #[error("{0}")]
     RateLimited(String),
@@ -53,6 +60,7 @@ impl MessagingError {
             MessagingError::TooLarge(_) => Code::PayloadTooLarge,
             MessagingError::RateLimited(_) => Code::RateLimited,
             MessagingError::Storage(_) => Code::StorageUnavailable,
+            MessagingError::LogFull { .. } => Code::LogFull,
             MessagingError::Busy => Code::Busy,
             MessagingError::Unavailable => Code::Unavailable,
         }
@@ -66,6 +74,16 @@ impl MessagingError {
     /// The `reason` of the error reply: the message, without internal details of storage errors.
     pub fn reason(&self) -> String {
         self.to_string()
+    }
+}
+
+impl From<StoreError> for MessagingError {
+    // A full log is the message's own refusal, not a database failure worth retrying.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::LogFull { log } => MessagingError::LogFull { log },
+            other => MessagingError::Storage(other),
+        }
     }
 }
 
@@ -91,10 +109,20 @@ mod tests {
             (MessagingError::Busy, 503),
             (MessagingError::Unavailable, 503),
             (MessagingError::Storage(StoreError::TaskFailed("x".into())), 503),
+            (MessagingError::LogFull { log: "bob's message log".into() }, 507),
         ];
         for (err, status) in cases {
             assert_eq!(err.status_code(), status, "{err:?}");
         }
         assert_eq!(MessagingError::NotContacts.reason(), "not_contacts");
+    }
+
+    #[test]
+    fn a_full_log_from_the_store_is_log_full_and_other_store_errors_storage() {
+        let full = MessagingError::from(StoreError::LogFull { log: "bob's message log".into() });
+        assert_eq!(full.code(), Code::LogFull);
+        assert_eq!(full.reason(), "bob's message log is full (offsets end at 2147483647); nothing was stored");
+        let failed = MessagingError::from(StoreError::TaskFailed("x".into()));
+        assert_eq!(failed.code(), Code::StorageUnavailable);
     }
 }

@@ -2,7 +2,8 @@
 //! every new message (the receiver's log, the sender's log, the conversation), then receipts.
 //!
 //! A per-item problem (unknown recipient, `up_to` past the end) fails only that item; a
-//! database error fails the whole batch, which the writer then retries item by item.
+//! database error, or a log the batch would take past the offset limit (`StoreError::LogFull`),
+//! fails the whole batch, which the writer then retries item by item.
 
 use std::collections::HashMap;
 

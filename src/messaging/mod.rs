@@ -283,7 +283,11 @@ impl Messaging {
                 let mut fit = Budget::new(budget);
                 let mut entries = Vec::with_capacity(rows.len());
                 for (offset, row) in &rows {
-                    let message = log_message(row, &eid, *offset, state_of(row, &conversations), signal_request);
+                    let message = match log_message(row, &eid, *offset, state_of(row, &conversations), signal_request) {
+                        Ok(message) => message,
+                        // The read itself went fine; the row is what the client cannot be sent.
+                        Err(e) => return Ok(Err(e)),
+                    };
                     if !fit.admit(&message) {
                         break;
                     }
@@ -292,9 +296,9 @@ impl Messaging {
                 // The snapshot's log is 1..=last_offset without a hole: more exists exactly
                 // when the page stopped short of its end.
                 let more = entries.last().is_some_and(|(offset, _)| *offset < last_offset);
-                Ok(LogPage { entries, last_offset, more })
+                Ok(Ok(LogPage { entries, last_offset, more }))
             })
-            .await?;
+            .await??;
         Ok(page)
     }
 
@@ -326,7 +330,11 @@ impl Messaging {
                 let mut oldest = None;
                 for row in &rows {
                     let offset = if row.receiver == eid { row.receiver_offset } else { row.sender_offset };
-                    let message = log_message(row, &eid, offset, state_of(row, &conversations), SIGNAL_REQUEST_PULL);
+                    let message =
+                        match log_message(row, &eid, offset, state_of(row, &conversations), SIGNAL_REQUEST_PULL) {
+                            Ok(message) => message,
+                            Err(e) => return Ok(Err(e)),
+                        };
                     if !fit.admit(&message) {
                         break;
                     }
@@ -335,9 +343,9 @@ impl Messaging {
                 }
                 // A conversation is 1..=last_user_offset in the snapshot: anything older than
                 // the page's oldest message exists.
-                Ok(HistoryPage { messages, more: oldest.is_some_and(|o| o > 1) })
+                Ok(Ok(HistoryPage { messages, more: oldest.is_some_and(|o| o > 1) }))
             })
-            .await?;
+            .await??;
         Ok(page)
     }
 

@@ -104,9 +104,14 @@ impl Encoding {
     pub fn encode<T: prost::Message + Serialize>(self, value: &T) -> Payload {
         match self {
             Encoding::Json => Payload::json(value),
-            Encoding::Protobuf => Payload::Binary(Bytes::from(value.encode_to_vec())),
+            Encoding::Protobuf => Payload::Binary(protobuf(value)),
         }
     }
+}
+
+/// The protobuf encoding of a seed type.
+pub fn protobuf<T: prost::Message>(value: &T) -> Bytes {
+    Bytes::from(value.encode_to_vec())
 }
 
 /// Decodes a seed type from a client payload in either encoding.
@@ -124,9 +129,12 @@ where
     }
 }
 
-/// Offsets are BIGINT in storage and int32 in seed 004's `Message`; a log never gets near 2^31.
-pub fn offset32(offset: i64) -> i32 {
-    i32::try_from(offset).unwrap_or(i32::MAX)
+/// An offset (BIGINT in storage) as seed 004's int32 fields carry it, or `LogFull` naming `log`.
+/// Never clipped, so no two messages show one offset: the store hands out nothing past
+/// [`MAX_OFFSET`](crate::store::messages::MAX_OFFSET), and only a row stored before it did
+/// could fail here.
+pub fn offset32(offset: i64, log: impl FnOnce() -> String) -> Result<i32, MessagingError> {
+    i32::try_from(offset).map_err(|_| MessagingError::LogFull { log: log() })
 }
 
 /// An identity with just a user (and optionally a device).
@@ -134,18 +142,21 @@ pub fn identity(eid: &str, device: Option<&str>) -> pb::Identity {
     pb::Identity { eid: eid.to_owned(), connection_resource_id: device.map(str::to_owned), node: None }
 }
 
-/// A stored message as it appears in `owner`'s log at `offset`.
+/// A stored message as it appears in `owner`'s log at `offset`; `LogFull` for a row whose
+/// offsets the wire cannot carry.
 pub fn log_message(
     row: &MessageRow,
     owner: &str,
     offset: i64,
     ack_state: pb::SignalAckState,
     signal_request: i32,
-) -> pb::Message {
-    pb::Message {
+) -> Result<pb::Message, MessagingError> {
+    let signal_offset = offset32(offset, || format!("{owner}'s message log"))?;
+    let user_offset = offset32(row.user_offset, || format!("the conversation of {} and {}", row.sender, row.receiver))?;
+    Ok(pb::Message {
         id: row.client_id.clone(),
-        signal_offset: offset32(offset),
-        user_offset: offset32(row.user_offset),
+        signal_offset,
+        user_offset,
         from: Some(identity(&row.sender, row.sender_device.as_deref())),
         to: Some(identity(&row.receiver, None)),
         timestamp: row.sent_at,
@@ -157,7 +168,7 @@ pub fn log_message(
         signal_offset_state: true,
         signal_ack_state: Some(ack_state),
         signal_request,
-    }
+    })
 }
 
 /// The ack state of a message whose receiver acknowledged its conversation up to these offsets.
@@ -197,7 +208,7 @@ mod tests {
 
     #[test]
     fn proto3_json_uses_proto_names_string_int64_and_base64_bytes() {
-        let m = log_message(&row(), "bob", 9, ack_state(7, (0, 0)), SIGNAL_REQUEST_PUSH);
+        let m = log_message(&row(), "bob", 9, ack_state(7, (0, 0)), SIGNAL_REQUEST_PUSH).unwrap();
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["id"], "m1");
         assert_eq!(json["signal_offset"], 9);
@@ -219,9 +230,22 @@ mod tests {
 
     #[test]
     fn the_sender_log_copy_is_a_device_message() {
-        let m = log_message(&row(), "alice", 3, ack_state(7, (7, 0)), SIGNAL_REQUEST_PULL);
+        let m = log_message(&row(), "alice", 3, ack_state(7, (7, 0)), SIGNAL_REQUEST_PULL).unwrap();
         assert_eq!((m.signal_type, m.signal_offset), (SIGNAL_TYPE_DEVICE, 3));
         assert_eq!(m.signal_ack_state, Some(pb::SignalAckState { send: true, received: true, read: false }));
+    }
+
+    #[test]
+    fn offsets_past_int32_are_refused_never_clipped() {
+        let max = crate::store::messages::MAX_OFFSET;
+        let m = log_message(&row(), "bob", max, ack_state(7, (0, 0)), SIGNAL_REQUEST_PUSH).unwrap();
+        assert_eq!(m.signal_offset, i32::MAX);
+        let err = log_message(&row(), "bob", max + 1, ack_state(7, (0, 0)), SIGNAL_REQUEST_PUSH).unwrap_err();
+        assert_eq!(err.code(), crate::error::Code::LogFull);
+        assert!(err.reason().starts_with("bob's message log is full"), "{}", err.reason());
+        let far = MessageRow { user_offset: max + 1, ..row() };
+        let err = log_message(&far, "bob", 9, ack_state(7, (0, 0)), SIGNAL_REQUEST_PUSH).unwrap_err();
+        assert!(err.reason().starts_with("the conversation of alice and bob is full"), "{}", err.reason());
     }
 
     #[test]

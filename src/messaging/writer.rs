@@ -70,7 +70,7 @@ async fn commit(store: &mut HeldWriter, writes: &Arc<Vec<Write>>) -> Vec<Result<
         Ok(results) => return results,
         Err(e) if writes.len() == 1 => {
             tracing::warn!(error = %e, "message log write failed");
-            return vec![Err(MessagingError::Storage(e))];
+            return vec![Err(MessagingError::from(e))];
         }
         Err(e) => tracing::warn!(error = %e, batch = writes.len(), "batch failed; retrying its writes one by one"),
     }
@@ -80,7 +80,7 @@ async fn commit(store: &mut HeldWriter, writes: &Arc<Vec<Write>>) -> Vec<Result<
         let one = store.write(move |conn| log::apply(conn, &all[index..=index], now)).await;
         results.push(match one {
             Ok(mut r) => r.pop().unwrap_or(Err(MessagingError::Unavailable)),
-            Err(e) => Err(MessagingError::Storage(e)),
+            Err(e) => Err(MessagingError::from(e)),
         });
     }
     results
@@ -101,8 +101,13 @@ fn announcements(
             for (owner, offset, exclude) in
                 [(&row.receiver, row.receiver_offset, None), (&row.sender, row.sender_offset, origin)]
             {
-                let message = wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH);
-                out.push((Broadcast::new(user_topic(owner), Event::Message { offset, message }), exclude));
+                match wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH) {
+                    Ok(message) => {
+                        out.push((Broadcast::new(user_topic(owner), Event::Message { offset, message }), exclude));
+                    }
+                    // The store refuses offsets the wire cannot carry, so this is a broken invariant.
+                    Err(e) => tracing::error!(user = %owner, offset, error = %e, "stored message not announced"),
+                }
             }
         }
         (Write::Receipt(receipt), Written::Receipt(done)) => {

@@ -29,6 +29,13 @@ pub enum StoreError {
     /// A snapshot read was asked for inside another transaction.
     #[error("a snapshot read cannot run inside another transaction")]
     NestedSnapshot,
+    /// Reserving offsets would take a log (or a conversation) past
+    /// [`MAX_OFFSET`](crate::store::messages::MAX_OFFSET); the transaction stores none of its batch.
+    #[error("{log} is full (offsets end at {max})", max = crate::store::messages::MAX_OFFSET)]
+    LogFull {
+        /// Which log: "bob's message log", or "the conversation of alice and bob".
+        log: String,
+    },
     /// The blocking task running the query panicked or was cancelled.
     #[error("database task failed: {0}")]
     TaskFailed(String),

@@ -29,9 +29,10 @@ use super::connection::{Ctx, IntoConnection, Link, Session};
 use super::ws_io::WsWriter;
 use crate::channels::{
     Channel, ChannelContext, ChannelTask, Effects, Emit, HandleIn, JoinRequest, Joined, LeaveReason, OutboundRoom,
-    Reply, Router, SocketInfo, StopReason,
+    Refusal, Reply, Router, SocketInfo, StopReason,
 };
 use crate::config::SocketConfig;
+use crate::error::Code;
 use crate::protocol::{
     DecodeError, HEARTBEAT, Message, Outgoing, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE, Payload,
     Serializer, is_reserved_event,
@@ -44,7 +45,7 @@ struct JoinedChannel {
 }
 
 enum JoinFailure {
-    Refused(Payload),
+    Refused(Refusal),
     Crashed,
 }
 
@@ -112,20 +113,30 @@ impl SocketSession {
         topic: &str,
         reply: &Reply,
     ) {
-        let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: &reply.status, response: &reply.response };
+        let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: reply.status(), response: reply.response() };
         match self.serializer.encode(&frame) {
             Ok(wire) => self.enqueue(ctx, wire),
             Err(e) => {
                 // The client still gets an answer it can read instead of a timeout.
-                let fallback = Payload::reason(&e.to_string());
-                let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: "error", response: &fallback };
+                let fallback = Reply::error(Code::Internal, &e.to_string());
+                let frame = Outgoing::Reply {
+                    join_ref,
+                    msg_ref,
+                    topic,
+                    status: fallback.status(),
+                    response: fallback.response(),
+                };
                 self.send(ctx, frame);
             }
         }
     }
 
     fn lifecycle(&mut self, ctx: &mut Ctx<Self>, join_ref: &str, topic: &str, event: &str) {
-        let payload = if event == PHX_ERROR { Payload::reason("channel_crash") } else { Payload::empty() };
+        let payload = if event == PHX_ERROR {
+            Payload::json(&serde_json::json!({ "reason": "channel_crash" }))
+        } else {
+            Payload::empty()
+        };
         self.send(ctx, Outgoing::Lifecycle { join_ref, topic, event, payload: &payload });
     }
 
@@ -244,12 +255,12 @@ impl SocketSession {
         };
         if self.info.identity.session.as_ref().is_some_and(|s| s.expired()) {
             // The expiry timer may not have fired yet; the session's rights end now all the same.
-            let reply = Reply::error("session_expired");
+            let reply = Reply::error(Code::SessionExpired, "session_expired");
             self.reply(ctx, msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, &reply);
             return self.close(ctx, CloseCode::Away, "session expired");
         }
         if self.limiter.check().is_err() {
-            let reply = Reply::error("rate limited");
+            let reply = Reply::error(Code::RateLimited, "rate limited");
             return self.reply(ctx, msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, &reply);
         }
         self.handle_message(ctx, msg);
@@ -268,7 +279,7 @@ impl SocketSession {
             let (jr, reply) = if event == PHX_LEAVE {
                 (join_ref.as_deref(), Reply::ok_empty())
             } else {
-                (None, Reply::error("unmatched topic"))
+                (None, Reply::error(Code::UnmatchedTopic, "unmatched topic"))
             };
             return self.reply(ctx, jr, msg_ref.as_deref(), &topic, &reply);
         };
@@ -290,7 +301,8 @@ impl SocketSession {
             None
         };
         if let Some(reason) = reject {
-            return self.reply(ctx, Some(&channel_join_ref), msg_ref.as_deref(), &topic, &Reply::error(reason));
+            let reply = Reply::error(Code::InvalidEvent, reason);
+            return self.reply(ctx, Some(&channel_join_ref), msg_ref.as_deref(), &topic, &reply);
         }
         self.dispatch(ctx, topic, channel_join_ref, msg_ref, event, payload);
     }
@@ -344,19 +356,21 @@ impl SocketSession {
         payload: Payload,
     ) {
         let Some(channel_join_ref) = join_ref.clone().or_else(|| msg_ref.clone()) else {
-            return self.reply(ctx, None, None, &topic, &Reply::error("join needs a ref"));
+            return self.reply(ctx, None, None, &topic, &Reply::error(Code::BadRequest, "join needs a ref"));
         };
         if topic.len() > self.settings.max_topic_bytes {
-            return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &Reply::error("topic too long"));
+            let reply = Reply::error(Code::InvalidTopic, "topic too long");
+            return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &reply);
         }
         let Some(factory) = self.router.route(&topic).cloned() else {
             if let Some(suppressed) = crate::logging::client_mistake() {
                 tracing::info!(conn = self.conn(), topic, suppressed, "join refused: unmatched topic");
             }
-            return self.reply(ctx, None, msg_ref.as_deref(), &topic, &Reply::error("unmatched topic"));
+            let reply = Reply::error(Code::UnmatchedTopic, "unmatched topic");
+            return self.reply(ctx, None, msg_ref.as_deref(), &topic, &reply);
         };
         if !self.channels.contains_key(&topic) && self.channels.len() >= self.settings.max_channels {
-            let reply = Reply::error("too many channels joined");
+            let reply = Reply::error(Code::TooManyChannels, "too many channels joined");
             return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &reply);
         }
         // A duplicate join replaces the old channel first; its phx_close goes out after the new
@@ -401,16 +415,18 @@ impl SocketSession {
                     if replaced.is_some() {
                         act.pubsub.unsubscribe(&topic, act.conn());
                     }
-                    let reply = match failure {
-                        JoinFailure::Refused(response) => Reply { status: "error".into(), response },
-                        JoinFailure::Crashed => Reply::error("join crashed"),
+                    let refusal = match failure {
+                        JoinFailure::Refused(refusal) => refusal,
+                        JoinFailure::Crashed => Refusal::new(Code::Internal, "join crashed"),
                     };
                     tracing::info!(
                         conn = act.conn(),
                         topic,
-                        reason = reply.response.as_json_str().unwrap_or("binary"),
+                        code = %refusal.code,
+                        reason = refusal.reason,
                         "join refused"
                     );
+                    let reply = Reply::from(refusal);
                     act.reply(ctx, jr, mr, &topic, &reply);
                     if let Some(old) = replaced {
                         act.lifecycle(ctx, &old, &topic, PHX_CLOSE);

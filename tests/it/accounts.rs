@@ -90,9 +90,12 @@ async fn phoenix_invites(db: Arc<TestDb>) {
     assert_eq!(dave.recv_json().await[4]["status"], "ok");
 
     carol.send(json!(["1", "2", "user:carol", "invite.request", {"dest": "nobody"}])).await;
-    assert_eq!(carol.recv_json().await, error_reply(Some("1"), "2", "user:carol", "no_such_user"));
+    assert_eq!(carol.recv_json().await, error_reply(Some("1"), "2", "user:carol", "no_such_user", "no_such_user"));
     carol.send(json!(["1", "3", "user:carol", "invite.request", {"who": "dave"}])).await;
-    assert_eq!(carol.recv_json().await, error_reply(Some("1"), "3", "user:carol", "expected {\"dest\": username}"));
+    assert_eq!(
+        carol.recv_json().await,
+        error_reply(Some("1"), "3", "user:carol", "expected {\"dest\": username}", "invalid_input")
+    );
     carol.send(json!(["1", "4", "user:carol", "invite.request", {"dest": "dave"}])).await;
     assert_eq!(carol.recv_json().await, ok_reply(Some("1"), "4", "user:carol", json!({})));
     assert_eq!(dave.recv_json().await[3], "invite.request");
@@ -120,11 +123,17 @@ async fn token_rules(db: Arc<TestDb>) {
     // Anonymous sockets may join public topics only.
     let mut anon = server.client().await;
     anon.join_ok("room:public", "1").await;
-    assert_eq!(anon.join("user:erin", "2").await, error_reply(Some("2"), "2", "user:erin", "unauthorized"));
+    assert_eq!(
+        anon.join("user:erin", "2").await,
+        error_reply(Some("2"), "2", "user:erin", "unauthorized", "unauthorized")
+    );
 
     // An authenticated socket may join its own topic only.
     let mut erin = Client::connect(&server.url(&format!("vsn=2.0.0&token={token}"))).await;
-    assert_eq!(erin.join("user:frank", "1").await, error_reply(Some("1"), "1", "user:frank", "unauthorized"));
+    assert_eq!(
+        erin.join("user:frank", "1").await,
+        error_reply(Some("1"), "1", "user:frank", "unauthorized", "forbidden")
+    );
     assert_eq!(erin.join("user:erin", "2").await[4]["status"], "ok");
 
     // Expired: the TTL is one second.

@@ -19,7 +19,7 @@ async fn leave_replies_ok_then_closes_with_the_join_ref() {
     assert_eq!(c.recv_json().await, json!(["5", "5", "room:lobby", "phx_close", {}]));
     // The channel is gone: pushes now get the unmatched-topic error.
     c.send(json!(["5", "7", "room:lobby", "ping", {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(None, "7", "room:lobby", "unmatched topic"));
+    assert_eq!(c.recv_json().await, error_reply(None, "7", "room:lobby", "unmatched topic", "unmatched_topic"));
 }
 
 #[tokio::test]
@@ -69,9 +69,9 @@ async fn unmatched_topics_get_phoenixs_replies() {
     let server = TestServer::start();
     let mut c = server.client().await;
     c.send(json!([null, "2", "room:nojoin", "ping", {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(None, "2", "room:nojoin", "unmatched topic"));
+    assert_eq!(c.recv_json().await, error_reply(None, "2", "room:nojoin", "unmatched topic", "unmatched_topic"));
     c.send(json!(["7", "7", "nochannel:x", "phx_join", {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(None, "7", "nochannel:x", "unmatched topic"));
+    assert_eq!(c.recv_json().await, error_reply(None, "7", "nochannel:x", "unmatched topic", "unmatched_topic"));
     c.send(json!(["9", "8", "room:never", "phx_leave", {}])).await;
     assert_eq!(c.recv_json().await, ok_reply(Some("9"), "8", "room:never", json!({})));
 }
@@ -84,7 +84,7 @@ async fn the_101st_channel_is_refused() {
         c.join_ok(&format!("room:mc-{n}"), &format!("{}", n + 1)).await;
     }
     let reply = c.join("room:mc-100", "101").await;
-    assert_eq!(reply, error_reply(Some("101"), "101", "room:mc-100", "too many channels joined"));
+    assert_eq!(reply, error_reply(Some("101"), "101", "room:mc-100", "too many channels joined", "too_many_channels"));
     // Rejoining a topic already joined is a replacement, not a 101st channel.
     let reply = c.join("room:mc-0", "102").await;
     assert_eq!(reply, ok_reply(Some("102"), "102", "room:mc-0", json!({})));
@@ -97,14 +97,17 @@ async fn reserved_and_oversized_events_and_topics_are_refused_with_reasons() {
     let mut c = server.client().await;
     c.join_ok("room:r", "1").await;
     c.send(json!(["1", "2", "room:r", "phx_reply", {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("1"), "2", "room:r", "reserved event"));
+    assert_eq!(c.recv_json().await, error_reply(Some("1"), "2", "room:r", "reserved event", "invalid_event"));
     c.send(json!(["1", "3", "room:r", "e".repeat(256), {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("1"), "3", "room:r", "event name too long"));
+    assert_eq!(c.recv_json().await, error_reply(Some("1"), "3", "room:r", "event name too long", "invalid_event"));
     c.send(json!(["1", "4", "room:r", "", {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("1"), "4", "room:r", "event name must not be empty"));
+    assert_eq!(
+        c.recv_json().await,
+        error_reply(Some("1"), "4", "room:r", "event name must not be empty", "invalid_event")
+    );
     let long_topic = format!("room:{}", "t".repeat(300));
     let reply = c.join(&long_topic, "5").await;
-    assert_eq!(reply, error_reply(Some("5"), "5", &long_topic, "topic too long"));
+    assert_eq!(reply, error_reply(Some("5"), "5", &long_topic, "topic too long", "invalid_topic"));
 }
 
 #[tokio::test]
@@ -148,15 +151,15 @@ async fn refused_and_crashed_joins_get_error_replies_and_nothing_else() {
     let server = crash_server();
     let mut c = server.client().await;
     c.send(json!(["1", "1", "crash:j", "phx_join", {"refuse": true}])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("1"), "1", "crash:j", "refused on purpose"));
+    assert_eq!(c.recv_json().await, error_reply(Some("1"), "1", "crash:j", "refused on purpose", "forbidden"));
     c.send(json!(["2", "2", "crash:j", "phx_join", {"panic_now": true}])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("2"), "2", "crash:j", "join crashed"));
+    assert_eq!(c.recv_json().await, error_reply(Some("2"), "2", "crash:j", "join crashed", "internal"));
     c.send(json!(["3", "3", "crash:j", "phx_join", {"panic_later": true}])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("3"), "3", "crash:j", "join crashed"));
+    assert_eq!(c.recv_json().await, error_reply(Some("3"), "3", "crash:j", "join crashed", "internal"));
     c.expect_silence(150).await;
     // None of them left a channel behind.
     c.send(json!(["3", "4", "crash:j", "ping", {}])).await;
-    assert_eq!(c.recv_json().await, error_reply(None, "4", "crash:j", "unmatched topic"));
+    assert_eq!(c.recv_json().await, error_reply(None, "4", "crash:j", "unmatched topic", "unmatched_topic"));
 }
 
 #[tokio::test]

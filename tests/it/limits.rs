@@ -81,7 +81,7 @@ async fn a_flooding_socket_is_rate_limited_and_others_are_not() {
     for n in 0..30 {
         let reply = flood.recv_json().await;
         assert_eq!(reply[1], format!("p{n}"));
-        if reply == error_reply(Some("1"), &format!("p{n}"), "room:f", "rate limited") {
+        if reply == error_reply(Some("1"), &format!("p{n}"), "room:f", "rate limited", "rate_limited") {
             limited += 1;
         }
     }

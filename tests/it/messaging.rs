@@ -370,7 +370,7 @@ async fn bad_input(db: Arc<TestDb>) {
         assert!(reply["response"]["reason"].as_str().unwrap().contains(reason), "{params} → {reply}");
     }
     let (_, reply) = Device::join(&server, "bob", &alice, "laptop", json!({})).await;
-    assert_eq!(reply["response"], json!({"reason": "unauthorized"}));
+    assert_eq!(reply["response"], json!({"reason": "unauthorized", "code": "forbidden"}));
     // Binary frames need vsn 2.0.0, so a V1 socket cannot ask for protobuf.
     let mut v1 = Client::connect(&server.url(&format!("vsn=1.0.0&token={alice}&device=old"))).await;
     v1.send(json!({"topic": "user:alice", "event": "phx_join", "payload": {"encoding": "protobuf"}, "ref": "1"})).await;

@@ -35,7 +35,7 @@ async fn empty_room_name_is_refused_with_a_reason() {
     let server = TestServer::start();
     let mut c = server.client().await;
     let reply = c.join("room:", "1").await;
-    assert_eq!(reply, error_reply(Some("1"), "1", "room:", "room name must not be empty"));
+    assert_eq!(reply, error_reply(Some("1"), "1", "room:", "room name must not be empty", "invalid_topic"));
 }
 
 #[tokio::test]
@@ -44,7 +44,10 @@ async fn non_object_payloads_are_refused_but_not_fatal() {
     let mut c = server.client().await;
     c.join_ok("room:a", "1").await;
     c.send(json!(["1", "2", "room:a", "shout", "just a string"])).await;
-    assert_eq!(c.recv_json().await, error_reply(Some("1"), "2", "room:a", "payload must be an object"));
+    assert_eq!(
+        c.recv_json().await,
+        error_reply(Some("1"), "2", "room:a", "payload must be an object", "invalid_input")
+    );
     c.send(json!([null, "3", "phoenix", "heartbeat", {}])).await;
     assert_eq!(c.recv_json().await, ok_reply(None, "3", "phoenix", json!({})));
 }
@@ -172,5 +175,8 @@ async fn an_observer_is_not_tracked_and_gets_no_presence_but_does_get_broadcasts
 
     let mut bad = server.client().await;
     bad.send(json!(["1", "1", "room:show", "phx_join", {"presence": "no"}])).await;
-    assert_eq!(bad.recv_json().await, error_reply(Some("1"), "1", "room:show", "presence must be true or false"));
+    assert_eq!(
+        bad.recv_json().await,
+        error_reply(Some("1"), "1", "room:show", "presence must be true or false", "invalid_input")
+    );
 }

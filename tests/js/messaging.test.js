@@ -355,15 +355,15 @@ describe("user:<eid> messaging with two devices per user", () => {
     const everyone = [alice.phone, alice.laptop, bob.phone, bob.laptop];
     const good = outgoing(bob, "ok");
     const cases = [
-      ["no to", { id: "bad-1", payload: good.payload }, 400],
-      ["to yourself", { id: "bad-2", to: { eid: alice.eid }, payload: good.payload }, 400],
-      ["no content", { id: "bad-3", to: { eid: bob.eid } }, 400],
+      ["no to", { id: "bad-1", payload: good.payload }, 400, "invalid_input"],
+      ["to yourself", { id: "bad-2", to: { eid: alice.eid }, payload: good.payload }, 400, "invalid_input"],
+      ["no content", { id: "bad-3", to: { eid: bob.eid } }, 400, "invalid_input"],
       // The payload does not decode as a Message; the server still echoes its id.
-      ["an unknown JSON field", { ...good, id: "bad-4", colour: "blue" }, 400],
-      ["a forged from", { ...good, id: "bad-5", from: { eid: bob.eid } }, 403],
-      ["an unknown recipient", { ...good, id: "bad-6", to: { eid: `nobody-${run}` } }, 404],
+      ["an unknown JSON field", { ...good, id: "bad-4", colour: "blue" }, 400, "invalid_input"],
+      ["a forged from", { ...good, id: "bad-5", from: { eid: bob.eid } }, 403, "source_mismatch"],
+      ["an unknown recipient", { ...good, id: "bad-6", to: { eid: `nobody-${run}` } }, 404, "unknown_recipient"],
     ];
-    for (const [what, message, statusCode, messageId = message.id] of cases) {
+    for (const [what, message, statusCode, code, messageId = message.id] of cases) {
       const refused = await push(alice.phone.channel, "message", message);
       assert.equal(refused.status, "error", `${what}\n${transcript(alice.phone.socket)}`);
       const { reason, ...rest } = refused.response;
@@ -371,7 +371,7 @@ describe("user:<eid> messaging with two devices per user", () => {
       assert.ok(reason.length > 0, what);
       assert.deepEqual(
         rest,
-        { status_code: statusCode, message_id: messageId, signal_offset_state: false },
+        { code, status_code: statusCode, message_id: messageId, signal_offset_state: false },
         `${what}: ${JSON.stringify(refused.response)}`,
       );
     }

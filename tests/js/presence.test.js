@@ -241,9 +241,9 @@ describe("presence", () => {
 
     // Only signed-in sockets may watch, and only users that exist.
     const anonymous = await connected(suite.server.url);
-    for (const [socket, topic, reason] of [[anonymous, `presence:${a}`, "unauthorized"], [first.socket, `presence:nobody-${run}`, "no_such_user"]]) {
+    for (const [socket, topic, reason, code] of [[anonymous, `presence:${a}`, "unauthorized", "unauthorized"], [first.socket, `presence:nobody-${run}`, "no_such_user", "no_such_user"]]) {
       const channel = socket.channel(topic, {});
-      assert.deepEqual(await join(channel), { status: "error", response: { reason } }, transcript(socket));
+      assert.deepEqual(await join(channel), { status: "error", response: { reason, code } }, transcript(socket));
       await reply(channel.leave()); // phoenix.js would otherwise retry the join
     }
   });
@@ -348,17 +348,17 @@ describe("status signals", () => {
     const { bob, devs } = await pair();
     const [alicePhone, , bobPhone] = devs;
     const cases = [
-      ["an unknown status", { id: "bad-1", to: { eid: bob.eid }, status: 9 }, 400],
-      ["no to", { id: "bad-2", status: TYPING }, 400],
-      ["to yourself", { id: "bad-3", to: { eid: alicePhone.eid }, status: TYPING }, 400],
-      ["a forged from", { id: "bad-4", to: { eid: bob.eid }, from: { eid: bob.eid }, status: TYPING }, 403],
-      ["an unknown receiver", { id: "bad-5", to: { eid: `nobody-${run}` }, status: TYPING }, 404],
+      ["an unknown status", { id: "bad-1", to: { eid: bob.eid }, status: 9 }, 400, "invalid_input"],
+      ["no to", { id: "bad-2", status: TYPING }, 400, "invalid_input"],
+      ["to yourself", { id: "bad-3", to: { eid: alicePhone.eid }, status: TYPING }, 400, "invalid_input"],
+      ["a forged from", { id: "bad-4", to: { eid: bob.eid }, from: { eid: bob.eid }, status: TYPING }, 403, "source_mismatch"],
+      ["an unknown receiver", { id: "bad-5", to: { eid: `nobody-${run}` }, status: TYPING }, 404, "unknown_recipient"],
     ];
-    for (const [what, signal, statusCode] of cases) {
+    for (const [what, signal, statusCode, code] of cases) {
       const refused = await push(alicePhone.channel, "signal", signal);
       assert.equal(refused.status, "error", `${what}\n${transcript(alicePhone.socket)}`);
       assert.equal(typeof refused.response.reason, "string", what);
-      assert.deepEqual(refused.response, { reason: refused.response.reason, status_code: statusCode }, what);
+      assert.deepEqual(refused.response, { reason: refused.response.reason, code, status_code: statusCode }, what);
     }
 
     // Sent back to back (one write each, in one tick): the first 10 are the burst, and at 5/s
@@ -372,7 +372,7 @@ describe("status signals", () => {
     for (const { status, response } of limited) {
       assert.equal(status, "error", context);
       assert.match(response.reason, /^rate limited: /, context);
-      assert.deepEqual(response, { reason: response.reason, status_code: 429 }, context);
+      assert.deepEqual(response, { reason: response.reason, code: "rate_limited", status_code: 429 }, context);
     }
 
     // Exactly the accepted signals reached bob, in order; none of the refused ones.

@@ -85,7 +85,7 @@ describe("official client", () => {
     const channel = socket.channel("room:", {});
 
     const refused = await join(channel);
-    assert.deepEqual(refused, { status: "error", response: { reason: "room name must not be empty" } }, transcript(socket));
+    assert.deepEqual(refused, { status: "error", response: { reason: "room name must not be empty", code: "invalid_topic" } }, transcript(socket));
     assert.equal(channel.state, "errored");
 
     // phoenix.js would retry the join after 1 s (then 2 s, 5 s, ...) until told to leave.
@@ -193,7 +193,7 @@ describe("wire frames match Phoenix", () => {
     assert.deepEqual(
       jsonFrames(socket, "in", { topic: "room:" }),
       [
-        [joinRef, joinRef, "room:", "phx_reply", { status: "error", response: { reason: "room name must not be empty" } }],
+        [joinRef, joinRef, "room:", "phx_reply", { status: "error", response: { reason: "room name must not be empty", code: "invalid_topic" } }],
         // Phoenix answers a leave for a topic without a channel with ok, echoing the leave's join_ref.
         [leaveMsg[0], leaveMsg[1], "room:", "phx_reply", { status: "ok", response: {} }],
       ],

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::UserChannel;
-use crate::channels::{ChannelContext, HandleIn, Reply};
+use crate::channels::{ChannelContext, HandleIn, Refusal, Reply};
+use crate::error::Code;
 use crate::messaging::signals::EVENT_SIGNAL;
 use crate::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LogPage, MessagingError, now_millis};
@@ -81,30 +82,31 @@ struct HistoryReply<'a> {
 /// Parses a JSON payload strictly; the error is a reply reason naming the event.
 fn params<T: DeserializeOwned>(event: &str, payload: &Payload) -> Result<T, Reply> {
     let Some(text) = payload.as_json_str() else {
-        return Err(Reply::error(&format!("{event} takes a JSON payload")));
+        return Err(Reply::error(Code::InvalidJson, &format!("{event} takes a JSON payload")));
     };
-    serde_json::from_str(text).map_err(|e| Reply::error(&format!("bad {event} payload: {e}")))
+    serde_json::from_str(text).map_err(|e| Reply::error(Code::InvalidJson, &format!("bad {event} payload: {e}")))
 }
 
-/// The error reply to a `message` push: the reason plus seed 004's retry fields for JSON
-/// clients; a `MessagePeerAckSignal` with the status code for protobuf ones.
+/// The error reply to a `message` push: the reason and code plus seed 004's retry fields for
+/// JSON clients; a `MessagePeerAckSignal` with the status code for protobuf ones.
 fn send_error(encoding: Encoding, message_id: &str, error: &MessagingError) -> Reply {
-    let response = match encoding {
-        Encoding::Json => Payload::json(&json!({
-            "reason": error.reason(),
-            "status_code": error.status_code(),
-            "message_id": message_id,
-            "signal_offset_state": false,
-        })),
-        Encoding::Protobuf => encoding.encode(&pb::MessagePeerAckSignal {
-            message_id: message_id.to_owned(),
-            method: wire::METHOD_SENT,
-            timestamp: now_millis(),
-            status_code: error.status_code(),
-            ..Default::default()
-        }),
-    };
-    Reply { status: "error".into(), response }
+    match encoding {
+        Encoding::Json => Reply::error_with(
+            error.code(),
+            &error.reason(),
+            json!({ "status_code": error.status_code(), "message_id": message_id, "signal_offset_state": false }),
+        ),
+        Encoding::Protobuf => Reply::error_binary(
+            error.code(),
+            wire::protobuf(&pb::MessagePeerAckSignal {
+                message_id: message_id.to_owned(),
+                method: wire::METHOD_SENT,
+                timestamp: now_millis(),
+                status_code: error.status_code(),
+                ..Default::default()
+            }),
+        ),
+    }
 }
 
 /// The `id` of a JSON message that did not parse as a `Message`, so its error reply still
@@ -145,13 +147,13 @@ impl UserChannel {
         let read = match p.state.as_str() {
             "received" => false,
             "read" => true,
-            _ => return HandleIn::Reply(Reply::error("state must be \"received\" or \"read\"")),
+            _ => return HandleIn::Reply(Reply::error(Code::InvalidInput, "state must be \"received\" or \"read\"")),
         };
         let recorded = self.messaging.receipt(&self.origin, p.up_to, read);
         HandleIn::Later(Box::pin(async move {
             match recorded.await {
                 Ok(cursor) => Reply::ok(Payload::json(&json!({ "acked_offset": cursor }))),
-                Err(e) => Reply::error(&e.reason()),
+                Err(e) => Reply::from(Refusal::from(e)),
             }
         }))
     }
@@ -169,7 +171,7 @@ impl UserChannel {
                     let messages: Vec<&pb::Message> = page.entries.iter().map(|(_, m)| m).collect();
                     Reply::ok(Payload::json(&PullReply { messages, last_offset: page.last_offset, more: page.more }))
                 }
-                Err(e) => Reply::error(&e.reason()),
+                Err(e) => Reply::from(Refusal::from(e)),
             }
         }))
     }
@@ -180,14 +182,14 @@ impl UserChannel {
             Err(reply) => return HandleIn::Reply(reply),
         };
         if p.with.is_empty() {
-            return HandleIn::Reply(Reply::error("with must name a user"));
+            return HandleIn::Reply(Reply::error(Code::InvalidInput, "with must name a user"));
         }
         let (messaging, eid) = (self.messaging.clone(), self.origin.eid.clone());
         let limit = p.limit.unwrap_or(messaging.config().default_page);
         HandleIn::Later(Box::pin(async move {
             match messaging.history(&eid, &p.with, p.before, limit).await {
                 Ok(page) => Reply::ok(Payload::json(&HistoryReply { messages: &page.messages, more: page.more })),
-                Err(e) => Reply::error(&e.reason()),
+                Err(e) => Reply::from(Refusal::from(e)),
             }
         }))
     }

@@ -16,12 +16,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::presence::{base_meta, presence_topic, push_presence_state, track_and_list};
-use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
+use super::{
+    Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Refusal, Reply,
+};
 use crate::accounts::{AccountError, Accounts, LastSeen};
+use crate::error::Code;
 use crate::messaging::signals::Signals;
 use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{Messaging, Origin};
-use crate::presence::{Meta, Tracker};
+use crate::presence::{Meta, PresenceError, Tracker};
 use crate::protocol::{Payload, Serializer};
 use crate::pubsub::{Broadcast, PubSub};
 use inbox::Inbox;
@@ -94,24 +97,27 @@ struct Delivery {
     encoding: Encoding,
 }
 
-fn parse_join(payload: &Payload, serializer: Serializer) -> Result<(Option<i64>, Delivery), String> {
+fn parse_join(payload: &Payload, serializer: Serializer) -> Result<(Option<i64>, Delivery), Refusal> {
+    let invalid = |reason: &str| Refusal::new(Code::InvalidInput, reason);
     let params: JoinParams = match payload.as_json_str() {
-        Some(text) => serde_json::from_str(text).map_err(|e| format!("bad join payload: {e}"))?,
-        None => return Err("join payload must be JSON".into()),
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| Refusal::new(Code::InvalidJson, format!("bad join payload: {e}")))?
+        }
+        None => return Err(Refusal::new(Code::InvalidJson, "join payload must be JSON")),
     };
     if params.after.is_some_and(|a| a < 0) {
-        return Err("after must not be negative".into());
+        return Err(invalid("after must not be negative"));
     }
     let pull = match params.mode.as_deref() {
         None | Some("push") => false,
         Some("pull") => true,
-        Some(_) => return Err("mode must be \"push\" or \"pull\"".into()),
+        Some(_) => return Err(invalid("mode must be \"push\" or \"pull\"")),
     };
     let encoding = match params.encoding.as_deref() {
         None | Some("json") => Encoding::Json,
         Some("protobuf") if serializer == Serializer::V2 => Encoding::Protobuf,
-        Some("protobuf") => return Err("protobuf encoding needs vsn 2.0.0 (binary frames)".into()),
-        Some(_) => return Err("encoding must be \"json\" or \"protobuf\"".into()),
+        Some("protobuf") => return Err(invalid("protobuf encoding needs vsn 2.0.0 (binary frames)")),
+        Some(_) => return Err(invalid("encoding must be \"json\" or \"protobuf\"")),
     };
     Ok((params.after, Delivery { pull, encoding }))
 }
@@ -124,23 +130,25 @@ impl ChannelFactory for UserChannels {
             let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
             let socket = &request.socket;
             let identity = &socket.identity;
-            if identity.user.as_deref() != Some(eid.as_str()) {
-                return Err(Payload::reason("unauthorized"));
+            match identity.user.as_deref() {
+                Some(user) if user == eid => {}
+                // Phoenix's reason either way; the code tells "sign in" from "not yours".
+                Some(_) => return Err(Refusal::new(Code::Forbidden, "unauthorized")),
+                None => return Err(Refusal::new(Code::Unauthorized, "unauthorized")),
             }
-            let (after, delivery) = parse_join(&request.payload, socket.serializer).map_err(|r| Payload::reason(&r))?;
+            let (after, delivery) = parse_join(&request.payload, socket.serializer)?;
             let origin = Origin {
                 eid: eid.clone(),
                 device: identity.device.clone(),
                 connection: socket.connection_id.subscriber(),
                 node: request.pubsub.node().to_owned(),
             };
-            let invites = accounts.pending_invites(&eid).await.map_err(|e| Payload::reason(e.code()))?;
-            let state =
-                messaging.device_state(&eid, origin.device_key()).await.map_err(|e| Payload::reason(&e.reason()))?;
+            let invites = accounts.pending_invites(&eid).await?;
+            let state = messaging.device_state(&eid, origin.device_key()).await?;
             let after = after.unwrap_or(state.acked_offset);
             if after > state.last_offset {
                 let reason = format!("after {after} is past the end of the log (last_offset {})", state.last_offset);
-                return Err(Payload::reason(&reason));
+                return Err(Refusal::new(Code::InvalidInput, reason));
             }
             let invites: Vec<Value> = invites.iter().map(|i| json!({"from": i.from, "at": i.created_at})).collect();
             let response = json!({
@@ -204,8 +212,17 @@ struct InvitePeer {
     dest: String,
 }
 
-fn error_reply(e: &AccountError) -> Reply {
-    Reply::error(e.code())
+fn error_reply(e: AccountError) -> Reply {
+    Reply::from(Refusal::from(e))
+}
+
+// The presence boundary's code; src/presence/ has no `code()` of its own yet.
+fn presence_code(e: &PresenceError) -> Code {
+    match e {
+        PresenceError::Invalid(_) => Code::InvalidInput,
+        PresenceError::Unavailable => Code::Unavailable,
+        PresenceError::AlreadyTracked | PresenceError::NoPresence => Code::Internal,
+    }
 }
 
 impl UserChannel {
@@ -213,7 +230,10 @@ impl UserChannel {
     fn update_presence(&mut self, payload: &Payload, ctx: &ChannelContext<'_>) -> HandleIn {
         let update = match payload.as_json_str().map(serde_json::from_str::<PresenceUpdate>) {
             Some(Ok(u)) if !u.status.is_empty() && u.status.len() <= MAX_STATUS_BYTES => u,
-            _ => return HandleIn::Reply(Reply::error("expected {\"status\": a string of 1..=64 bytes}")),
+            _ => {
+                let reason = "expected {\"status\": a string of 1..=64 bytes}";
+                return HandleIn::Reply(Reply::error(Code::InvalidInput, reason));
+            }
         };
         self.meta.insert("status".into(), update.status.into());
         let (key, owner) = (self.origin.device_key(), &ctx.socket.connection_id);
@@ -222,7 +242,7 @@ impl UserChannel {
         HandleIn::Later(Box::pin(async move {
             match (here.await, watched.await) {
                 (Ok(phx_ref), Ok(_)) => Reply::ok(Payload::json(&json!({ "phx_ref": phx_ref }))),
-                (Err(e), _) | (_, Err(e)) => Reply::error(&e.to_string()),
+                (Err(e), _) | (_, Err(e)) => Reply::error(presence_code(&e), &e.to_string()),
             }
         }))
     }
@@ -230,7 +250,7 @@ impl UserChannel {
     fn invite(&self, kind: &'static str, payload: &Payload, pubsub: &PubSub) -> HandleIn {
         let peer = match payload.as_json_str().map(serde_json::from_str::<InvitePeer>) {
             Some(Ok(peer)) if !peer.dest.is_empty() => peer.dest,
-            _ => return HandleIn::Reply(Reply::error("expected {\"dest\": username}")),
+            _ => return HandleIn::Reply(Reply::error(Code::InvalidInput, "expected {\"dest\": username}")),
         };
         let (accounts, me, pubsub) = (self.accounts.clone(), self.origin.eid.clone(), pubsub.clone());
         HandleIn::Later(Box::pin(async move {
@@ -244,7 +264,7 @@ impl UserChannel {
                     notify_account_event(&pubsub, &peer, &json!({"type": kind, "source": me, "dest": peer}));
                     Reply::ok_empty()
                 }
-                Err(e) => error_reply(&e),
+                Err(e) => error_reply(e),
             }
         }))
     }
@@ -279,11 +299,11 @@ impl Channel for UserChannel {
                 HandleIn::Later(Box::pin(async move {
                     match accounts.contacts(&me).await {
                         Ok(contacts) => Reply::ok(Payload::json(&json!({ "contacts": contacts }))),
-                        Err(e) => error_reply(&e),
+                        Err(e) => error_reply(e),
                     }
                 }))
             }
-            _ => HandleIn::Reply(Reply::error("unknown event")),
+            _ => HandleIn::Reply(Reply::error(Code::InvalidEvent, "unknown event")),
         }
     }
 

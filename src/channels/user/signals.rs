@@ -11,16 +11,18 @@ use crate::messaging::wire::{self, Encoding};
 use crate::pb;
 use crate::protocol::Payload;
 
-/// The error reply to a `signal` push: the reason and status code for JSON clients; a `Signal`
-/// of type ERROR carrying the reason for protobuf ones.
+/// The error reply to a `signal` push: the reason, code and status code for JSON clients; a
+/// `Signal` of type ERROR carrying the reason for protobuf ones.
 fn signal_error(encoding: Encoding, id: String, error: &MessagingError) -> Reply {
-    let response = match encoding {
-        Encoding::Json => Payload::json(&json!({ "reason": error.reason(), "status_code": error.status_code() })),
-        Encoding::Protobuf => {
-            encoding.encode(&pb::Signal { id, r#type: TYPE_ERROR, error: Some(error.reason()), ..Default::default() })
+    match encoding {
+        Encoding::Json => {
+            Reply::error_with(error.code(), &error.reason(), json!({ "status_code": error.status_code() }))
         }
-    };
-    Reply { status: "error".into(), response }
+        Encoding::Protobuf => Reply::error_binary(
+            error.code(),
+            wire::protobuf(&pb::Signal { id, r#type: TYPE_ERROR, error: Some(error.reason()), ..Default::default() }),
+        ),
+    }
 }
 
 impl UserChannel {

@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 
-use super::{ConversationRow, ConversationSql, MessageRow, MessageSql, conversation_key};
+use super::{ConversationRow, ConversationSql, MAX_OFFSET, MessageRow, MessageSql, conversation_key};
 use crate::store::schema::{conversations, messages};
 use crate::store::statement::Statement;
 use crate::store::{DbConnection, Millis, StoreError};
@@ -58,6 +58,10 @@ pub struct StoredMessage {
 /// Offsets are handed out in batch order: messages that share a log or a conversation get
 /// consecutive offsets in it, in the order they come. Logs and conversations are locked in
 /// sorted order, so concurrent appends lock them alike. Runs inside the caller's transaction.
+///
+/// A batch that would take any log or conversation past [`MAX_OFFSET`] inserts no row and
+/// fails with [`StoreError::LogFull`]; the caller's transaction then rolls the reservations
+/// back, so none of the batch is stored.
 pub fn append(
     conn: &mut DbConnection,
     batch: &[NewMessage<'_>],
@@ -126,6 +130,21 @@ impl<'a> OffsetPlan<'a> {
             deltas,
         }
     }
+}
+
+/// Refuses a reservation that took `user`'s log (with `peer`: their conversation) to `last`,
+/// past [`MAX_OFFSET`]. Called before any row of the batch is inserted.
+fn check_room(user: &str, peer: Option<&str>, last: i64) -> Result<(), StoreError> {
+    if last <= MAX_OFFSET {
+        return Ok(());
+    }
+    // An operator's concern: this user can no longer send or receive until the log is dealt with.
+    tracing::error!(user, peer, last, max = MAX_OFFSET, "message log full: refusing the batch");
+    let log = match peer {
+        None => format!("{user}'s message log"),
+        Some(peer) => format!("the conversation of {user} and {peer}"),
+    };
+    Err(StoreError::LogFull { log })
 }
 
 /// The stored row of a new message, once its logs' and conversation's new last offsets are known.
@@ -225,6 +244,7 @@ fn append_sqlite(
         .bind::<Text, _>(user)
         .bind::<BigInt, _>(n)
         .get_result(c)?;
+        check_room(user, None, last)?;
         last_log.insert(user.to_owned(), last);
     }
     let mut last_conversation: HashMap<(String, String), ConversationRow> =
@@ -241,6 +261,7 @@ fn append_sqlite(
         .bind::<Text, _>(b)
         .bind::<BigInt, _>(n)
         .get_result(c)?;
+        check_room(a, Some(b), row.last_user_offset)?;
         last_conversation.insert((a.to_owned(), b.to_owned()), row);
     }
 
@@ -316,7 +337,9 @@ const CONVERSATIONS_PG: &str = concat!(
 /// lock order), and the insert reads each log's and conversation's new last offset from a
 /// JSON object built once, so every row costs a lookup instead of a join whose plan PostgreSQL
 /// would choose from a guessed row count (a nested loop over 400 rows took 20 ms). The result
-/// is each log's new last offset (`user_b` NULL) and each conversation's new row.
+/// is each log's new last offset (`user_b` NULL) and each conversation's new row. When a new
+/// last offset passes 2147483647 ([`MAX_OFFSET`]) the insert takes no row (`full`), and the
+/// caller, seeing that offset in the result, fails the transaction.
 const WRITE_PG: &str = concat!(
     "WITH logs AS (INSERT INTO user_logs (username, last_offset) SELECT * FROM unnest(?, ?) ",
     "ON CONFLICT (username) DO UPDATE SET last_offset = user_logs.last_offset + excluded.last_offset ",
@@ -329,7 +352,9 @@ const WRITE_PG: &str = concat!(
     "), ",
     "lasts AS (SELECT (SELECT jsonb_object_agg(username, last_offset) FROM logs) AS logs, ",
     "(SELECT jsonb_object_agg(user_a, per_b) FROM (SELECT user_a, jsonb_object_agg(user_b, last_user_offset) AS per_b ",
-    "FROM advanced GROUP BY user_a) AS by_a) AS conversations), ",
+    "FROM advanced GROUP BY user_a) AS by_a) AS conversations, ",
+    "(SELECT bool_or(last_offset > 2147483647) FROM logs) OR ",
+    "(SELECT bool_or(last_user_offset > 2147483647) FROM advanced) AS full), ",
     "inserted AS (INSERT INTO messages (",
     message_columns!(),
     ") SELECT m.sender, m.client_id, m.sender_device, m.receiver, ",
@@ -338,7 +363,7 @@ const WRITE_PG: &str = concat!(
     "m.sent_at, ?, m.payload, m.encryption_type, m.encrypted, m.signature ",
     "FROM lasts l, unnest(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) AS m(sender, client_id, sender_device, receiver, ",
     "key_a, key_b, sender_delta, receiver_delta, conversation_delta, sent_at, payload, encryption_type, encrypted, ",
-    "signature)) ",
+    "signature) WHERE l.full IS NOT TRUE) ",
     "SELECT username, NULL, last_offset, 0, 0, 0, 0 FROM logs UNION ALL SELECT ",
     conversation_columns!(),
     " FROM advanced"
@@ -426,6 +451,7 @@ fn append_pg(
     let mut last_log: HashMap<String, i64> = HashMap::new();
     let mut last_conversation: HashMap<(String, String), ConversationRow> = HashMap::new();
     for (user_a, user_b, last_user_offset, a_received, a_read, b_received, b_read) in lasts {
+        check_room(&user_a, user_b.as_deref(), last_user_offset)?;
         match user_b {
             None => {
                 last_log.insert(user_a, last_user_offset);
@@ -460,4 +486,18 @@ fn stored_conversations(
 /// One field of every message, as an array bind.
 fn column<'a, T>(batch: &[NewMessage<'a>], field: impl Fn(&NewMessage<'a>) -> T) -> Vec<T> {
     batch.iter().map(field).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_write_stops_at_max_offset_in_logs_and_conversations() {
+        // concat! takes only literals, so the bound is written out in WRITE_PG; it must stay
+        // MAX_OFFSET.
+        let bound = format!("> {MAX_OFFSET})");
+        assert_eq!(WRITE_PG.matches(&bound).count(), 2, "{WRITE_PG}");
+        assert!(WRITE_PG.contains("WHERE l.full IS NOT TRUE"), "{WRITE_PG}");
+    }
 }

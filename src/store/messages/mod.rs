@@ -118,6 +118,11 @@ mod append;
 mod receipt;
 
 pub use append::{NewMessage, StoredMessage, append};
+
+/// The largest offset a log or conversation may hand out: seed 004's `Message` carries
+/// `signal_offset` and `user_offset` as int32, and an offset past it could only be clipped
+/// (two messages at one offset) on the wire. [`append`] refuses a batch that would pass it.
+pub const MAX_OFFSET: i64 = i32::MAX as i64;
 pub use receipt::{ReceiptOutcome, ReceiptRequest, ReceivedUpTo, record_receipts};
 
 /// The SQL types of a [`MessageRow`], in its field order.

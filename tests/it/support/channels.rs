@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use courier::channels::{
     Channel, ChannelContext, ChannelFactory, ConnectError, ConnectRequest, HandleIn, JoinRequest, JoinResult, Joined,
-    Reply, SocketAuthenticator, SocketIdentity, StopReason,
+    Refusal, Reply, SocketAuthenticator, SocketIdentity, StopReason,
 };
+use courier::error::Code;
 use courier::protocol::Payload;
 use futures_util::future::LocalBoxFuture;
 
@@ -49,7 +50,7 @@ impl ChannelFactory for CrashChannels {
         }
         Box::pin(async move {
             if params.contains("refuse") {
-                return Err(Payload::reason("refused on purpose"));
+                return Err(Refusal::new(Code::Forbidden, "refused on purpose"));
             }
             if params.contains("panic_later") {
                 panic!("join future panicked on purpose");
@@ -79,7 +80,7 @@ impl Channel for CrashChannel {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 Reply::ok(payload)
             })),
-            _ => HandleIn::Reply(Reply::error("unknown event")),
+            _ => HandleIn::Reply(Reply::error(Code::InvalidEvent, "unknown event")),
         }
     }
 }

@@ -307,9 +307,9 @@ pub fn ok_reply(join_ref: Option<&str>, msg_ref: &str, topic: &str, response: Va
     reply(join_ref, msg_ref, topic, "ok", response)
 }
 
-/// An error reply with `{"reason": reason}`.
-pub fn error_reply(join_ref: Option<&str>, msg_ref: &str, topic: &str, reason: &str) -> Value {
-    reply(join_ref, msg_ref, topic, "error", serde_json::json!({ "reason": reason }))
+/// An error reply with `{"reason": reason, "code": code}`.
+pub fn error_reply(join_ref: Option<&str>, msg_ref: &str, topic: &str, reason: &str, code: &str) -> Value {
+    reply(join_ref, msg_ref, topic, "error", serde_json::json!({ "reason": reason, "code": code }))
 }
 
 /// Sends one HTTP/1.1 request and returns the status and body.
