@@ -22,8 +22,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 use courier::accounts::{Accounts, AccountsConfig, HashAlgorithm};
+use courier::clock::{Clock, SystemClock};
 use courier::messaging::log::{self, Append, Write, Written};
-use courier::messaging::now_millis;
 use courier::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
 use courier::pb;
 use courier::presence::{Meta, Owner, TopicPresence};
@@ -359,7 +359,7 @@ impl LogDb {
     /// What the writer task does with a batch: one write transaction around `log::apply`.
     async fn commit(&self, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, courier::messaging::MessagingError>> {
         let all = Arc::clone(writes);
-        let now = now_millis();
+        let now = SystemClock.now_millis();
         self.store.write(move |conn| log::apply(conn, &all, now)).await.expect("batch commits")
     }
 }

@@ -7,10 +7,11 @@
 //! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
 //! clients get wrong out of the error log; `error` is the one table of error codes every
-//! module's error enum maps into.
+//! module's error enum maps into; `clock` is the one source of wall-clock time.
 
 pub mod accounts;
 pub mod channels;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -21,6 +21,7 @@ use crate::channels::presence::PresenceChannels;
 use crate::channels::room::RoomChannels;
 use crate::channels::user::UserChannels;
 use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
+use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
 use crate::messaging::Messaging;
@@ -40,11 +41,12 @@ pub fn default_router(
     messaging: &Messaging,
     signals: &Signals,
     tracker: &Arc<dyn Tracker>,
+    clock: &Arc<dyn Clock>,
 ) -> Router {
     let last_seen = LastSeen::start(accounts.clone());
     let user = UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen);
     Router::new()
-        .channel("room:*", RoomChannels::new(Arc::clone(tracker)))
+        .channel("room:*", RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
         .channel("user:*", user)
         .channel("presence:*", PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
 }
@@ -55,12 +57,21 @@ pub struct Courier {
     extra_channels: Router,
     authenticator: Option<Arc<dyn SocketAuthenticator>>,
     broker: Option<Arc<dyn Broker>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Courier {
-    /// A server with the default channels, session-token sockets and the single-node broker.
+    /// A server with the default channels, session-token sockets, the single-node broker and
+    /// the wall clock.
     pub fn new(config: Config) -> Self {
-        Courier { config, extra_channels: Router::new(), authenticator: None, broker: None }
+        Courier { config, extra_channels: Router::new(), authenticator: None, broker: None, clock: None }
+    }
+
+    /// Replaces the wall clock every part of the server reads time from (tests pass a
+    /// [`crate::clock::ManualClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Replaces the session-token socket authenticator.
@@ -83,7 +94,8 @@ impl Courier {
 
     /// Binds and starts serving. Must run inside an actix system.
     pub async fn start(self) -> io::Result<RunningServer> {
-        let Courier { config, extra_channels, authenticator, broker } = self;
+        let Courier { config, extra_channels, authenticator, broker, clock } = self;
+        let clock = clock.unwrap_or_else(clock::system);
         let options = StoreOptions {
             url: config.database_url.clone(),
             pool_size: config.database_pool,
@@ -95,7 +107,8 @@ impl Courier {
             .map_err(io::Error::other)?
             .map_err(|e| io::Error::other(format!("opening the database: {e}")))?;
         tracing::info!(backend = ?store.backend(), "database ready");
-        let accounts = Accounts::new(store.clone(), config.accounts.clone()).map_err(io::Error::other)?;
+        let accounts = Accounts::with_clock(store.clone(), config.accounts.clone(), Arc::clone(&clock))
+            .map_err(io::Error::other)?;
         // Accounts made before username keys get theirs before anyone can sign up beside them.
         accounts.backfill_username_keys().await.map_err(|e| io::Error::other(format!("filling username keys: {e}")))?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
@@ -103,10 +116,13 @@ impl Courier {
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
         let require_contacts = config.accounts.require_contacts;
-        let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, require_contacts);
-        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts);
-        let tracker: Arc<dyn Tracker> = Arc::new(LocalTracker::start(&config.presence, pubsub.clone()));
-        let router = default_router(&accounts, &messaging, &signals, &tracker).merge(extra_channels);
+        let signals =
+            Signals::start(store.clone(), pubsub.clone(), &config.messaging, require_contacts, Arc::clone(&clock));
+        let messaging =
+            Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts, Arc::clone(&clock));
+        let tracker: Arc<dyn Tracker> =
+            Arc::new(LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock)));
+        let router = default_router(&accounts, &messaging, &signals, &tracker, &clock).merge(extra_channels);
         let sockets = Arc::new(Sockets::default());
         let transport = web::Data::new(TransportState {
             router: Arc::new(router),

@@ -7,7 +7,6 @@
 //! the database only through `crate::store` query functions and never touches sockets or HTTP;
 //! transports call [`Accounts`] or drive a [`JsonProtocolSession`].
 
-mod clock;
 mod config;
 mod error;
 mod hashing;
@@ -23,9 +22,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{self, Clock};
 use crate::store::{self, Store, StoreError};
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AccountsConfig, ConfigError};
 pub use error::{AccountError, RespCode};
 pub use hashing::HashingStats;
@@ -137,10 +136,10 @@ impl Accounts {
 
     /// A service on the wall clock; fails when `config` does not validate.
     pub fn new(store: Store, config: AccountsConfig) -> Result<Accounts, ConfigError> {
-        Accounts::with_clock(store, config, Arc::new(SystemClock))
+        Accounts::with_clock(store, config, clock::system())
     }
 
-    /// A service reading time from `clock` (tests pass a [`ManualClock`]).
+    /// A service reading time from `clock` (tests pass a [`crate::clock::ManualClock`]).
     pub fn with_clock(store: Store, config: AccountsConfig, clock: Arc<dyn Clock>) -> Result<Accounts, ConfigError> {
         config.validate()?;
         let argon2 =

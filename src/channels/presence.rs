@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Reply};
 use crate::accounts::Accounts;
-use crate::messaging::now_millis;
 use crate::presence::{Meta, PRESENCE_DIFF, PRESENCE_STATE, PresenceError, Snapshot, Tracker};
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, Event};
@@ -25,10 +24,11 @@ pub fn presence_topic(eid: &str) -> String {
     format!("{PREFIX}{eid}")
 }
 
-/// The meta every tracked socket starts with: when it came online and on which node.
-pub fn base_meta(ctx: &ChannelContext<'_>) -> Meta {
+/// The meta every tracked socket starts with: when it came online (`online_at`, by the
+/// server's clock) and on which node.
+pub fn base_meta(ctx: &ChannelContext<'_>, online_at: i64) -> Meta {
     let mut meta = Meta::new();
-    meta.insert("online_at".into(), now_millis().into());
+    meta.insert("online_at".into(), online_at.into());
     meta.insert("node".into(), ctx.pubsub.node().into());
     meta
 }

@@ -11,6 +11,7 @@ use futures_util::future::LocalBoxFuture;
 
 use super::presence::{base_meta, push_presence_state, track_and_list};
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Reply};
+use crate::clock::Clock;
 use crate::presence::Tracker;
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, Event};
@@ -22,12 +23,13 @@ pub const PREFIX: &str = "room:";
 #[derive(Clone)]
 pub struct RoomChannels {
     tracker: Arc<dyn Tracker>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RoomChannels {
-    /// Rooms whose members are tracked by `tracker`.
-    pub fn new(tracker: Arc<dyn Tracker>) -> Self {
-        RoomChannels { tracker }
+    /// Rooms whose members are tracked by `tracker`, online since a time read from `clock`.
+    pub fn new(tracker: Arc<dyn Tracker>, clock: Arc<dyn Clock>) -> Self {
+        RoomChannels { tracker, clock }
     }
 }
 
@@ -42,6 +44,7 @@ impl ChannelFactory for RoomChannels {
         let tracked = wants_presence(&request.payload);
         let channel = RoomChannel {
             tracker: Arc::clone(&self.tracker),
+            clock: Arc::clone(&self.clock),
             key,
             device: identity.device.clone(),
             tracked: tracked.unwrap_or(true),
@@ -74,6 +77,7 @@ fn wants_presence(payload: &Payload) -> Result<bool, &'static str> {
 /// A member's channel in one room.
 pub struct RoomChannel {
     tracker: Arc<dyn Tracker>,
+    clock: Arc<dyn Clock>,
     key: String,
     device: Option<String>,
     /// False for an observer, who is neither tracked nor sent presence frames.
@@ -85,7 +89,7 @@ impl Channel for RoomChannel {
         if !self.tracked {
             return;
         }
-        let mut meta = base_meta(ctx);
+        let mut meta = base_meta(ctx, self.clock.now_millis());
         if let Some(device) = &self.device {
             meta.insert("device".into(), device.clone().into());
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 
-use crate::accounts::Clock;
+use crate::clock::Clock;
 use crate::presence::Owner;
 use crate::protocol::Serializer;
 use crate::pubsub::SubscriberId;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
@@ -17,7 +18,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
 use super::wire::{self, SIGNAL_TYPE_DEVICE, SIGNAL_TYPE_RECEIVER};
-use super::{MessagingConfig, MessagingError, Origin, now_millis, user_topic};
+use super::{MessagingConfig, MessagingError, Origin, user_topic};
+use crate::clock::Clock;
 use crate::pb;
 use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
 use crate::store::{self, Store, StoreError};
@@ -61,17 +63,25 @@ type Pair = (String, String);
 #[derive(Clone)]
 pub struct Signals {
     relay: Addr<SignalRelay>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Signals {
-    /// Starts the relay on the current arbiter.
-    pub fn start(store: Store, pubsub: PubSub, config: &MessagingConfig, require_contacts: bool) -> Signals {
+    /// Starts the relay on the current arbiter; signal timestamps are read from `clock`.
+    pub fn start(
+        store: Store,
+        pubsub: PubSub,
+        config: &MessagingConfig,
+        require_contacts: bool,
+        clock: Arc<dyn Clock>,
+    ) -> Signals {
         let rate = NonZeroU32::new(config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.signal_burst).unwrap_or(NonZeroU32::MIN);
         let relay = SignalRelay {
             store,
             pubsub,
             require_contacts,
+            clock: Arc::clone(&clock),
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             authorized: HashMap::new(),
@@ -80,7 +90,7 @@ impl Signals {
             generation: 0,
         }
         .start();
-        Signals { relay }
+        Signals { relay, clock }
     }
 
     /// Checks a client's signal, fills in what the server decides, and queues it for relay
@@ -90,7 +100,7 @@ impl Signals {
         origin: &Origin,
         signal: pb::Signal,
     ) -> impl Future<Output = Result<pb::Signal, MessagingError>> + 'static {
-        let queued = stamp(origin, signal).map(|signal| {
+        let queued = stamp(origin, signal, self.clock.now_millis()).map(|signal| {
             let (answer, reply) = oneshot::channel();
             let to = signal.to.as_ref().map(|to| to.eid.clone()).unwrap_or_default();
             self.relay.do_send(Relay {
@@ -110,8 +120,8 @@ impl Signals {
     }
 }
 
-/// Validates a client's signal and sets `from`, `timestamp` and `type`; offsets stay 0.
-fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingError> {
+/// Validates a client's signal and sets `from`, `timestamp` (to `now`) and `type`; offsets stay 0.
+fn stamp(origin: &Origin, signal: pb::Signal, now: i64) -> Result<pb::Signal, MessagingError> {
     if !(STATUS_CHATTING..=STATUS_NOTIFICATION).contains(&signal.status) {
         return Err(MessagingError::invalid(format!(
             "status must be 1..=8 (CHATTING, RECORDING, PLAYED, TYPING, PAUSED, CANCELLED, RESUME, NOTIFICATION), got {}",
@@ -139,7 +149,7 @@ fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingErr
     Ok(pb::Signal {
         id: signal.id,
         status: signal.status,
-        timestamp: now_millis(),
+        timestamp: now,
         from: Some(wire::identity(&origin.eid, origin.device.as_deref())),
         to: Some(wire::identity(&to.eid, None)),
         r#type: TYPE_REQUEST,
@@ -174,6 +184,7 @@ struct SignalRelay {
     store: Store,
     pubsub: PubSub,
     require_contacts: bool,
+    clock: Arc<dyn Clock>,
     typing_timeout: Duration,
     limiter: DefaultKeyedRateLimiter<Pair>,
     /// Pairs that passed the accounts check, until when.
@@ -316,7 +327,7 @@ impl SignalRelay {
             return;
         }
         let Some(armed) = self.armed.remove(pair) else { return };
-        let paused = pb::Signal { status: STATUS_PAUSED, timestamp: now_millis(), ..armed.signal };
+        let paused = pb::Signal { status: STATUS_PAUSED, timestamp: self.clock.now_millis(), ..armed.signal };
         self.publish(&copy(&paused, TYPE_REQUEST, SIGNAL_TYPE_RECEIVER), &pair.1, None);
         self.publish(&copy(&paused, TYPE_REQUEST, SIGNAL_TYPE_DEVICE), &pair.0, None);
     }
@@ -325,6 +336,9 @@ impl SignalRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The time the tests stamp signals at.
+    const T: i64 = 1_700_000_000_123;
 
     fn origin() -> Origin {
         Origin { eid: "alice".into(), device: Some("phone".into()), connection: 1, node: "n".into() }
@@ -336,10 +350,11 @@ mod tests {
 
     #[test]
     fn stamping_fills_the_server_fields_and_refuses_bad_signals() {
-        let s = stamp(&origin(), pb::Signal { id: "t1".into(), signal_offset: 9, ..signal(4, Some("bob")) }).unwrap();
+        let s =
+            stamp(&origin(), pb::Signal { id: "t1".into(), signal_offset: 9, ..signal(4, Some("bob")) }, T).unwrap();
         assert_eq!((s.r#type, s.signal_offset, s.user_offset), (TYPE_REQUEST, 0, 0));
         assert_eq!(s.from, Some(wire::identity("alice", Some("phone"))));
-        assert!(s.timestamp > 0);
+        assert_eq!(s.timestamp, T, "the server's clock sets the timestamp");
         for (bad, why) in [
             (signal(0, Some("bob")), "status"),
             (signal(9, Some("bob")), "status"),
@@ -349,11 +364,11 @@ mod tests {
             (pb::Signal { r#type: TYPE_ERROR, ..signal(4, Some("bob")) }, "type"),
             (pb::Signal { id: "x".repeat(129), ..signal(4, Some("bob")) }, "id"),
         ] {
-            let e = stamp(&origin(), bad).unwrap_err();
+            let e = stamp(&origin(), bad, T).unwrap_err();
             assert_eq!(e.status_code(), 400);
             assert!(e.reason().contains(why), "{} should mention {why}", e.reason());
         }
         let forged = pb::Signal { from: Some(wire::identity("mallory", None)), ..signal(4, Some("bob")) };
-        assert_eq!(stamp(&origin(), forged).unwrap_err().status_code(), 403);
+        assert_eq!(stamp(&origin(), forged, T).unwrap_err().status_code(), 403);
     }
 }

@@ -11,7 +11,7 @@ use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::{Meta, Occupancy, Owner, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
-use crate::messaging::now_millis;
+use crate::clock::Clock;
 use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
 
 type Answer<T> = oneshot::Sender<Result<T, PresenceError>>;
@@ -35,6 +35,8 @@ struct Shard {
     pubsub: PubSub,
     window: Duration,
     sweep_every: Duration,
+    /// Stamps each diff's occupancy `at`.
+    clock: Arc<dyn Clock>,
 }
 
 impl Actor for Shard {
@@ -67,7 +69,7 @@ impl Shard {
     }
 
     fn flush(&mut self) {
-        let at = now_millis();
+        let at = self.clock.now_millis();
         for topic in std::mem::take(&mut self.dirty) {
             let Some(presence) = self.topics.get_mut(&topic) else { continue };
             if let Some(diff) = presence.take_diff() {
@@ -128,18 +130,21 @@ pub struct LocalTracker {
 }
 
 impl LocalTracker {
-    /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub`.
-    pub fn start(config: &PresenceConfig, pubsub: PubSub) -> Self {
+    /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub` stamped
+    /// by `clock`.
+    pub fn start(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
         let shards: Vec<Addr<Shard>> = (0..config.shards.max(1))
             .map(|_| {
                 let arbiter = actix::Arbiter::new().handle();
                 let (pubsub, window, sweep_every) = (pubsub.clone(), config.diff_window(), config.sweep_interval());
+                let clock = Arc::clone(&clock);
                 Shard::start_in_arbiter(&arbiter, move |_| Shard {
                     topics: HashMap::new(),
                     dirty: HashSet::new(),
                     pubsub,
                     window,
                     sweep_every,
+                    clock,
                 })
             })
             .collect();
@@ -204,6 +209,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::clock::ManualClock;
     use crate::pubsub::{Deliver, LocalBroker};
 
     /// Records the presence diffs it is delivered, with their occupancy.
@@ -240,7 +246,8 @@ mod tests {
     async fn coalesces_a_burst_into_one_diff_and_cleans_up_after_dead_sockets() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
         let config = PresenceConfig { shards: 2, diff_window_ms: 40, sweep_interval_ms: 20 };
-        let tracker = LocalTracker::start(&config, pubsub.clone());
+        let clock = ManualClock::new(1_700_000_000_000);
+        let tracker = LocalTracker::start(&config, pubsub.clone(), Arc::new(clock.clone()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe(Arc::clone(&seen)).start();
         pubsub.subscribe("room:t", 99, probe.recipient()).await.unwrap();
@@ -264,6 +271,7 @@ mod tests {
         assert_eq!(diffs.len(), 1, "fifty joins inside one window are one diff");
         assert_eq!(keys(&diffs[0].0["joins"]).len(), 50);
         assert!(diffs[0].1.changed() && diffs[0].1.occupied);
+        assert_eq!(diffs[0].1.at, 1_700_000_000_000, "the injected clock stamps the diff");
 
         // An update is a join of the new meta and a leave of the old one, in one diff.
         let owner0 = Owner { id: 0, alive: Arc::downgrade(&sockets[0]) };
@@ -285,6 +293,7 @@ mod tests {
         assert!(!diffs[1].1.changed());
 
         // Forty sockets die without untracking; the others untrack, one of them twice.
+        clock.advance(Duration::from_secs(5));
         drop(sockets.into_iter().take(40).collect::<Vec<_>>());
         for i in 40..50 {
             tracker.untrack("room:t", &format!("user{i}"), i);
@@ -308,6 +317,7 @@ mod tests {
         assert_eq!(leave_count, 50, "each presence left exactly once");
         let last = diffs.last().unwrap().1;
         assert!(last.changed() && !last.occupied);
+        assert_eq!(last.at, 1_700_000_005_000, "the offline time is the clock's, not the host's");
         assert_eq!(tracker.list("room:t").await.unwrap().keys, 0);
         assert!(matches!(tracker.update("room:t", "user0", 0, Meta::new()).await, Err(PresenceError::NoPresence)));
         pubsub.stop();

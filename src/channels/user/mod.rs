@@ -252,7 +252,7 @@ impl UserChannel {
 
 impl Channel for UserChannel {
     fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
-        let mut meta = base_meta(ctx);
+        let mut meta = base_meta(ctx, self.messaging.clock().now_millis());
         meta.insert("signal_request".into(), self.signal_request.into());
         self.meta = meta.clone();
         let watched = presence_topic(&self.origin.eid);
