@@ -27,7 +27,7 @@ use crate::http::admin::{self, AdminState};
 use crate::messaging::Messaging;
 use crate::messaging::signals::Signals;
 use crate::presence::{LocalTracker, Tracker};
-use crate::pubsub::{Broker, LocalBroker, PubSub};
+use crate::pubsub::{Broker, LocalBroker, PubSub, TopicKind};
 use crate::store::{Store, StoreOptions};
 use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
@@ -46,9 +46,9 @@ pub fn default_router(
     let last_seen = LastSeen::start(accounts.clone());
     let user = UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen);
     Router::new()
-        .channel("room:*", RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
-        .channel("user:*", user)
-        .channel("presence:*", PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
+        .channel(&TopicKind::Room.pattern(), RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
+        .channel(&TopicKind::User.pattern(), user)
+        .channel(&TopicKind::Presence.pattern(), PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
 }
 
 /// A server being assembled: configuration plus the pluggable parts.

@@ -12,17 +12,10 @@ use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, Join
 use crate::accounts::Accounts;
 use crate::presence::{Meta, PRESENCE_DIFF, PRESENCE_STATE, PresenceError, Snapshot, Tracker};
 use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, Event};
+use crate::pubsub::{Broadcast, Event, Topic, TopicKind};
 
-/// The topic prefix this family serves.
-pub const PREFIX: &str = "presence:";
 /// The event that tells a watcher whether the user is online, and since when it is not.
 pub const EVENT_STATUS: &str = "status";
-
-/// The topic where `eid`'s devices are tracked for watchers.
-pub fn presence_topic(eid: &str) -> String {
-    format!("{PREFIX}{eid}")
-}
 
 /// The meta every tracked socket starts with: when it came online (`online_at`, by the
 /// server's clock) and on which node.
@@ -96,10 +89,10 @@ impl ChannelFactory for PresenceChannels {
             let Some(me) = request.socket.identity.user.clone() else {
                 return Err(Payload::reason("unauthorized"));
             };
-            let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
-            if eid.is_empty() {
-                return Err(Payload::reason("presence topic must name a user"));
-            }
+            let eid = match Topic::parse(&request.topic) {
+                Ok(topic) if topic.kind() == TopicKind::Presence => topic.name().to_owned(),
+                _ => return Err(Payload::reason("presence topic must name a user")),
+            };
             if eid != me {
                 // The same rule as messaging: the user exists and, if required, is a contact.
                 accounts.authorize_message(&me, &eid).await.map_err(|e| Payload::reason(e.code()))?;

@@ -14,10 +14,7 @@ use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, Join
 use crate::clock::Clock;
 use crate::presence::Tracker;
 use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, Event};
-
-/// The topic prefix this family serves.
-pub const PREFIX: &str = "room:";
+use crate::pubsub::{Broadcast, Event, Topic, TopicKind};
 
 /// Joins `room:<name>` topics.
 #[derive(Clone)]
@@ -35,7 +32,7 @@ impl RoomChannels {
 
 impl ChannelFactory for RoomChannels {
     fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
-        let name_is_empty = request.topic.strip_prefix(PREFIX).is_none_or(str::is_empty);
+        let name_is_empty = !Topic::parse(&request.topic).is_ok_and(|topic| topic.kind() == TopicKind::Room);
         let identity = &request.socket.identity;
         let key = match &identity.user {
             Some(user) => user.clone(),

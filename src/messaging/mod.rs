@@ -35,11 +35,6 @@ pub const EVENT_MESSAGE: &str = crate::pubsub::event::MESSAGE;
 /// The event that carries a delivery or read `MessagePeerAckSignal`.
 pub const EVENT_RECEIPT: &str = crate::pubsub::event::RECEIPT;
 
-/// The topic of a user's inbox, joined by each of the user's devices.
-pub fn user_topic(eid: &str) -> String {
-    format!("user:{eid}")
-}
-
 /// Who is asking: a user, the device it speaks for, and its socket.
 #[derive(Debug, Clone)]
 pub struct Origin {

@@ -18,10 +18,10 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
 use super::wire::{self, SIGNAL_TYPE_DEVICE, SIGNAL_TYPE_RECEIVER};
-use super::{MessagingConfig, MessagingError, Origin, user_topic};
+use super::{MessagingConfig, MessagingError, Origin};
 use crate::clock::Clock;
 use crate::pb;
-use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
 use crate::store::{self, Store, StoreError};
 
 /// The event that carries a `Signal` to a device.
@@ -290,7 +290,7 @@ impl Handler<Relay> for SignalRelay {
 
 impl SignalRelay {
     fn publish(&self, signal: &pb::Signal, topic_user: &str, exclude: Option<SubscriberId>) {
-        let broadcast = Broadcast::new(user_topic(topic_user), Event::Signal(signal.clone()));
+        let broadcast = Broadcast::new(Topic::user(topic_user), Event::Signal(signal.clone()));
         self.pubsub.publish(broadcast, exclude);
     }
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::MessagingError;
 use super::log::{self, Write, Written};
 use super::wire::{self, SIGNAL_REQUEST_PUSH};
-use super::{MessagingError, user_topic};
 use crate::clock::Clock;
 use crate::pb;
-use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
 use crate::store::{HeldWriter, Store};
 
 /// How many requests may wait for the writer before senders wait too.
@@ -104,7 +104,7 @@ fn announcements(
                 [(&row.receiver, row.receiver_offset, None), (&row.sender, row.sender_offset, origin)]
             {
                 let message = wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH);
-                out.push((Broadcast::new(user_topic(owner), Event::Message { offset, message }), exclude));
+                out.push((Broadcast::new(Topic::user(owner), Event::Message { offset, message }), exclude));
             }
         }
         (Write::Receipt(receipt), Written::Receipt(done)) => {
@@ -120,7 +120,7 @@ fn announcements(
                     status_code: 200,
                     peer: Some(wire::peer(&ack.sender, &receipt.user, ack.user_offset, ack.acked)),
                 };
-                for (topic, exclude) in [(user_topic(&ack.sender), None), (user_topic(&receipt.user), origin)] {
+                for (topic, exclude) in [(Topic::user(&ack.sender), None), (Topic::user(&receipt.user), origin)] {
                     out.push((Broadcast::new(topic, Event::Receipt(signal.clone())), exclude));
                 }
             }

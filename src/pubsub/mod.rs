@@ -9,6 +9,7 @@
 
 pub mod event;
 mod registry;
+pub mod topic;
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,7 @@ use crate::protocol::{Outgoing, Payload, Serializer, WireFrame};
 pub use event::{Event, EventDecodeError, Occupancy};
 pub use registry::RegistryShard;
 use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
+pub use topic::{Topic, TopicError, TopicKind};
 
 /// Identifies one subscriber (one socket connection) across the registry.
 pub type SubscriberId = u64;
