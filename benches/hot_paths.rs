@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use courier::accounts::{Accounts, AccountsConfig, HashAlgorithm};
+use courier::accounts::{Accounts, AccountsConfig, HashAlgorithm, MessagePolicy};
 use courier::clock::{Clock, SystemClock};
 use courier::messaging::log::{self, Append, Write, Written};
 use courier::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
@@ -344,11 +344,11 @@ impl LogDb {
                     payload: CHAT_BODY.to_vec(),
                     ..pb::Message::default()
                 };
-                // require_contact is off, as in the default config.
+                // Contacts are not required, as in the default config.
                 Write::Append(Append {
                     sender: sender.clone(),
                     sender_device: Some("phone".into()),
-                    require_contact: false,
+                    policy: MessagePolicy::new(false),
                     message,
                 })
             })

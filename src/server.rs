@@ -115,11 +115,9 @@ impl Courier {
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
-        let require_contacts = config.accounts.require_contacts;
-        let signals =
-            Signals::start(store.clone(), pubsub.clone(), &config.messaging, require_contacts, Arc::clone(&clock));
-        let messaging =
-            Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts, Arc::clone(&clock));
+        let policy = accounts.message_policy();
+        let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
+        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
         let tracker: Arc<dyn Tracker> =
             Arc::new(LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock)));
         let router = default_router(&accounts, &messaging, &signals, &tracker, &clock).merge(extra_channels);

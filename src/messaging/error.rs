@@ -2,6 +2,7 @@
 //! `status_code` seed 004's acks carry (the code's HTTP status), and the reason Phoenix error
 //! replies carry.
 
+use crate::accounts::Refusal;
 use crate::error::Code;
 use crate::store::StoreError;
 
@@ -66,6 +67,15 @@ impl MessagingError {
     /// The `reason` of the error reply: the message, without internal details of storage errors.
     pub fn reason(&self) -> String {
         self.to_string()
+    }
+}
+
+impl From<Refusal> for MessagingError {
+    fn from(refused: Refusal) -> Self {
+        match refused {
+            Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
+            Refusal::NotContacts => MessagingError::NotContacts,
+        }
     }
 }
 

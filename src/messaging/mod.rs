@@ -24,6 +24,7 @@ pub use error::MessagingError;
 use log::{Append, Receipt, Write, Written};
 use wire::{SIGNAL_REQUEST_PULL, ack_state, log_message};
 
+use crate::accounts::MessagePolicy;
 use crate::clock::Clock;
 use crate::pb;
 use crate::pubsub::{PubSub, SubscriberId};
@@ -105,22 +106,22 @@ pub struct Messaging {
     store: Store,
     jobs: mpsc::Sender<writer::Job>,
     config: Arc<MessagingConfig>,
-    require_contacts: bool,
+    policy: MessagePolicy,
     clock: Arc<dyn Clock>,
 }
 
 impl Messaging {
-    /// Starts the log writer on the current runtime. With `require_contacts`, users may only
-    /// message their contacts; timestamps the server sets are read from `clock`.
+    /// Starts the log writer on the current runtime. Messages are stored only where `policy`
+    /// lets them go; timestamps the server sets are read from `clock`.
     pub fn start(
         store: Store,
         pubsub: PubSub,
         config: MessagingConfig,
-        require_contacts: bool,
+        policy: MessagePolicy,
         clock: Arc<dyn Clock>,
     ) -> Messaging {
         let jobs = writer::start(store.clone(), pubsub, config.max_batch, Arc::clone(&clock));
-        Messaging { store, jobs, config: Arc::new(config), require_contacts, clock }
+        Messaging { store, jobs, config: Arc::new(config), policy, clock }
     }
 
     /// The clock the server's timestamps come from.
@@ -200,12 +201,8 @@ impl Messaging {
         origin: &Origin,
         Prepared(message): Prepared,
     ) -> impl Future<Output = Result<Sent, MessagingError>> + 'static {
-        let append = Append {
-            sender: origin.eid.clone(),
-            sender_device: origin.device.clone(),
-            require_contact: self.require_contacts,
-            message,
-        };
+        let append =
+            Append { sender: origin.eid.clone(), sender_device: origin.device.clone(), policy: self.policy, message };
         let written = self.submit(Write::Append(append), Some(origin.connection));
         let (origin, clock) = (origin.clone(), Arc::clone(&self.clock));
         async move {
@@ -419,8 +416,13 @@ mod tests {
         let store = Store::open(&url).expect("store opens");
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
         let clock = ManualClock::new(T);
-        let messaging =
-            Messaging::start(store, pubsub.clone(), MessagingConfig::default(), false, Arc::new(clock.clone()));
+        let messaging = Messaging::start(
+            store,
+            pubsub.clone(),
+            MessagingConfig::default(),
+            MessagePolicy::new(false),
+            Arc::new(clock.clone()),
+        );
         let origin = Origin { eid: "alice".into(), device: None, connection: 1, node: "n".into() };
         let message = |timestamp| pb::Message {
             id: "m1".into(),

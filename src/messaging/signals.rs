@@ -19,10 +19,11 @@ use tokio::sync::oneshot;
 
 use super::wire::{self, SIGNAL_TYPE_DEVICE, SIGNAL_TYPE_RECEIVER};
 use super::{MessagingConfig, MessagingError, Origin};
+use crate::accounts::MessagePolicy;
 use crate::clock::Clock;
 use crate::pb;
 use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
-use crate::store::{self, Store, StoreError};
+use crate::store::Store;
 
 /// The event that carries a `Signal` to a device.
 pub const EVENT_SIGNAL: &str = crate::pubsub::event::SIGNAL;
@@ -72,7 +73,7 @@ impl Signals {
         store: Store,
         pubsub: PubSub,
         config: &MessagingConfig,
-        require_contacts: bool,
+        policy: MessagePolicy,
         clock: Arc<dyn Clock>,
     ) -> Signals {
         let rate = NonZeroU32::new(config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
@@ -80,7 +81,7 @@ impl Signals {
         let relay = SignalRelay {
             store,
             pubsub,
-            require_contacts,
+            policy,
             clock: Arc::clone(&clock),
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
@@ -183,7 +184,8 @@ struct Armed {
 struct SignalRelay {
     store: Store,
     pubsub: PubSub,
-    require_contacts: bool,
+    /// Who may signal whom.
+    policy: MessagePolicy,
     clock: Arc<dyn Clock>,
     typing_timeout: Duration,
     limiter: DefaultKeyedRateLimiter<Pair>,
@@ -208,39 +210,6 @@ impl Actor for SignalRelay {
     }
 }
 
-/// Why the accounts refuse a (sender, receiver) pair; every signal that waited on the check
-/// gets the same refusal.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    UnknownRecipient,
-    NotContacts,
-}
-
-impl Refusal {
-    fn error(self) -> MessagingError {
-        match self {
-            Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
-            Refusal::NotContacts => MessagingError::NotContacts,
-        }
-    }
-}
-
-/// Whether `from` may signal `to`: `to` exists and, when required, is a contact.
-fn authorize(
-    conn: &mut store::DbConnection,
-    from: &str,
-    to: &str,
-    require_contacts: bool,
-) -> Result<Result<(), Refusal>, StoreError> {
-    if !store::users::exists(conn, to)? {
-        return Ok(Err(Refusal::UnknownRecipient));
-    }
-    if require_contacts && !store::messages::are_contacts(conn, from, to)? {
-        return Ok(Err(Refusal::NotContacts));
-    }
-    Ok(Ok(()))
-}
-
 impl Handler<Relay> for SignalRelay {
     type Result = ();
 
@@ -257,11 +226,11 @@ impl Handler<Relay> for SignalRelay {
             queue.push(relay);
             return;
         }
-        let (store, pair, require_contacts) = (self.store.clone(), relay.pair.clone(), self.require_contacts);
+        let (store, pair, policy) = (self.store.clone(), relay.pair.clone(), self.policy);
         self.waiting.insert(pair.clone(), vec![relay]);
         let check = async move {
             let (from, to) = (pair.0.clone(), pair.1.clone());
-            (pair, store.run(move |conn| authorize(conn, &from, &to, require_contacts)).await)
+            (pair, store.run(move |conn| policy.check(conn, &from, &to)).await)
         };
         ctx.spawn(check.into_actor(self).map(|(pair, checked), relay, ctx| {
             let queue = relay.waiting.remove(&pair).unwrap_or_default();
@@ -274,7 +243,8 @@ impl Handler<Relay> for SignalRelay {
                 }
                 Ok(Err(refused)) => {
                     for waiting in queue {
-                        let _ = waiting.answer.send(Err(refused.error()));
+                        // Every signal that waited on the check gets the same refusal.
+                        let _ = waiting.answer.send(Err(refused.into()));
                     }
                 }
                 Err(e) => {
