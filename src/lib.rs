@@ -7,7 +7,8 @@
 //! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
 //! clients get wrong out of the error log; `error` is the one table of error codes every
-//! module's error enum maps into; `clock` is the one source of wall-clock time.
+//! module's error enum maps into; `clock` is the one source of wall-clock time; `task` the
+//! queue workers shutdown drains and stops.
 
 pub mod accounts;
 pub mod channels;
@@ -23,6 +24,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod server;
 pub mod store;
+pub mod task;
 pub mod transport;
 
 pub use config::Config;

@@ -34,17 +34,17 @@ use crate::transport::json_socket::JsonEndpoint;
 use crate::transport::upgrade::{self, Upgrades};
 use crate::transport::{Sockets, TransportState};
 
-/// The channel families every Courier serves. Starts the last-seen writer, so it must run
-/// inside a runtime.
+/// The channel families every Courier serves; leaving devices are reported to `last_seen`.
 pub fn default_router(
     accounts: &Accounts,
     messaging: &Messaging,
     signals: &Signals,
     tracker: &Arc<dyn Tracker>,
+    last_seen: &LastSeen,
     clock: &Arc<dyn Clock>,
 ) -> Router {
-    let last_seen = LastSeen::start(accounts.clone());
-    let user = UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen);
+    let user =
+        UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen.clone());
     Router::new()
         .channel(&TopicKind::Room.pattern(), RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
         .channel(&TopicKind::User.pattern(), user)
@@ -118,9 +118,19 @@ impl Courier {
         let policy = accounts.message_policy();
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
-        let tracker: Arc<dyn Tracker> =
-            Arc::new(LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock)));
-        let router = default_router(&accounts, &messaging, &signals, &tracker, &clock).merge(extra_channels);
+        let local_tracker = LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock));
+        let tracker: Arc<dyn Tracker> = Arc::new(local_tracker.clone());
+        let last_seen = LastSeen::start(accounts.clone());
+        let router =
+            default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock).merge(extra_channels);
+        let background = Background {
+            accounts: accounts.clone(),
+            last_seen,
+            messaging,
+            signals,
+            tracker: local_tracker,
+            pubsub: pubsub.clone(),
+        };
         let sockets = Arc::new(Sockets::default());
         let transport = web::Data::new(TransportState {
             router: Arc::new(router),
@@ -207,7 +217,7 @@ impl Courier {
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
         tracing::info!(%addr, workers, max_connections, node = config.node, "listening on {addr}");
-        Ok(RunningServer { addr, handle, task, sockets, pubsub, purge, grace: config.socket.shutdown_grace() })
+        Ok(RunningServer { addr, handle, task, sockets, background, purge, grace: config.socket.shutdown_grace() })
     }
 }
 
@@ -267,13 +277,60 @@ where
     })
 }
 
+/// What runs behind the sockets: the queue workers, actors and arbiter threads the server
+/// started, which shutdown stops once the sockets have closed. A clone is a probe of them.
+#[derive(Clone)]
+pub struct Background {
+    accounts: Accounts,
+    last_seen: LastSeen,
+    messaging: Messaging,
+    signals: Signals,
+    tracker: LocalTracker,
+    pubsub: PubSub,
+}
+
+impl Background {
+    /// Stops every part in an order that loses no queued work: hashes in flight finish, the
+    /// writers commit what the closed sockets queued (and announce it), the signal relay ends,
+    /// the tracker shards publish their last diffs, and only then pub/sub's registry stops.
+    async fn stop(&self, deadline: Instant) {
+        while self.accounts.hashing_stats().running > 0 && Instant::now() < deadline {
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.last_seen.stop().await;
+        self.messaging.stop().await;
+        self.signals.stop().await;
+        self.tracker.stop().await;
+        self.pubsub.stop();
+    }
+
+    /// The parts still running, by name; empty once shutdown is over (pub/sub's registry
+    /// threads end a moment after it returns).
+    pub async fn running(&self) -> Vec<&'static str> {
+        let hashing = self.accounts.hashing_stats().running > 0;
+        // The registry answers only while its arbiter threads run.
+        let registry = self.pubsub.subscriber_count("background:probe").await.is_ok();
+        [
+            ("password hashing", hashing),
+            ("last-seen writer", self.last_seen.running()),
+            ("message log writer", self.messaging.writer_running()),
+            ("signal relay", self.signals.running()),
+            ("presence tracker", self.tracker.running()),
+            ("pubsub registry", registry),
+        ]
+        .into_iter()
+        .filter_map(|(name, running)| running.then_some(name))
+        .collect()
+    }
+}
+
 /// A started server.
 pub struct RunningServer {
     addr: SocketAddr,
     handle: ServerHandle,
     task: actix_web::rt::task::JoinHandle<io::Result<()>>,
     sockets: Arc<Sockets>,
-    pubsub: PubSub,
+    background: Background,
     /// The scheduled session purge, stopped at shutdown.
     purge: Option<actix_web::rt::task::JoinHandle<()>>,
     grace: Duration,
@@ -287,7 +344,12 @@ impl RunningServer {
 
     /// The pub/sub layer, for in-process publishers.
     pub fn pubsub(&self) -> &PubSub {
-        &self.pubsub
+        &self.background.pubsub
+    }
+
+    /// A probe of the workers, actors and threads behind the sockets (see [`Background`]).
+    pub fn background(&self) -> Background {
+        self.background.clone()
     }
 
     /// Sockets currently open.
@@ -302,10 +364,13 @@ impl RunningServer {
         self.shutdown().await
     }
 
-    /// Stops accepting, lets every socket finish its in-flight work and close with 1001, then stops.
+    /// Stops accepting, lets every socket finish its in-flight work and close with 1001, stops
+    /// the HTTP workers, then everything behind the sockets (see [`Background`]).
     pub async fn shutdown(self) -> io::Result<()> {
-        if let Some(purge) = &self.purge {
+        if let Some(purge) = self.purge {
             purge.abort();
+            // An abort lands at the task's next await; waiting makes sure no purge outlives us.
+            let _ = purge.await;
         }
         self.handle.pause().await;
         self.sockets.shut_down();
@@ -318,7 +383,7 @@ impl RunningServer {
         }
         self.handle.stop(true).await;
         let result = self.task.await.unwrap_or_else(|e| Err(io::Error::other(e)));
-        self.pubsub.stop();
+        self.background.stop(deadline).await;
         tracing::info!("server stopped");
         result
     }

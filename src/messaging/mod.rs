@@ -30,6 +30,7 @@ use crate::pb;
 use crate::pubsub::{PubSub, SubscriberId};
 use crate::store::messages::{self as queries, ConversationRow, MessageRow};
 use crate::store::{Snapshot, Store};
+use crate::task::Worker;
 
 /// The event that carries a `Message` to a device.
 pub const EVENT_MESSAGE: &str = crate::pubsub::event::MESSAGE;
@@ -105,6 +106,7 @@ pub struct HistoryPage {
 pub struct Messaging {
     store: Store,
     jobs: mpsc::Sender<writer::Job>,
+    writer: Arc<Worker>,
     config: Arc<MessagingConfig>,
     policy: MessagePolicy,
     clock: Arc<dyn Clock>,
@@ -120,8 +122,19 @@ impl Messaging {
         policy: MessagePolicy,
         clock: Arc<dyn Clock>,
     ) -> Messaging {
-        let jobs = writer::start(store.clone(), pubsub, config.max_batch, Arc::clone(&clock));
-        Messaging { store, jobs, config: Arc::new(config), policy, clock }
+        let (jobs, writer) = writer::start(store.clone(), pubsub, config.max_batch, Arc::clone(&clock));
+        Messaging { store, jobs, writer: Arc::new(writer), config: Arc::new(config), policy, clock }
+    }
+
+    /// Stops the log writer once it has committed (and announced) every queued write; later
+    /// sends and receipts are refused as unavailable. Shutdown calls it after the sockets close.
+    pub async fn stop(&self) {
+        self.writer.stop().await;
+    }
+
+    /// Whether the log writer still runs.
+    pub fn writer_running(&self) -> bool {
+        self.writer.running()
     }
 
     /// The clock the server's timestamps come from.

@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
@@ -24,6 +24,7 @@ use crate::clock::Clock;
 use crate::pb;
 use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
 use crate::store::Store;
+use crate::task::Stop;
 
 /// The event that carries a `Signal` to a device.
 pub const EVENT_SIGNAL: &str = crate::pubsub::event::SIGNAL;
@@ -92,6 +93,19 @@ impl Signals {
         }
         .start();
         Signals { relay, clock }
+    }
+
+    /// Stops the relay: signals are never stored, so nothing is left to flush once the sockets
+    /// that send them have closed; its timers and pending checks end with it.
+    pub async fn stop(&self) {
+        if self.relay.send(Stop).await.is_err() {
+            tracing::debug!("signal relay already stopped");
+        }
+    }
+
+    /// Whether the relay actor still runs.
+    pub fn running(&self) -> bool {
+        self.relay.connected()
     }
 
     /// Checks a client's signal, fills in what the server decides, and queues it for relay
@@ -172,6 +186,14 @@ struct Relay {
 
 impl Message for Relay {
     type Result = ();
+}
+
+impl Handler<Stop> for SignalRelay {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 /// A live TYPING/RECORDING indicator; a newer signal of the pair bumps the generation, so the

@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::pb;
 use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
 use crate::store::{HeldWriter, Store};
+use crate::task::{Batches, Worker};
 
 /// How many requests may wait for the writer before senders wait too.
 const QUEUE: usize = 16 * 1024;
@@ -32,17 +33,23 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<Written, MessagingError>>,
 }
 
-/// Starts the writer on the current runtime; it stops when every sender is dropped.
-pub(crate) fn start(store: Store, pubsub: PubSub, max_batch: usize, clock: Arc<dyn Clock>) -> mpsc::Sender<Job> {
+/// Starts the writer on the current runtime; it stops, after committing what is queued, when
+/// its [`Worker`] is stopped or every sender is dropped.
+pub(crate) fn start(
+    store: Store,
+    pubsub: PubSub,
+    max_batch: usize,
+    clock: Arc<dyn Clock>,
+) -> (mpsc::Sender<Job>, Worker) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(store, pubsub, max_batch.max(1), clock, rx));
-    tx
+    let worker = Worker::spawn(rx, move |jobs| run(store, pubsub, max_batch.max(1), clock, jobs));
+    (tx, worker)
 }
 
-async fn run(store: Store, pubsub: PubSub, max_batch: usize, clock: Arc<dyn Clock>, mut rx: mpsc::Receiver<Job>) {
+async fn run(store: Store, pubsub: PubSub, max_batch: usize, clock: Arc<dyn Clock>, mut jobs: Batches<Job>) {
     let mut store = store.held_writer();
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    while jobs.next(&mut batch, max_batch).await > 0 {
         let (writes, waiting): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, (j.origin, j.reply))).unzip();
         let writes = Arc::new(writes);
         let now = clock.now_millis();

@@ -6,13 +6,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::{Meta, Occupancy, Owner, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
 use crate::clock::Clock;
 use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
+use crate::task::Stop;
 
 type Answer<T> = oneshot::Sender<Result<T, PresenceError>>;
 
@@ -122,10 +123,22 @@ impl Handler<Command> for Shard {
     }
 }
 
+impl Handler<Stop> for Shard {
+    type Result = ();
+
+    /// Sends the diffs still inside their window, then ends the shard.
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        // The window's timer would die with the shard: what changed in it goes out now.
+        self.flush();
+        ctx.stop();
+    }
+}
+
 /// The in-process [`Tracker`]: presence is exact on this node and invisible to others.
 #[derive(Clone)]
 pub struct LocalTracker {
     shards: Arc<[Addr<Shard>]>,
+    arbiters: Arc<[ArbiterHandle]>,
     hasher: RandomState,
 }
 
@@ -133,22 +146,42 @@ impl LocalTracker {
     /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub` stamped
     /// by `clock`.
     pub fn start(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
-        let shards: Vec<Addr<Shard>> = (0..config.shards.max(1))
+        let (shards, arbiters): (Vec<Addr<Shard>>, Vec<ArbiterHandle>) = (0..config.shards.max(1))
             .map(|_| {
                 let arbiter = actix::Arbiter::new().handle();
                 let (pubsub, window, sweep_every) = (pubsub.clone(), config.diff_window(), config.sweep_interval());
                 let clock = Arc::clone(&clock);
-                Shard::start_in_arbiter(&arbiter, move |_| Shard {
+                let shard = Shard::start_in_arbiter(&arbiter, move |_| Shard {
                     topics: HashMap::new(),
                     dirty: HashSet::new(),
                     pubsub,
                     window,
                     sweep_every,
                     clock,
-                })
+                });
+                (shard, arbiter)
             })
-            .collect();
-        LocalTracker { shards: shards.into(), hasher: RandomState::new() }
+            .unzip();
+        LocalTracker { shards: shards.into(), arbiters: arbiters.into(), hasher: RandomState::new() }
+    }
+
+    /// Publishes every pending diff, stops the shards, then their arbiter threads. Shutdown
+    /// calls it after the sockets (whose leaving untracks) have closed and before pub/sub stops.
+    pub async fn stop(&self) {
+        for shard in self.shards.iter() {
+            // Behind every command already queued, so none of them is lost.
+            if shard.send(Stop).await.is_err() {
+                tracing::debug!("tracker shard already stopped");
+            }
+        }
+        for arbiter in self.arbiters.iter() {
+            arbiter.stop();
+        }
+    }
+
+    /// Whether any shard still runs.
+    pub fn running(&self) -> bool {
+        self.shards.iter().any(Addr::connected)
     }
 
     fn shard(&self, topic: &str) -> &Addr<Shard> {
@@ -320,6 +353,36 @@ mod tests {
         assert_eq!(last.at, 1_700_000_005_000, "the offline time is the clock's, not the host's");
         assert_eq!(tracker.list("room:t").await.unwrap().keys, 0);
         assert!(matches!(tracker.update("room:t", "user0", 0, Meta::new()).await, Err(PresenceError::NoPresence)));
+        pubsub.stop();
+    }
+
+    #[actix::test]
+    async fn stopping_publishes_the_open_window_and_ends_every_shard() {
+        let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
+        // A window far longer than the test: only the stop can send this diff.
+        let config = PresenceConfig { shards: 3, diff_window_ms: 60_000, sweep_interval_ms: 60_000 };
+        let tracker = LocalTracker::start(&config, pubsub.clone(), crate::clock::system());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe(Arc::clone(&seen)).start();
+        pubsub.subscribe("room:s", 99, probe.recipient()).await.unwrap();
+        let alive = Arc::new(());
+        let owner = Owner { id: 1, alive: Arc::downgrade(&alive) };
+        tracker.track("room:s", "u", owner, Meta::new()).await.unwrap();
+        assert!(tracker.running());
+        assert!(seen.lock().unwrap().is_empty(), "the window is still open");
+
+        tracker.stop().await;
+        let diffs = wait_for(&seen, 1).await;
+        assert_eq!(diffs.len(), 1, "the pending diff went out at the stop");
+        assert_eq!(keys(&diffs[0].0["joins"]), vec!["u"]);
+        for _ in 0..250 {
+            if !tracker.running() {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!tracker.running(), "every shard ended");
+        assert!(matches!(tracker.list("room:s").await, Err(PresenceError::Unavailable)));
         pubsub.stop();
     }
 }

@@ -88,3 +88,27 @@ async fn the_binary_reads_a_config_file_and_refuses_unknown_keys_by_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_chanels"), "{stderr}");
 }
+
+#[test]
+fn shutdown_stops_every_worker_actor_and_thread_behind_the_sockets() {
+    let db = crate::support::db::TestDb::sqlite();
+    let mut config = test_config();
+    config.database_url = db.url.clone();
+    config.presence.shards = 2;
+    actix_web::rt::System::new().block_on(async move {
+        let server = courier::Courier::new(config).start().await.expect("server starts");
+        let background = server.background();
+        let all = ["last-seen writer", "message log writer", "signal relay", "presence tracker", "pubsub registry"];
+        assert_eq!(background.running().await, all);
+        server.shutdown().await.expect("clean shutdown");
+        let mut left = background.running().await;
+        for _ in 0..200 {
+            if left.is_empty() {
+                break;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+            left = background.running().await;
+        }
+        assert!(left.is_empty(), "still running after shutdown: {left:?}");
+    });
+}
