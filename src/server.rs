@@ -115,6 +115,7 @@ impl Courier {
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
+        let store_handle = store.clone();
         let policy = accounts.message_policy();
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
@@ -124,6 +125,7 @@ impl Courier {
         let router =
             default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock).merge(extra_channels);
         let background = Background {
+            store: store_handle,
             accounts: accounts.clone(),
             last_seen,
             messaging,
@@ -281,6 +283,7 @@ where
 /// started, which shutdown stops once the sockets have closed. A clone is a probe of them.
 #[derive(Clone)]
 pub struct Background {
+    store: Store,
     accounts: Accounts,
     last_seen: LastSeen,
     messaging: Messaging,
@@ -292,7 +295,8 @@ pub struct Background {
 impl Background {
     /// Stops every part in an order that loses no queued work: hashes in flight finish, the
     /// writers commit what the closed sockets queued (and announce it), the signal relay ends,
-    /// the tracker shards publish their last diffs, and only then pub/sub's registry stops.
+    /// the tracker shards publish their last diffs, then pub/sub's registry stops, and last
+    /// SQLite's checkpoint thread.
     async fn stop(&self, deadline: Instant) {
         while self.accounts.hashing_stats().running > 0 && Instant::now() < deadline {
             actix_web::rt::time::sleep(Duration::from_millis(10)).await;
@@ -302,6 +306,7 @@ impl Background {
         self.signals.stop().await;
         self.tracker.stop().await;
         self.pubsub.stop();
+        self.store.stop_checkpoints().await;
     }
 
     /// The parts still running, by name; empty once shutdown is over (pub/sub's registry
@@ -317,6 +322,7 @@ impl Background {
             ("signal relay", self.signals.running()),
             ("presence tracker", self.tracker.running()),
             ("pubsub registry", registry),
+            ("sqlite checkpointer", self.store.checkpointing()),
         ]
         .into_iter()
         .filter_map(|(name, running)| running.then_some(name))
