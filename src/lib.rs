@@ -4,7 +4,8 @@
 //! codecs) → `channels` (per-topic behaviour) → `pubsub` (topic registry, broker). `server` wires
 //! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
 //! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
-//! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
+//! offsets, receipts and status signals (who may message whom it asks `accounts`' one policy),
+//! `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
 //! clients get wrong out of the error log; `error` is the one table of error codes every
 //! module's error enum maps into; `clock` is the one source of wall-clock time; `task` the
