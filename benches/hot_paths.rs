@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use courier::accounts::{Accounts, AccountsConfig, HashAlgorithm};
+use courier::accounts::{Accounts, AccountsConfig, HashAlgorithm, MessagePolicy};
+use courier::clock::{Clock, SystemClock};
 use courier::messaging::log::{self, Append, Write, Written};
-use courier::messaging::now_millis;
 use courier::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
 use courier::pb;
 use courier::presence::{Meta, TopicPresence};
@@ -343,11 +343,11 @@ impl LogDb {
                     payload: CHAT_BODY.to_vec(),
                     ..pb::Message::default()
                 };
-                // require_contact is off, as in the default config.
+                // Contacts are not required, as in the default config.
                 Write::Append(Append {
                     sender: sender.clone(),
                     sender_device: Some("phone".into()),
-                    require_contact: false,
+                    policy: MessagePolicy::new(false),
                     message,
                 })
             })
@@ -358,7 +358,7 @@ impl LogDb {
     /// What the writer task does with a batch: one write transaction around `log::apply`.
     async fn commit(&self, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, courier::messaging::MessagingError>> {
         let all = Arc::clone(writes);
-        let now = now_millis();
+        let now = SystemClock.now_millis();
         self.store.write(move |conn| log::apply(conn, &all, now)).await.expect("batch commits")
     }
 }

@@ -4,13 +4,16 @@
 //! codecs) → `channels` (per-topic behaviour) → `pubsub` (topic registry, broker). `server` wires
 //! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
 //! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
-//! offsets, receipts and status signals, `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
+//! offsets, receipts and status signals (who may message whom it asks `accounts`' one policy),
+//! `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
 //! clients get wrong out of the error log; `error` is the one table of error codes every
-//! module's error enum maps into.
+//! module's error enum maps into; `clock` is the one source of wall-clock time; `task` the
+//! queue workers shutdown drains and stops.
 
 pub mod accounts;
 pub mod channels;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -22,6 +25,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod server;
 pub mod store;
+pub mod task;
 pub mod transport;
 
 pub use config::Config;

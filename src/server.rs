@@ -21,32 +21,34 @@ use crate::channels::presence::PresenceChannels;
 use crate::channels::room::RoomChannels;
 use crate::channels::user::UserChannels;
 use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
+use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
 use crate::messaging::Messaging;
 use crate::messaging::signals::Signals;
 use crate::presence::{LocalTracker, Tracker};
-use crate::pubsub::{Broker, LocalBroker, PubSub};
+use crate::pubsub::{Broker, LocalBroker, PubSub, TopicKind};
 use crate::store::{Store, StoreOptions};
 use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
 use crate::transport::upgrade::{self, Upgrades};
 use crate::transport::{Sockets, TransportState};
 
-/// The channel families every Courier serves. Starts the last-seen writer, so it must run
-/// inside a runtime.
+/// The channel families every Courier serves; leaving devices are reported to `last_seen`.
 pub fn default_router(
     accounts: &Accounts,
     messaging: &Messaging,
     signals: &Signals,
     tracker: &Arc<dyn Tracker>,
+    last_seen: &LastSeen,
+    clock: &Arc<dyn Clock>,
 ) -> Router {
-    let last_seen = LastSeen::start(accounts.clone());
-    let user = UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen);
+    let user =
+        UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen.clone());
     Router::new()
-        .channel("room:*", RoomChannels::new(Arc::clone(tracker)))
-        .channel("user:*", user)
-        .channel("presence:*", PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
+        .channel(&TopicKind::Room.pattern(), RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
+        .channel(&TopicKind::User.pattern(), user)
+        .channel(&TopicKind::Presence.pattern(), PresenceChannels::new(accounts.clone(), Arc::clone(tracker)))
 }
 
 /// A server being assembled: configuration plus the pluggable parts.
@@ -55,12 +57,21 @@ pub struct Courier {
     extra_channels: Router,
     authenticator: Option<Arc<dyn SocketAuthenticator>>,
     broker: Option<Arc<dyn Broker>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Courier {
-    /// A server with the default channels, session-token sockets and the single-node broker.
+    /// A server with the default channels, session-token sockets, the single-node broker and
+    /// the wall clock.
     pub fn new(config: Config) -> Self {
-        Courier { config, extra_channels: Router::new(), authenticator: None, broker: None }
+        Courier { config, extra_channels: Router::new(), authenticator: None, broker: None, clock: None }
+    }
+
+    /// Replaces the wall clock every part of the server reads time from (tests pass a
+    /// [`crate::clock::ManualClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Replaces the session-token socket authenticator.
@@ -83,7 +94,8 @@ impl Courier {
 
     /// Binds and starts serving. Must run inside an actix system.
     pub async fn start(self) -> io::Result<RunningServer> {
-        let Courier { config, extra_channels, authenticator, broker } = self;
+        let Courier { config, extra_channels, authenticator, broker, clock } = self;
+        let clock = clock.unwrap_or_else(clock::system);
         let options = StoreOptions {
             url: config.database_url.clone(),
             pool_size: config.database_pool,
@@ -95,18 +107,32 @@ impl Courier {
             .map_err(io::Error::other)?
             .map_err(|e| io::Error::other(format!("opening the database: {e}")))?;
         tracing::info!(backend = ?store.backend(), "database ready");
-        let accounts = Accounts::new(store.clone(), config.accounts.clone()).map_err(io::Error::other)?;
+        let accounts = Accounts::with_clock(store.clone(), config.accounts.clone(), Arc::clone(&clock))
+            .map_err(io::Error::other)?;
         // Accounts made before username keys get theirs before anyone can sign up beside them.
         accounts.backfill_username_keys().await.map_err(|e| io::Error::other(format!("filling username keys: {e}")))?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
         let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
-        let require_contacts = config.accounts.require_contacts;
-        let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, require_contacts);
-        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), require_contacts);
-        let tracker: Arc<dyn Tracker> = Arc::new(LocalTracker::start(&config.presence, pubsub.clone()));
-        let router = default_router(&accounts, &messaging, &signals, &tracker).merge(extra_channels);
+        let store_handle = store.clone();
+        let policy = accounts.message_policy();
+        let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
+        let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
+        let local_tracker = LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock));
+        let tracker: Arc<dyn Tracker> = Arc::new(local_tracker.clone());
+        let last_seen = LastSeen::start(accounts.clone());
+        let router =
+            default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock).merge(extra_channels);
+        let background = Background {
+            store: store_handle,
+            accounts: accounts.clone(),
+            last_seen,
+            messaging,
+            signals,
+            tracker: local_tracker,
+            pubsub: pubsub.clone(),
+        };
         let sockets = Arc::new(Sockets::new(pubsub.node_id().clone()));
         let transport = web::Data::new(TransportState {
             router: Arc::new(router),
@@ -193,7 +219,7 @@ impl Courier {
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
         tracing::info!(%addr, workers, max_connections, node = config.node, "listening on {addr}");
-        Ok(RunningServer { addr, handle, task, sockets, pubsub, purge, grace: config.socket.shutdown_grace() })
+        Ok(RunningServer { addr, handle, task, sockets, background, purge, grace: config.socket.shutdown_grace() })
     }
 }
 
@@ -253,13 +279,64 @@ where
     })
 }
 
+/// What runs behind the sockets: the queue workers, actors and arbiter threads the server
+/// started, which shutdown stops once the sockets have closed. A clone is a probe of them.
+#[derive(Clone)]
+pub struct Background {
+    store: Store,
+    accounts: Accounts,
+    last_seen: LastSeen,
+    messaging: Messaging,
+    signals: Signals,
+    tracker: LocalTracker,
+    pubsub: PubSub,
+}
+
+impl Background {
+    /// Stops every part in an order that loses no queued work: hashes in flight finish, the
+    /// writers commit what the closed sockets queued (and announce it), the signal relay ends,
+    /// the tracker shards publish their last diffs, then pub/sub's registry stops, and last
+    /// SQLite's checkpoint thread.
+    async fn stop(&self, deadline: Instant) {
+        while self.accounts.hashing_stats().running > 0 && Instant::now() < deadline {
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.last_seen.stop().await;
+        self.messaging.stop().await;
+        self.signals.stop().await;
+        self.tracker.stop().await;
+        self.pubsub.stop();
+        self.store.stop_checkpoints().await;
+    }
+
+    /// The parts still running, by name; empty once shutdown is over (pub/sub's registry
+    /// threads end a moment after it returns).
+    pub async fn running(&self) -> Vec<&'static str> {
+        let hashing = self.accounts.hashing_stats().running > 0;
+        // The registry answers only while its arbiter threads run.
+        let registry = self.pubsub.subscriber_count("background:probe").await.is_ok();
+        [
+            ("password hashing", hashing),
+            ("last-seen writer", self.last_seen.running()),
+            ("message log writer", self.messaging.writer_running()),
+            ("signal relay", self.signals.running()),
+            ("presence tracker", self.tracker.running()),
+            ("pubsub registry", registry),
+            ("sqlite checkpointer", self.store.checkpointing()),
+        ]
+        .into_iter()
+        .filter_map(|(name, running)| running.then_some(name))
+        .collect()
+    }
+}
+
 /// A started server.
 pub struct RunningServer {
     addr: SocketAddr,
     handle: ServerHandle,
     task: actix_web::rt::task::JoinHandle<io::Result<()>>,
     sockets: Arc<Sockets>,
-    pubsub: PubSub,
+    background: Background,
     /// The scheduled session purge, stopped at shutdown.
     purge: Option<actix_web::rt::task::JoinHandle<()>>,
     grace: Duration,
@@ -273,7 +350,12 @@ impl RunningServer {
 
     /// The pub/sub layer, for in-process publishers.
     pub fn pubsub(&self) -> &PubSub {
-        &self.pubsub
+        &self.background.pubsub
+    }
+
+    /// A probe of the workers, actors and threads behind the sockets (see [`Background`]).
+    pub fn background(&self) -> Background {
+        self.background.clone()
     }
 
     /// Sockets currently open.
@@ -288,10 +370,13 @@ impl RunningServer {
         self.shutdown().await
     }
 
-    /// Stops accepting, lets every socket finish its in-flight work and close with 1001, then stops.
+    /// Stops accepting, lets every socket finish its in-flight work and close with 1001, stops
+    /// the HTTP workers, then everything behind the sockets (see [`Background`]).
     pub async fn shutdown(self) -> io::Result<()> {
-        if let Some(purge) = &self.purge {
+        if let Some(purge) = self.purge {
             purge.abort();
+            // An abort lands at the task's next await; waiting makes sure no purge outlives us.
+            let _ = purge.await;
         }
         self.handle.pause().await;
         self.sockets.shut_down();
@@ -304,7 +389,7 @@ impl RunningServer {
         }
         self.handle.stop(true).await;
         let result = self.task.await.unwrap_or_else(|e| Err(io::Error::other(e)));
-        self.pubsub.stop();
+        self.background.stop(deadline).await;
         tracing::info!("server stopped");
         result
     }

@@ -2,10 +2,13 @@
 //! restart, a network blip) their `devices.last_seen_at` updates share one transaction instead
 //! of costing one commit (one fsync on SQLite) each and crowding out the message log writer.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use super::Accounts;
 use crate::store;
+use crate::task::Worker;
 
 /// Updates queued before new ones are dropped (last-seen is best effort; nothing waits on it).
 const QUEUE: usize = 16_384;
@@ -16,15 +19,16 @@ const BATCH: usize = 1_024;
 #[derive(Clone)]
 pub struct LastSeen {
     queue: mpsc::Sender<(String, String)>,
+    writer: Arc<Worker>,
 }
 
 impl LastSeen {
     /// Starts the writer on the current runtime.
     pub fn start(accounts: Accounts) -> LastSeen {
-        let (queue, mut pending) = mpsc::channel::<(String, String)>(QUEUE);
-        tokio::spawn(async move {
+        let (queue, pending) = mpsc::channel::<(String, String)>(QUEUE);
+        let writer = Worker::spawn(pending, move |mut pending| async move {
             let mut batch = Vec::with_capacity(BATCH);
-            while pending.recv_many(&mut batch, BATCH).await > 0 {
+            while pending.next(&mut batch, BATCH).await > 0 {
                 let updates = std::mem::take(&mut batch);
                 let count = updates.len();
                 if let Err(e) = accounts.touch_devices(updates).await {
@@ -32,7 +36,18 @@ impl LastSeen {
                 }
             }
         });
-        LastSeen { queue }
+        LastSeen { queue, writer: Arc::new(writer) }
+    }
+
+    /// Writes what is queued, then stops; later updates are dropped. Shutdown calls it once
+    /// the sockets, whose leaving devices queue updates, have closed.
+    pub async fn stop(&self) {
+        self.writer.stop().await;
+    }
+
+    /// Whether the writer still runs.
+    pub fn running(&self) -> bool {
+        self.writer.running()
     }
 
     /// Records that `device` of `username` was online just now.

@@ -7,7 +7,6 @@
 //! the database only through `crate::store` query functions and never touches sockets or HTTP;
 //! transports call [`Accounts`] or drive a [`JsonProtocolSession`].
 
-mod clock;
 mod config;
 mod error;
 mod hashing;
@@ -15,6 +14,7 @@ pub mod json_protocol;
 mod last_seen;
 mod limits;
 pub mod password;
+mod policy;
 pub mod standards;
 mod token;
 pub mod validate;
@@ -23,15 +23,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{self, Clock};
 use crate::store::{self, Store, StoreError};
 
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{AccountsConfig, ConfigError};
 pub use error::{AccountError, RespCode};
 pub use hashing::HashingStats;
 pub use json_protocol::{Effect, JsonProtocolSession, Outcome};
 pub use last_seen::LastSeen;
 pub use password::HashAlgorithm;
+pub use policy::{MessagePolicy, Refusal};
 pub use token::SessionToken;
 
 /// A verified session: who holds the token and until when.
@@ -137,10 +138,10 @@ impl Accounts {
 
     /// A service on the wall clock; fails when `config` does not validate.
     pub fn new(store: Store, config: AccountsConfig) -> Result<Accounts, ConfigError> {
-        Accounts::with_clock(store, config, Arc::new(SystemClock))
+        Accounts::with_clock(store, config, clock::system())
     }
 
-    /// A service reading time from `clock` (tests pass a [`ManualClock`]).
+    /// A service reading time from `clock` (tests pass a [`crate::clock::ManualClock`]).
     pub fn with_clock(store: Store, config: AccountsConfig, clock: Arc<dyn Clock>) -> Result<Accounts, ConfigError> {
         config.validate()?;
         let argon2 =
@@ -470,7 +471,7 @@ impl Accounts {
                     (Ok(f), Ok(t)) => (f, t),
                     (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
                 };
-                if store::invites::are_contacts(conn, &from_id, &to_id)? {
+                if store::invites::reach(conn, &from, &to)?.contacts {
                     return Ok(Err(AccountError::AlreadyContacts));
                 }
                 store::invites::upsert_pending(conn, &from_id, &to_id, now).map(Ok)
@@ -528,11 +529,10 @@ impl Accounts {
         let b = validate::username(b)?;
         self.store()
             .run(move |conn| {
-                let (a_id, b_id) = match (user_id(conn, &a)?, user_id(conn, &b)?) {
-                    (Ok(x), Ok(y)) => (x, y),
-                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
-                };
-                store::invites::are_contacts(conn, &a_id, &b_id).map(Ok)
+                if let (Err(e), _) | (_, Err(e)) = (user_id(conn, &a)?, user_id(conn, &b)?) {
+                    return Ok(Err(e));
+                }
+                Ok(Ok(store::invites::reach(conn, &a, &b)?.contacts))
             })
             .await?
     }
@@ -543,23 +543,21 @@ impl Accounts {
         self.with_user_id(username, store::invites::contacts_of).await
     }
 
-    /// Checks `from` may send a `message` to `to`: `to` exists and, when required, is a contact.
+    /// The rule for who may message whom, as configured; messaging and signals check by it too.
+    pub fn message_policy(&self) -> MessagePolicy {
+        MessagePolicy::new(self.inner.config.require_contacts)
+    }
+
+    /// Checks `from` may send a `message` to `to`, by [`Accounts::message_policy`].
     pub async fn authorize_message(&self, from: &str, to: &str) -> Result<(), AccountError> {
         let from = validate::username(from)?;
         let to = validate::username(to)?;
-        let require_contacts = self.inner.config.require_contacts;
-        self.store()
-            .run(move |conn| {
-                let (from_id, to_id) = match (user_id(conn, &from)?, user_id(conn, &to)?) {
-                    (Ok(f), Ok(t)) => (f, t),
-                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
-                };
-                if require_contacts && !store::invites::are_contacts(conn, &from_id, &to_id)? {
-                    return Ok(Err(AccountError::NotContacts));
-                }
-                Ok(Ok(()))
-            })
-            .await?
+        let policy = self.message_policy();
+        let decided = self.store().run(move |conn| policy.check(conn, &from, &to)).await?;
+        decided.map_err(|refused| match refused {
+            Refusal::UnknownRecipient => AccountError::NoSuchUser,
+            Refusal::NotContacts => AccountError::NotContacts,
+        })
     }
 
     /// Holds `frame_json` for `to` until they subscribe; refused when their queue is full.

@@ -8,17 +8,12 @@ use futures_util::future::LocalBoxFuture;
 use super::socket::{ConnectError, ConnectRequest, SessionCheck, SessionGrant, SocketAuthenticator, SocketIdentity};
 use crate::accounts::{Accounts, SessionEnds, SessionInfo};
 use crate::protocol::Payload;
-use crate::pubsub::PubSub;
+use crate::pubsub::{PubSub, Topic};
 use crate::transport::socket::DISCONNECT_EVENT;
 
 /// The socket id every socket of `username` shares; a `disconnect` on it closes them all.
 pub fn user_socket_id(username: &str) -> String {
     format!("users_socket:{username}")
-}
-
-/// The topic on which the end of session `session_id` is announced to its sockets.
-pub fn session_topic(session_id: &str) -> String {
-    format!("session:{session_id}")
 }
 
 /// How a socket authenticated by `info` learns that the session ended or expired.
@@ -29,7 +24,7 @@ pub fn session_grant(accounts: &Accounts, info: &SessionInfo) -> SessionGrant {
         Box::pin(async move { accounts.session_live(&digest).await })
     });
     SessionGrant {
-        topic: session_topic(&info.session_id),
+        topic: Topic::session(&info.session_id).into(),
         expires_at: info.expires_at,
         clock: accounts.clock(),
         still_live: Some(still_live),
@@ -41,7 +36,7 @@ pub struct AnnounceSessionEnds(pub PubSub);
 
 impl SessionEnds for AnnounceSessionEnds {
     fn ended(&self, session_id: &str) {
-        self.0.broadcast(&session_topic(session_id), DISCONNECT_EVENT, Payload::empty());
+        self.0.broadcast(Topic::session(session_id).as_str(), DISCONNECT_EVENT, Payload::empty());
     }
 }
 

@@ -11,25 +11,18 @@ use serde_json::json;
 use super::{Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, Refusal, Reply};
 use crate::accounts::Accounts;
 use crate::error::Code;
-use crate::messaging::now_millis;
 use crate::presence::{Meta, PRESENCE_DIFF, PRESENCE_STATE, PresenceError, Snapshot, Tracker};
 use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, Event};
+use crate::pubsub::{Broadcast, Event, Topic, TopicKind};
 
-/// The topic prefix this family serves.
-pub const PREFIX: &str = "presence:";
 /// The event that tells a watcher whether the user is online, and since when it is not.
 pub const EVENT_STATUS: &str = "status";
 
-/// The topic where `eid`'s devices are tracked for watchers.
-pub fn presence_topic(eid: &str) -> String {
-    format!("{PREFIX}{eid}")
-}
-
-/// The meta every tracked socket starts with: when it came online and on which node.
-pub fn base_meta(ctx: &ChannelContext<'_>) -> Meta {
+/// The meta every tracked socket starts with: when it came online (`online_at`, by the
+/// server's clock) and on which node.
+pub fn base_meta(ctx: &ChannelContext<'_>, online_at: i64) -> Meta {
     let mut meta = Meta::new();
-    meta.insert("online_at".into(), now_millis().into());
+    meta.insert("online_at".into(), online_at.into());
     meta.insert("node".into(), ctx.pubsub.node().into());
     meta
 }
@@ -97,10 +90,10 @@ impl ChannelFactory for PresenceChannels {
             let Some(me) = request.socket.identity.user.clone() else {
                 return Err(Refusal::new(Code::Unauthorized, "unauthorized"));
             };
-            let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
-            if eid.is_empty() {
-                return Err(Refusal::new(Code::InvalidTopic, "presence topic must name a user"));
-            }
+            let eid = match Topic::parse(&request.topic) {
+                Ok(topic) if topic.kind() == TopicKind::Presence => topic.name().to_owned(),
+                _ => return Err(Refusal::new(Code::InvalidTopic, "presence topic must name a user")),
+            };
             if eid != me {
                 // The same rule as messaging: the user exists and, if required, is a contact.
                 accounts.authorize_message(&me, &eid).await?;

@@ -13,30 +13,29 @@ use super::presence::{base_meta, push_presence_state, track_and_list};
 use super::{
     Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Refusal, Reply,
 };
+use crate::clock::Clock;
 use crate::error::Code;
 use crate::presence::Tracker;
 use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, Event};
-
-/// The topic prefix this family serves.
-pub const PREFIX: &str = "room:";
+use crate::pubsub::{Broadcast, Event, Topic, TopicKind};
 
 /// Joins `room:<name>` topics.
 #[derive(Clone)]
 pub struct RoomChannels {
     tracker: Arc<dyn Tracker>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RoomChannels {
-    /// Rooms whose members are tracked by `tracker`.
-    pub fn new(tracker: Arc<dyn Tracker>) -> Self {
-        RoomChannels { tracker }
+    /// Rooms whose members are tracked by `tracker`, online since a time read from `clock`.
+    pub fn new(tracker: Arc<dyn Tracker>, clock: Arc<dyn Clock>) -> Self {
+        RoomChannels { tracker, clock }
     }
 }
 
 impl ChannelFactory for RoomChannels {
     fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
-        let name_is_empty = request.topic.strip_prefix(PREFIX).is_none_or(str::is_empty);
+        let name_is_empty = !Topic::parse(&request.topic).is_ok_and(|topic| topic.kind() == TopicKind::Room);
         let identity = &request.socket.identity;
         let key = match &identity.user {
             Some(user) => user.clone(),
@@ -45,6 +44,7 @@ impl ChannelFactory for RoomChannels {
         let tracked = wants_presence(&request.payload);
         let channel = RoomChannel {
             tracker: Arc::clone(&self.tracker),
+            clock: Arc::clone(&self.clock),
             key,
             device: identity.device.clone(),
             tracked: tracked.unwrap_or(true),
@@ -77,6 +77,7 @@ fn wants_presence(payload: &Payload) -> Result<bool, &'static str> {
 /// A member's channel in one room.
 pub struct RoomChannel {
     tracker: Arc<dyn Tracker>,
+    clock: Arc<dyn Clock>,
     key: String,
     device: Option<String>,
     /// False for an observer, who is neither tracked nor sent presence frames.
@@ -88,7 +89,7 @@ impl Channel for RoomChannel {
         if !self.tracked {
             return;
         }
-        let mut meta = base_meta(ctx);
+        let mut meta = base_meta(ctx, self.clock.now_millis());
         if let Some(device) = &self.device {
             meta.insert("device".into(), device.clone().into());
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 
-use crate::accounts::Clock;
+use crate::clock::Clock;
 use crate::presence::{Lease, Tracker};
 use crate::protocol::Serializer;
 use crate::pubsub::ConnectionId;

@@ -2,6 +2,7 @@
 //! `status_code` seed 004's acks carry (the code's HTTP status), and the reason Phoenix error
 //! replies carry.
 
+use crate::accounts::Refusal;
 use crate::error::Code;
 use crate::store::StoreError;
 
@@ -83,6 +84,15 @@ impl From<StoreError> for MessagingError {
         match err {
             StoreError::LogFull { log } => MessagingError::LogFull { log },
             other => MessagingError::Storage(other),
+        }
+    }
+}
+
+impl From<Refusal> for MessagingError {
+    fn from(refused: Refusal) -> Self {
+        match refused {
+            Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
+            Refusal::NotContacts => MessagingError::NotContacts,
         }
     }
 }

@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 
 use super::MessagingError;
+use crate::accounts::MessagePolicy;
 use crate::pb;
 use crate::store::messages::{self, MessageRow, NewMessage, ReceiptOutcome, ReceiptRequest};
-use crate::store::{self, DbConnection, Millis, StoreError};
+use crate::store::{DbConnection, Millis, StoreError};
 
 /// A validated message to append (its `from`, `to.eid`, `id` and `timestamp` are set).
 #[derive(Debug, Clone)]
@@ -19,8 +20,8 @@ pub struct Append {
     pub sender: String,
     /// The sending device, if the socket named one.
     pub sender_device: Option<String>,
-    /// Refuse the message unless the receiver is a contact of the sender.
-    pub require_contact: bool,
+    /// Who the sender may message.
+    pub policy: MessagePolicy,
     /// The message as the client sent it, validated.
     pub message: pb::Message,
 }
@@ -122,13 +123,10 @@ fn append_all(
     for (index, write) in writes.iter().enumerate() {
         let Write::Append(append) = write else { continue };
         let receiver = receiver_of(append);
-        if append.require_contact && !messages::are_contacts(conn, &append.sender, receiver)? {
-            // A stranger and a user who does not exist are told apart, as without contacts.
-            results[index] = Some(Err(if store::users::exists(conn, receiver)? {
-                MessagingError::NotContacts
-            } else {
-                MessagingError::UnknownRecipient
-            }));
+        if append.policy.screens_appends()
+            && let Err(refused) = append.policy.check(conn, &append.sender, receiver)?
+        {
+            results[index] = Some(Err(refused.into()));
             continue;
         }
         let message = new_message(append);

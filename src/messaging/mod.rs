@@ -16,7 +16,6 @@ mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,25 +24,18 @@ pub use error::MessagingError;
 use log::{Append, Receipt, Write, Written};
 use wire::{SIGNAL_REQUEST_PULL, ack_state, log_message};
 
+use crate::accounts::MessagePolicy;
+use crate::clock::Clock;
 use crate::pb;
 use crate::pubsub::{PubSub, SubscriberId};
 use crate::store::messages::{self as queries, ConversationRow, MessageRow};
-use crate::store::{Millis, Snapshot, Store};
+use crate::store::{Snapshot, Store};
+use crate::task::Worker;
 
 /// The event that carries a `Message` to a device.
 pub const EVENT_MESSAGE: &str = crate::pubsub::event::MESSAGE;
 /// The event that carries a delivery or read `MessagePeerAckSignal`.
 pub const EVENT_RECEIPT: &str = crate::pubsub::event::RECEIPT;
-
-/// The topic of a user's inbox, joined by each of the user's devices.
-pub fn user_topic(eid: &str) -> String {
-    format!("user:{eid}")
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Who is asking: a user, the device it speaks for, and its socket.
 #[derive(Debug, Clone)]
@@ -114,16 +106,40 @@ pub struct HistoryPage {
 pub struct Messaging {
     store: Store,
     jobs: mpsc::Sender<writer::Job>,
+    writer: Arc<Worker>,
     config: Arc<MessagingConfig>,
-    require_contacts: bool,
+    policy: MessagePolicy,
+    clock: Arc<dyn Clock>,
 }
 
 impl Messaging {
-    /// Starts the log writer on the current runtime. With `require_contacts`, users may only
-    /// message their contacts.
-    pub fn start(store: Store, pubsub: PubSub, config: MessagingConfig, require_contacts: bool) -> Messaging {
-        let jobs = writer::start(store.clone(), pubsub, config.max_batch);
-        Messaging { store, jobs, config: Arc::new(config), require_contacts }
+    /// Starts the log writer on the current runtime. Messages are stored only where `policy`
+    /// lets them go; timestamps the server sets are read from `clock`.
+    pub fn start(
+        store: Store,
+        pubsub: PubSub,
+        config: MessagingConfig,
+        policy: MessagePolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Messaging {
+        let (jobs, writer) = writer::start(store.clone(), pubsub, config.max_batch, Arc::clone(&clock));
+        Messaging { store, jobs, writer: Arc::new(writer), config: Arc::new(config), policy, clock }
+    }
+
+    /// Stops the log writer once it has committed (and announced) every queued write; later
+    /// sends and receipts are refused as unavailable. Shutdown calls it after the sockets close.
+    pub async fn stop(&self) {
+        self.writer.stop().await;
+    }
+
+    /// Whether the log writer still runs.
+    pub fn writer_running(&self) -> bool {
+        self.writer.running()
+    }
+
+    /// The clock the server's timestamps come from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The limits in force.
@@ -165,7 +181,7 @@ impl Messaging {
             return Err(MessagingError::invalid("timestamp must not be negative"));
         }
         if message.timestamp == 0 {
-            message.timestamp = now_millis();
+            message.timestamp = self.clock.now_millis();
         }
         message.from = Some(wire::identity(&origin.eid, origin.device.as_deref()));
         message.to = Some(wire::identity(&to, None));
@@ -198,14 +214,10 @@ impl Messaging {
         origin: &Origin,
         Prepared(message): Prepared,
     ) -> impl Future<Output = Result<Sent, MessagingError>> + 'static {
-        let append = Append {
-            sender: origin.eid.clone(),
-            sender_device: origin.device.clone(),
-            require_contact: self.require_contacts,
-            message,
-        };
+        let append =
+            Append { sender: origin.eid.clone(), sender_device: origin.device.clone(), policy: self.policy, message };
         let written = self.submit(Write::Append(append), Some(origin.connection));
-        let origin = origin.clone();
+        let (origin, clock) = (origin.clone(), Arc::clone(&self.clock));
         async move {
             let Written::Appended(appended) = written.await? else {
                 return Err(MessagingError::Unavailable);
@@ -220,7 +232,7 @@ impl Messaging {
                 from: Some(wire::identity(&row.receiver, None)),
                 message_id: row.client_id.clone(),
                 method: wire::METHOD_SENT,
-                timestamp: now_millis(),
+                timestamp: clock.now_millis(),
                 status_code: 200,
                 peer: Some(wire::peer(&row.sender, &row.receiver, row.user_offset, appended.peer_received)),
             };
@@ -408,4 +420,45 @@ fn state_of(row: &MessageRow, conversations: &[ConversationRow]) -> pb::SignalAc
     let acked =
         conversations.iter().find(|c| c.user_a == a && c.user_b == b).map_or((0, 0), |c| c.acked_by(&row.receiver));
     ack_state(row.user_offset, acked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pubsub::LocalBroker;
+
+    const T: i64 = 1_700_000_000_000;
+
+    #[actix::test]
+    async fn the_injected_clock_stamps_messages_that_carry_no_timestamp() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = dir.path().join("clock.db").to_string_lossy().into_owned();
+        let store = Store::open(&url).expect("store opens");
+        let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
+        let clock = ManualClock::new(T);
+        let messaging = Messaging::start(
+            store,
+            pubsub.clone(),
+            MessagingConfig::default(),
+            MessagePolicy::new(false),
+            Arc::new(clock.clone()),
+        );
+        let origin = Origin { eid: "alice".into(), device: None, connection: 1, node: "n".into() };
+        let message = |timestamp| pb::Message {
+            id: "m1".into(),
+            to: Some(wire::identity("bob", None)),
+            payload: b"hi".to_vec(),
+            timestamp,
+            ..Default::default()
+        };
+        let Prepared(stamped) = messaging.prepare(&origin, message(0)).expect("valid message");
+        assert_eq!(stamped.timestamp, T);
+        clock.advance(std::time::Duration::from_millis(1_500));
+        let Prepared(later) = messaging.prepare(&origin, message(0)).expect("valid message");
+        assert_eq!(later.timestamp, T + 1_500, "the server's time moves with its clock");
+        let Prepared(kept) = messaging.prepare(&origin, message(42)).expect("valid message");
+        assert_eq!(kept.timestamp, 42, "a client's own timestamp is kept");
+        pubsub.stop();
+    }
 }

@@ -10,17 +10,21 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
 use super::wire::{self, SIGNAL_TYPE_DEVICE, SIGNAL_TYPE_RECEIVER};
-use super::{MessagingConfig, MessagingError, Origin, now_millis, user_topic};
+use super::{MessagingConfig, MessagingError, Origin};
+use crate::accounts::MessagePolicy;
+use crate::clock::Clock;
 use crate::pb;
-use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
-use crate::store::{self, Store, StoreError};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
+use crate::store::Store;
+use crate::task::Stop;
 
 /// The event that carries a `Signal` to a device.
 pub const EVENT_SIGNAL: &str = crate::pubsub::event::SIGNAL;
@@ -61,17 +65,25 @@ type Pair = (String, String);
 #[derive(Clone)]
 pub struct Signals {
     relay: Addr<SignalRelay>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Signals {
-    /// Starts the relay on the current arbiter.
-    pub fn start(store: Store, pubsub: PubSub, config: &MessagingConfig, require_contacts: bool) -> Signals {
+    /// Starts the relay on the current arbiter; signal timestamps are read from `clock`.
+    pub fn start(
+        store: Store,
+        pubsub: PubSub,
+        config: &MessagingConfig,
+        policy: MessagePolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Signals {
         let rate = NonZeroU32::new(config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.signal_burst).unwrap_or(NonZeroU32::MIN);
         let relay = SignalRelay {
             store,
             pubsub,
-            require_contacts,
+            policy,
+            clock: Arc::clone(&clock),
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             authorized: HashMap::new(),
@@ -80,7 +92,20 @@ impl Signals {
             generation: 0,
         }
         .start();
-        Signals { relay }
+        Signals { relay, clock }
+    }
+
+    /// Stops the relay: signals are never stored, so nothing is left to flush once the sockets
+    /// that send them have closed; its timers and pending checks end with it.
+    pub async fn stop(&self) {
+        if self.relay.send(Stop).await.is_err() {
+            tracing::debug!("signal relay already stopped");
+        }
+    }
+
+    /// Whether the relay actor still runs.
+    pub fn running(&self) -> bool {
+        self.relay.connected()
     }
 
     /// Checks a client's signal, fills in what the server decides, and queues it for relay
@@ -90,7 +115,7 @@ impl Signals {
         origin: &Origin,
         signal: pb::Signal,
     ) -> impl Future<Output = Result<pb::Signal, MessagingError>> + 'static {
-        let queued = stamp(origin, signal).map(|signal| {
+        let queued = stamp(origin, signal, self.clock.now_millis()).map(|signal| {
             let (answer, reply) = oneshot::channel();
             let to = signal.to.as_ref().map(|to| to.eid.clone()).unwrap_or_default();
             self.relay.do_send(Relay {
@@ -110,8 +135,8 @@ impl Signals {
     }
 }
 
-/// Validates a client's signal and sets `from`, `timestamp` and `type`; offsets stay 0.
-fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingError> {
+/// Validates a client's signal and sets `from`, `timestamp` (to `now`) and `type`; offsets stay 0.
+fn stamp(origin: &Origin, signal: pb::Signal, now: i64) -> Result<pb::Signal, MessagingError> {
     if !(STATUS_CHATTING..=STATUS_NOTIFICATION).contains(&signal.status) {
         return Err(MessagingError::invalid(format!(
             "status must be 1..=8 (CHATTING, RECORDING, PLAYED, TYPING, PAUSED, CANCELLED, RESUME, NOTIFICATION), got {}",
@@ -139,7 +164,7 @@ fn stamp(origin: &Origin, signal: pb::Signal) -> Result<pb::Signal, MessagingErr
     Ok(pb::Signal {
         id: signal.id,
         status: signal.status,
-        timestamp: now_millis(),
+        timestamp: now,
         from: Some(wire::identity(&origin.eid, origin.device.as_deref())),
         to: Some(wire::identity(&to.eid, None)),
         r#type: TYPE_REQUEST,
@@ -163,6 +188,14 @@ impl Message for Relay {
     type Result = ();
 }
 
+impl Handler<Stop> for SignalRelay {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 /// A live TYPING/RECORDING indicator; a newer signal of the pair bumps the generation, so the
 /// timers of older ones find nothing to expire.
 struct Armed {
@@ -173,7 +206,9 @@ struct Armed {
 struct SignalRelay {
     store: Store,
     pubsub: PubSub,
-    require_contacts: bool,
+    /// Who may signal whom.
+    policy: MessagePolicy,
+    clock: Arc<dyn Clock>,
     typing_timeout: Duration,
     limiter: DefaultKeyedRateLimiter<Pair>,
     /// Pairs that passed the accounts check, until when.
@@ -197,39 +232,6 @@ impl Actor for SignalRelay {
     }
 }
 
-/// Why the accounts refuse a (sender, receiver) pair; every signal that waited on the check
-/// gets the same refusal.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    UnknownRecipient,
-    NotContacts,
-}
-
-impl Refusal {
-    fn error(self) -> MessagingError {
-        match self {
-            Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
-            Refusal::NotContacts => MessagingError::NotContacts,
-        }
-    }
-}
-
-/// Whether `from` may signal `to`: `to` exists and, when required, is a contact.
-fn authorize(
-    conn: &mut store::DbConnection,
-    from: &str,
-    to: &str,
-    require_contacts: bool,
-) -> Result<Result<(), Refusal>, StoreError> {
-    if !store::users::exists(conn, to)? {
-        return Ok(Err(Refusal::UnknownRecipient));
-    }
-    if require_contacts && !store::messages::are_contacts(conn, from, to)? {
-        return Ok(Err(Refusal::NotContacts));
-    }
-    Ok(Ok(()))
-}
-
 impl Handler<Relay> for SignalRelay {
     type Result = ();
 
@@ -246,11 +248,11 @@ impl Handler<Relay> for SignalRelay {
             queue.push(relay);
             return;
         }
-        let (store, pair, require_contacts) = (self.store.clone(), relay.pair.clone(), self.require_contacts);
+        let (store, pair, policy) = (self.store.clone(), relay.pair.clone(), self.policy);
         self.waiting.insert(pair.clone(), vec![relay]);
         let check = async move {
             let (from, to) = (pair.0.clone(), pair.1.clone());
-            (pair, store.run(move |conn| authorize(conn, &from, &to, require_contacts)).await)
+            (pair, store.run(move |conn| policy.check(conn, &from, &to)).await)
         };
         ctx.spawn(check.into_actor(self).map(|(pair, checked), relay, ctx| {
             let queue = relay.waiting.remove(&pair).unwrap_or_default();
@@ -263,7 +265,8 @@ impl Handler<Relay> for SignalRelay {
                 }
                 Ok(Err(refused)) => {
                     for waiting in queue {
-                        let _ = waiting.answer.send(Err(refused.error()));
+                        // Every signal that waited on the check gets the same refusal.
+                        let _ = waiting.answer.send(Err(refused.into()));
                     }
                 }
                 Err(e) => {
@@ -279,7 +282,7 @@ impl Handler<Relay> for SignalRelay {
 
 impl SignalRelay {
     fn publish(&self, signal: &pb::Signal, topic_user: &str, exclude: Option<SubscriberId>) {
-        let broadcast = Broadcast::new(user_topic(topic_user), Event::Signal(signal.clone()));
+        let broadcast = Broadcast::new(Topic::user(topic_user), Event::Signal(signal.clone()));
         self.pubsub.publish(broadcast, exclude);
     }
 
@@ -316,7 +319,7 @@ impl SignalRelay {
             return;
         }
         let Some(armed) = self.armed.remove(pair) else { return };
-        let paused = pb::Signal { status: STATUS_PAUSED, timestamp: now_millis(), ..armed.signal };
+        let paused = pb::Signal { status: STATUS_PAUSED, timestamp: self.clock.now_millis(), ..armed.signal };
         self.publish(&copy(&paused, TYPE_REQUEST, SIGNAL_TYPE_RECEIVER), &pair.1, None);
         self.publish(&copy(&paused, TYPE_REQUEST, SIGNAL_TYPE_DEVICE), &pair.0, None);
     }
@@ -325,6 +328,9 @@ impl SignalRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The time the tests stamp signals at.
+    const T: i64 = 1_700_000_000_123;
 
     fn origin() -> Origin {
         Origin { eid: "alice".into(), device: Some("phone".into()), connection: 1, node: "n".into() }
@@ -336,10 +342,11 @@ mod tests {
 
     #[test]
     fn stamping_fills_the_server_fields_and_refuses_bad_signals() {
-        let s = stamp(&origin(), pb::Signal { id: "t1".into(), signal_offset: 9, ..signal(4, Some("bob")) }).unwrap();
+        let s =
+            stamp(&origin(), pb::Signal { id: "t1".into(), signal_offset: 9, ..signal(4, Some("bob")) }, T).unwrap();
         assert_eq!((s.r#type, s.signal_offset, s.user_offset), (TYPE_REQUEST, 0, 0));
         assert_eq!(s.from, Some(wire::identity("alice", Some("phone"))));
-        assert!(s.timestamp > 0);
+        assert_eq!(s.timestamp, T, "the server's clock sets the timestamp");
         for (bad, why) in [
             (signal(0, Some("bob")), "status"),
             (signal(9, Some("bob")), "status"),
@@ -349,11 +356,11 @@ mod tests {
             (pb::Signal { r#type: TYPE_ERROR, ..signal(4, Some("bob")) }, "type"),
             (pb::Signal { id: "x".repeat(129), ..signal(4, Some("bob")) }, "id"),
         ] {
-            let e = stamp(&origin(), bad).unwrap_err();
+            let e = stamp(&origin(), bad, T).unwrap_err();
             assert_eq!(e.status_code(), 400);
             assert!(e.reason().contains(why), "{} should mention {why}", e.reason());
         }
         let forged = pb::Signal { from: Some(wire::identity("mallory", None)), ..signal(4, Some("bob")) };
-        assert_eq!(stamp(&origin(), forged).unwrap_err().status_code(), 403);
+        assert_eq!(stamp(&origin(), forged, T).unwrap_err().status_code(), 403);
     }
 }

@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::MessagingError;
 use super::log::{self, Write, Written};
 use super::wire::{self, SIGNAL_REQUEST_PUSH};
-use super::{MessagingError, now_millis, user_topic};
+use crate::clock::Clock;
 use crate::pb;
-use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
 use crate::store::{HeldWriter, Store};
+use crate::task::{Batches, Worker};
 
 /// How many requests may wait for the writer before senders wait too.
 const QUEUE: usize = 16 * 1024;
@@ -31,25 +33,32 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<Written, MessagingError>>,
 }
 
-/// Starts the writer on the current runtime; it stops when every sender is dropped.
-pub(crate) fn start(store: Store, pubsub: PubSub, max_batch: usize) -> mpsc::Sender<Job> {
+/// Starts the writer on the current runtime; it stops, after committing what is queued, when
+/// its [`Worker`] is stopped or every sender is dropped.
+pub(crate) fn start(
+    store: Store,
+    pubsub: PubSub,
+    max_batch: usize,
+    clock: Arc<dyn Clock>,
+) -> (mpsc::Sender<Job>, Worker) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(store, pubsub, max_batch.max(1), rx));
-    tx
+    let worker = Worker::spawn(rx, move |jobs| run(store, pubsub, max_batch.max(1), clock, jobs));
+    (tx, worker)
 }
 
-async fn run(store: Store, pubsub: PubSub, max_batch: usize, mut rx: mpsc::Receiver<Job>) {
+async fn run(store: Store, pubsub: PubSub, max_batch: usize, clock: Arc<dyn Clock>, mut jobs: Batches<Job>) {
     let mut store = store.held_writer();
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    while jobs.next(&mut batch, max_batch).await > 0 {
         let (writes, waiting): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, (j.origin, j.reply))).unzip();
         let writes = Arc::new(writes);
-        let results = commit(&mut store, &writes).await;
+        let now = clock.now_millis();
+        let results = commit(&mut store, &writes, now).await;
         for ((write, (origin, reply)), result) in writes.iter().zip(waiting).zip(results) {
             // Built before the reply takes the result, published after it: the sender hears
             // "stored" before anyone is told about the message.
             let broadcasts = match &result {
-                Ok(written) => announcements(write, written, origin),
+                Ok(written) => announcements(write, written, origin, clock.as_ref()),
                 Err(_) => Vec::new(),
             };
             let _ = reply.send(result);
@@ -63,8 +72,7 @@ async fn run(store: Store, pubsub: PubSub, max_batch: usize, mut rx: mpsc::Recei
 
 /// Commits the batch; if the transaction fails as a whole, retries each write on its own so
 /// one bad write cannot fail its neighbours.
-async fn commit(store: &mut HeldWriter, writes: &Arc<Vec<Write>>) -> Vec<Result<Written, MessagingError>> {
-    let now = now_millis();
+async fn commit(store: &mut HeldWriter, writes: &Arc<Vec<Write>>, now: i64) -> Vec<Result<Written, MessagingError>> {
     let all = Arc::clone(writes);
     match store.write(move |conn| log::apply(conn, &all, now)).await {
         Ok(results) => return results,
@@ -87,11 +95,12 @@ async fn commit(store: &mut HeldWriter, writes: &Arc<Vec<Write>>) -> Vec<Result<
 }
 
 /// The broadcasts that tell the devices of the users involved what a committed write means,
-/// each with the socket to leave out.
+/// each with the socket to leave out; receipts are stamped by `clock` as they go out.
 fn announcements(
     write: &Write,
     written: &Written,
     origin: Option<SubscriberId>,
+    clock: &dyn Clock,
 ) -> Vec<(Arc<Broadcast>, Option<SubscriberId>)> {
     let mut out = Vec::new();
     match (write, written) {
@@ -103,7 +112,7 @@ fn announcements(
             {
                 match wire::log_message(row, owner, offset, fresh, SIGNAL_REQUEST_PUSH) {
                     Ok(message) => {
-                        out.push((Broadcast::new(user_topic(owner), Event::Message { offset, message }), exclude));
+                        out.push((Broadcast::new(Topic::user(owner), Event::Message { offset, message }), exclude));
                     }
                     // The store refuses offsets the wire cannot carry, so this is a broken invariant.
                     Err(e) => tracing::error!(user = %owner, offset, error = %e, "stored message not announced"),
@@ -119,11 +128,11 @@ fn announcements(
                     from: Some(wire::identity(&receipt.user, device)),
                     message_id: ack.client_id.clone(),
                     method,
-                    timestamp: now_millis(),
+                    timestamp: clock.now_millis(),
                     status_code: 200,
                     peer: Some(wire::peer(&ack.sender, &receipt.user, ack.user_offset, ack.acked)),
                 };
-                for (topic, exclude) in [(user_topic(&ack.sender), None), (user_topic(&receipt.user), origin)] {
+                for (topic, exclude) in [(Topic::user(&ack.sender), None), (Topic::user(&receipt.user), origin)] {
                     out.push((Broadcast::new(topic, Event::Receipt(signal.clone())), exclude));
                 }
             }

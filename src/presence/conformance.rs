@@ -145,6 +145,9 @@ mod tests {
     #[actix::test]
     async fn the_local_tracker_keeps_the_contract() {
         let config = PresenceConfig { shards: 2, diff_window_ms: 5 };
-        check_tracker(&move |pubsub| Arc::new(LocalTracker::start(&config, pubsub)) as Arc<dyn Tracker>).await;
+        check_tracker(&move |pubsub| {
+            Arc::new(LocalTracker::start(&config, pubsub, crate::clock::system())) as Arc<dyn Tracker>
+        })
+        .await;
     }
 }

@@ -8,13 +8,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
 use super::{Lease, Meta, Occupancy, PresenceConfig, PresenceError, Snapshot, TopicPresence, Tracker};
-use crate::messaging::now_millis;
+use crate::clock::Clock;
 use crate::pubsub::{Broadcast, ConnectionId, Event, PubSub};
+use crate::task::Stop;
 
 type Answer<T> = oneshot::Sender<Result<T, PresenceError>>;
 
@@ -61,6 +62,8 @@ struct Shard {
     owners: HashMap<ConnectionId, HashMap<String, usize>>,
     pubsub: PubSub,
     window: Duration,
+    /// Stamps each diff's occupancy `at`.
+    clock: Arc<dyn Clock>,
 }
 
 impl Actor for Shard {
@@ -94,7 +97,7 @@ impl Shard {
     }
 
     fn flush(&mut self) {
-        let at = now_millis();
+        let at = self.clock.now_millis();
         for topic in std::mem::take(&mut self.dirty) {
             let Some(presence) = self.topics.get_mut(&topic) else { continue };
             if let Some(diff) = presence.take_diff() {
@@ -156,30 +159,65 @@ impl Handler<Command> for Shard {
     }
 }
 
+impl Handler<Stop> for Shard {
+    type Result = ();
+
+    /// Sends the diffs still inside their window, then ends the shard.
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        // The window's timer would die with the shard: what changed in it goes out now.
+        self.flush();
+        ctx.stop();
+    }
+}
+
 /// The in-process [`Tracker`]: presence is exact on this node and invisible to others.
 #[derive(Clone)]
 pub struct LocalTracker {
     shards: Arc<[Addr<Shard>]>,
+    arbiters: Arc<[ArbiterHandle]>,
     hasher: RandomState,
 }
 
 impl LocalTracker {
-    /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub`.
-    pub fn start(config: &PresenceConfig, pubsub: PubSub) -> Self {
-        let shards: Vec<Addr<Shard>> = (0..config.shards.max(1))
+    /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub` stamped
+    /// by `clock`.
+    pub fn start(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
+        let (shards, arbiters): (Vec<Addr<Shard>>, Vec<ArbiterHandle>) = (0..config.shards.max(1))
             .map(|_| {
                 let arbiter = actix::Arbiter::new().handle();
                 let (pubsub, window) = (pubsub.clone(), config.diff_window());
-                Shard::start_in_arbiter(&arbiter, move |_| Shard {
+                let clock = Arc::clone(&clock);
+                let shard = Shard::start_in_arbiter(&arbiter, move |_| Shard {
                     topics: HashMap::new(),
                     dirty: HashSet::new(),
                     owners: HashMap::new(),
                     pubsub,
                     window,
-                })
+                    clock,
+                });
+                (shard, arbiter)
             })
-            .collect();
-        LocalTracker { shards: shards.into(), hasher: RandomState::new() }
+            .unzip();
+        LocalTracker { shards: shards.into(), arbiters: arbiters.into(), hasher: RandomState::new() }
+    }
+
+    /// Publishes every pending diff, stops the shards, then their arbiter threads. Shutdown
+    /// calls it after the sockets (whose leaving untracks) have closed and before pub/sub stops.
+    pub async fn stop(&self) {
+        for shard in self.shards.iter() {
+            // Behind every command already queued, so none of them is lost.
+            if shard.send(Stop).await.is_err() {
+                tracing::debug!("tracker shard already stopped");
+            }
+        }
+        for arbiter in self.arbiters.iter() {
+            arbiter.stop();
+        }
+    }
+
+    /// Whether any shard still runs.
+    pub fn running(&self) -> bool {
+        self.shards.iter().any(Addr::connected)
     }
 
     fn shard(&self, topic: &str) -> &Addr<Shard> {
@@ -259,6 +297,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::clock::ManualClock;
     use crate::pubsub::{Deliver, LocalBroker};
 
     /// Records the presence diffs it is delivered, with their occupancy.
@@ -295,7 +334,8 @@ mod tests {
     async fn coalesces_a_burst_into_one_diff_and_cleans_up_after_dead_sockets() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
         let config = PresenceConfig { shards: 2, diff_window_ms: 40 };
-        let tracker = LocalTracker::start(&config, pubsub.clone());
+        let clock = ManualClock::new(1_700_000_000_000);
+        let tracker = LocalTracker::start(&config, pubsub.clone(), Arc::new(clock.clone()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe(Arc::clone(&seen)).start();
         pubsub.subscribe("room:t", 99, probe.recipient()).await.unwrap();
@@ -317,6 +357,7 @@ mod tests {
         assert_eq!(diffs.len(), 1, "fifty joins inside one window are one diff");
         assert_eq!(keys(&diffs[0].0["joins"]).len(), 50);
         assert!(diffs[0].1.changed() && diffs[0].1.occupied);
+        assert_eq!(diffs[0].1.at, 1_700_000_000_000, "the injected clock stamps the diff");
 
         // An update is a join of the new meta and a leave of the old one, in one diff.
         assert!(matches!(
@@ -338,6 +379,7 @@ mod tests {
 
         // Forty sockets die without untracking (their leases drop); the others untrack, one of
         // them twice, and then end too.
+        clock.advance(Duration::from_secs(5));
         let mut leases = leases.into_iter();
         drop(leases.by_ref().take(40).collect::<Vec<_>>());
         for (i, owner) in owners.iter().enumerate().skip(40) {
@@ -363,6 +405,7 @@ mod tests {
         assert_eq!(leave_count, 50, "each presence left exactly once");
         let last = diffs.last().unwrap().1;
         assert!(last.changed() && !last.occupied);
+        assert_eq!(last.at, 1_700_000_005_000, "the offline time is the clock's, not the host's");
         assert_eq!(tracker.list("room:t").await.unwrap().keys, 0);
         assert!(matches!(
             tracker.update("room:t", "user0", &owners[0], Meta::new()).await,
@@ -374,7 +417,8 @@ mod tests {
     #[actix::test]
     async fn a_dropped_lease_takes_the_keys_an_untrack_left() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
-        let tracker = LocalTracker::start(&PresenceConfig { shards: 3, diff_window_ms: 5 }, pubsub.clone());
+        let config = PresenceConfig { shards: 3, diff_window_ms: 5 };
+        let tracker = LocalTracker::start(&config, pubsub.clone(), crate::clock::system());
         let node = pubsub.node_id().clone();
         let (me, other) = (ConnectionId::new(node.clone(), 1), ConnectionId::new(node, 2));
         let (mine, theirs) = (tracker.lease(&me), tracker.lease(&other));
@@ -395,6 +439,36 @@ mod tests {
         }
         assert_eq!(left, (1, 0), "only the other connection's presence stays");
         drop(theirs);
+        pubsub.stop();
+    }
+
+    #[actix::test]
+    async fn stopping_publishes_the_open_window_and_ends_every_shard() {
+        let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
+        // A window far longer than the test: only the stop can send this diff.
+        let config = PresenceConfig { shards: 3, diff_window_ms: 60_000 };
+        let tracker = LocalTracker::start(&config, pubsub.clone(), crate::clock::system());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe(Arc::clone(&seen)).start();
+        pubsub.subscribe("room:s", 99, probe.recipient()).await.unwrap();
+        let owner = ConnectionId::new(pubsub.node_id().clone(), 1);
+        let _lease = tracker.lease(&owner);
+        tracker.track("room:s", "u", &owner, Meta::new()).await.unwrap();
+        assert!(tracker.running());
+        assert!(seen.lock().unwrap().is_empty(), "the window is still open");
+
+        tracker.stop().await;
+        let diffs = wait_for(&seen, 1).await;
+        assert_eq!(diffs.len(), 1, "the pending diff went out at the stop");
+        assert_eq!(keys(&diffs[0].0["joins"]), vec!["u"]);
+        for _ in 0..250 {
+            if !tracker.running() {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!tracker.running(), "every shard ended");
+        assert!(matches!(tracker.list("room:s").await, Err(PresenceError::Unavailable)));
         pubsub.stop();
     }
 }

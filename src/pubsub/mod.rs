@@ -12,6 +12,7 @@ pub mod event;
 mod ids;
 mod memory;
 mod registry;
+pub mod topic;
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
@@ -25,6 +26,7 @@ pub use ids::{ConnectionId, NodeId};
 pub use memory::{MemoryBroker, MemoryCluster};
 pub use registry::RegistryShard;
 use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
+pub use topic::{Topic, TopicError, TopicKind};
 
 /// Identifies one subscriber (one socket connection) across the registry.
 pub type SubscriberId = u64;

@@ -8,7 +8,9 @@
 //! the WAL start over from its beginning (a passive checkpoint alone cannot, while writes keep
 //! coming), so the WAL stays near that size.
 
+use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -21,17 +23,18 @@ const INTERVAL: Duration = Duration::from_millis(200);
 /// WAL length (in pages) at which a commit checkpoints: 64 MiB of 4 KiB pages.
 pub(crate) const AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
 
-/// Runs checkpoints until dropped.
+/// Runs checkpoints until stopped or dropped.
 pub(crate) struct Checkpointer {
     // Dropping the sender is the stop signal: the thread's wait ends at once.
-    _stop: mpsc::Sender<()>,
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Checkpointer {
     /// Starts checkpointing on `conn`, a connection to the store's SQLite file.
     pub(crate) fn start(mut conn: DbConnection) -> Result<Checkpointer, StoreError> {
         let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
@@ -42,6 +45,22 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| StoreError::TaskFailed(format!("could not start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { _stop: stop })
+        Ok(Checkpointer { stop: Mutex::new(Some(stop)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Ends the thread and waits for it (blocking: a checkpoint under way finishes first).
+    pub(crate) fn stop(&self) {
+        drop(self.stop.lock().ok().and_then(|mut stop| stop.take()));
+        let thread = self.thread.lock().ok().and_then(|mut thread| thread.take());
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::warn!("the checkpoint thread panicked");
+        }
+    }
+
+    /// Whether the thread still runs.
+    pub(crate) fn running(&self) -> bool {
+        self.thread.lock().is_ok_and(|thread| thread.as_ref().is_some_and(|t| !t.is_finished()))
     }
 }

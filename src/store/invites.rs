@@ -1,6 +1,7 @@
 //! Queries on `invites` and `contacts`: contact requests between users and the symmetric
 //! contact relation an accepted request creates.
 
+use diesel::dsl::exists;
 use diesel::prelude::*;
 
 use super::dialect::per_backend;
@@ -168,15 +169,29 @@ pub fn take_pending_for(conn: &mut DbConnection, to_id: &str, now: Millis) -> Re
     })
 }
 
-/// Whether `a_id` has `b_id` as a contact.
-pub fn are_contacts(conn: &mut DbConnection, a_id: &str, b_id: &str) -> Result<bool, StoreError> {
-    let found: Option<String> = contacts::table
-        .filter(contacts::user_id.eq(a_id))
-        .filter(contacts::contact_id.eq(b_id))
-        .select(contacts::contact_id)
-        .get_result(conn)
-        .optional()?;
-    Ok(found.is_some())
+/// What the store knows about one user reaching another: the facts
+/// `accounts::MessagePolicy` decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    /// The recipient is a live user.
+    pub recipient: bool,
+    /// The recipient is among the sender's contacts (contacts are symmetric).
+    pub contacts: bool,
+}
+
+/// Whether `to` is a live user and a contact of `from`, both by username, in one statement.
+pub fn reach(conn: &mut DbConnection, from: &str, to: &str) -> Result<Reach, StoreError> {
+    let live_id = |name: &str| {
+        users::table.filter(users::username.eq(name.to_owned())).filter(users::deleted_at.is_null()).select(users::id)
+    };
+    let recipient = exists(live_id(to));
+    let contact = exists(
+        contacts::table
+            .filter(contacts::user_id.eq_any(live_id(from)))
+            .filter(contacts::contact_id.eq_any(live_id(to))),
+    );
+    let (recipient, contacts) = diesel::select((recipient, contact)).get_result(conn)?;
+    Ok(Reach { recipient, contacts })
 }
 
 /// Usernames of `user_id`'s contacts, sorted.

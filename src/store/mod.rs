@@ -78,8 +78,8 @@ impl StoreOptions {
 pub struct Store {
     pool: Pool<Manager>,
     backend: Backend,
-    /// SQLite only; stops when the last clone of the store is dropped.
-    _checkpointer: Option<Arc<Checkpointer>>,
+    /// SQLite only; stops at [`Store::stop_checkpoints`] or when the last clone is dropped.
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -122,7 +122,21 @@ impl Store {
             // A local SQLite file does not go stale; a server connection can, so check it.
             .test_on_check_out(backend == Backend::Postgres)
             .build(manager)?;
-        Ok(Store { pool, backend, _checkpointer: checkpointer })
+        Ok(Store { pool, backend, checkpointer })
+    }
+
+    /// Ends SQLite's checkpoint thread (at shutdown, after the last writes); commits still
+    /// checkpoint on their own past a long WAL. Nothing to do on PostgreSQL.
+    pub async fn stop_checkpoints(&self) {
+        let Some(checkpointer) = self.checkpointer.clone() else { return };
+        if let Err(e) = tokio::task::spawn_blocking(move || checkpointer.stop()).await {
+            tracing::warn!(error = %e, "stopping the checkpoint thread failed");
+        }
+    }
+
+    /// Whether SQLite's checkpoint thread runs.
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointer.as_ref().is_some_and(|c| c.running())
     }
 
     /// Which engine this store talks to.

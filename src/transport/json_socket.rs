@@ -20,11 +20,11 @@ use crate::accounts::json_protocol::{Effect, JsonProtocolSession, Outcome, error
 use crate::accounts::{Accounts, SessionInfo};
 use crate::channels::auth::session_grant;
 use crate::channels::socket::SessionGrant;
-use crate::channels::user::{json_topic, notify_account_event};
+use crate::channels::user::notify_account_event;
 use crate::config::SocketConfig;
 use crate::error::{Code, Error};
 use crate::protocol::WireFrame;
-use crate::pubsub::{Deliver, PubSub};
+use crate::pubsub::{Deliver, PubSub, Topic};
 
 /// What the JSON endpoint needs, shared by all workers.
 pub struct JsonEndpoint {
@@ -143,12 +143,12 @@ impl JsonSession {
 
     fn subscribe(&mut self, ctx: &mut Ctx<Self>, username: String) {
         if let Some(previous) = self.subscribed.replace(username.clone()) {
-            self.pubsub.unsubscribe(&json_topic(&previous), self.id());
+            self.pubsub.unsubscribe(Topic::json(&previous).as_str(), self.id());
         }
         let (pubsub, recipient, id) = (self.pubsub.clone(), ctx.address().recipient::<Deliver>(), self.id());
         ctx.wait(
             async move {
-                if let Err(e) = pubsub.subscribe(&json_topic(&username), id, recipient).await {
+                if let Err(e) = pubsub.subscribe(Topic::json(&username).as_str(), id, recipient).await {
                     tracing::warn!(conn = id, error = %e, "json subscribe failed");
                 }
             }
@@ -160,7 +160,7 @@ impl JsonSession {
         let (pubsub, accounts, id) = (self.pubsub.clone(), self.accounts.clone(), self.id());
         ctx.spawn(
             async move {
-                let online = pubsub.subscriber_count(&json_topic(&to)).await.unwrap_or(0) > 0;
+                let online = pubsub.subscriber_count(Topic::json(&to).as_str()).await.unwrap_or(0) > 0;
                 if !online
                     && queue_if_offline
                     && let Err(e) = accounts.queue_message(&to, &frame.to_string()).await
@@ -211,7 +211,7 @@ impl Session for JsonSession {
 
     fn stopped(&mut self) {
         if let Some(username) = &self.subscribed {
-            self.pubsub.unsubscribe(&json_topic(username), self.id());
+            self.pubsub.unsubscribe(Topic::json(username).as_str(), self.id());
         }
         if let Some(session) = &self.session {
             self.pubsub.unsubscribe(&session.topic, self.id());

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier::accounts::SystemClock;
 use courier::channels::{
     ConnectError, ConnectRequest, SessionCheck, SessionGrant, SocketAuthenticator, SocketIdentity,
 };
+use courier::clock::SystemClock;
 use futures_util::future::LocalBoxFuture;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;

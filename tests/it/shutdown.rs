@@ -1,12 +1,16 @@
 //! Graceful shutdown: in-process and for the real binary on SIGTERM.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use courier::accounts::{Accounts, AccountsConfig};
+use courier::clock::ManualClock;
 use serde_json::json;
 
 use crate::support::channels::CrashChannels;
-use crate::support::{Client, TestServer, http, ok_reply, spawn_binary, test_config};
+use crate::support::devices::{Device, signup};
+use crate::support::{Client, TestDb, TestServer, http, ok_reply, spawn_binary, test_config};
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
@@ -87,4 +91,52 @@ async fn the_binary_reads_a_config_file_and_refuses_unknown_keys_by_name() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_chanels"), "{stderr}");
+}
+
+#[test]
+fn shutdown_stops_every_worker_actor_and_thread_behind_the_sockets() {
+    let db = TestDb::sqlite();
+    let mut config = test_config();
+    config.database_url = db.url.clone();
+    config.presence.shards = 2;
+    actix_web::rt::System::new().block_on(async move {
+        let server = courier::Courier::new(config).start().await.expect("server starts");
+        let background = server.background();
+        let all = [
+            "last-seen writer",
+            "message log writer",
+            "signal relay",
+            "presence tracker",
+            "pubsub registry",
+            "sqlite checkpointer",
+        ];
+        assert_eq!(background.running().await, all);
+        server.shutdown().await.expect("clean shutdown");
+        let mut left = background.running().await;
+        for _ in 0..200 {
+            if left.is_empty() {
+                break;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+            left = background.running().await;
+        }
+        assert!(left.is_empty(), "still running after shutdown: {left:?}");
+    });
+}
+
+#[tokio::test]
+async fn a_device_that_leaves_at_shutdown_has_its_last_seen_written_by_the_servers_clock() {
+    const T0: i64 = 1_700_000_000_000;
+    let db = Arc::new(TestDb::sqlite());
+    let clock = ManualClock::new(T0);
+    let injected = clock.clone();
+    let server = TestServer::start_on(Arc::clone(&db), test_config(), move |c| c.clock(Arc::new(injected)));
+    let token = signup(&server, "alice").await;
+    let (_phone, _) = Device::joined(&server, "alice", &token, "phone", json!({})).await;
+    // The socket closes during shutdown, an hour after the join by the injected clock; the
+    // last-seen writer is drained before the server stops.
+    clock.advance(Duration::from_secs(3600));
+    server.shutdown().await;
+    let accounts = Accounts::new(db.open(), AccountsConfig::default()).expect("valid config");
+    assert_eq!(accounts.last_seen("alice").await.expect("alice exists"), Some(T0 + 3_600_000));
 }

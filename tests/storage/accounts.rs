@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use courier::accounts::{AccountError, AccountsConfig, HashAlgorithm, ManualClock, RespCode};
+use courier::accounts::{AccountError, AccountsConfig, HashAlgorithm, RespCode};
+use courier::clock::ManualClock;
 use courier::store;
 use sha2::Digest;
 

@@ -1,6 +1,7 @@
 //! Invites and contacts on every backend.
 
-use courier::accounts::{AccountError, Accounts, AccountsConfig, HashAlgorithm, ManualClock};
+use courier::accounts::{AccountError, Accounts, AccountsConfig, HashAlgorithm};
+use courier::clock::ManualClock;
 
 use crate::support::{PW, T0, TestDb, config};
 

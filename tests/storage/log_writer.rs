@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use courier::accounts::HashAlgorithm;
+use courier::accounts::{HashAlgorithm, MessagePolicy};
 use courier::messaging::MessagingError;
 use courier::messaging::log::{self, Append, Receipt, Write, Written};
 use courier::messaging::wire;
@@ -42,7 +42,7 @@ pub(crate) fn append(sender: &str, to: &str, id: &str) -> Write {
     Write::Append(Append {
         sender: sender.to_owned(),
         sender_device: Some("phone".to_owned()).filter(|_| sender != "eve"),
-        require_contact: false,
+        policy: MessagePolicy::new(false),
         message: pb::Message {
             id: id.to_owned(),
             from: Some(wire::identity(sender, None)),

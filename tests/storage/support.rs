@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use courier::accounts::{Accounts, AccountsConfig, Clock, ManualClock};
+use courier::accounts::{Accounts, AccountsConfig};
+use courier::clock::{Clock, ManualClock};
 
 #[macro_use]
 #[path = "../common/test_db.rs"]

@@ -14,7 +14,7 @@ use crate::channels::{ChannelContext, HandleIn, Refusal, Reply};
 use crate::error::Code;
 use crate::messaging::signals::EVENT_SIGNAL;
 use crate::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
-use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LogPage, MessagingError, now_millis};
+use crate::messaging::{EVENT_MESSAGE, EVENT_RECEIPT, LogPage, MessagingError};
 use crate::pb;
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, Event};
@@ -88,8 +88,8 @@ fn params<T: DeserializeOwned>(event: &str, payload: &Payload) -> Result<T, Repl
 }
 
 /// The error reply to a `message` push: the reason and code plus seed 004's retry fields for
-/// JSON clients; a `MessagePeerAckSignal` with the status code for protobuf ones.
-fn send_error(encoding: Encoding, message_id: &str, error: &MessagingError) -> Reply {
+/// JSON clients; a `MessagePeerAckSignal` with the status code (stamped `now`) for protobuf ones.
+fn send_error(encoding: Encoding, message_id: &str, error: &MessagingError, now: i64) -> Reply {
     match encoding {
         Encoding::Json => Reply::error_with(
             error.code(),
@@ -101,7 +101,7 @@ fn send_error(encoding: Encoding, message_id: &str, error: &MessagingError) -> R
             wire::protobuf(&pb::MessagePeerAckSignal {
                 message_id: message_id.to_owned(),
                 method: wire::METHOD_SENT,
-                timestamp: now_millis(),
+                timestamp: now,
                 status_code: error.status_code(),
                 ..Default::default()
             }),
@@ -120,21 +120,22 @@ fn best_effort_id(payload: &Payload) -> String {
 impl UserChannel {
     pub(super) fn send_message(&self, payload: Payload) -> HandleIn {
         let encoding = Encoding::of(&payload);
+        let clock = Arc::clone(self.messaging.clock());
         let message: pb::Message = match wire::decode(&payload) {
             Ok(m) => m,
-            Err(e) => return HandleIn::Reply(send_error(encoding, &best_effort_id(&payload), &e)),
+            Err(e) => return HandleIn::Reply(send_error(encoding, &best_effort_id(&payload), &e, clock.now_millis())),
         };
         let id = message.id.clone();
         let message = match self.messaging.prepare(&self.origin, message) {
             Ok(m) => m,
-            Err(e) => return HandleIn::Reply(send_error(encoding, &id, &e)),
+            Err(e) => return HandleIn::Reply(send_error(encoding, &id, &e, clock.now_millis())),
         };
         // Queued now, not when the reply future first runs, so pipelined sends keep their order.
         let stored = self.messaging.send(&self.origin, message);
         HandleIn::LaterThen(Box::pin(async move {
             match stored.await {
                 Ok(sent) => (Reply::ok(encoding.encode(&sent.ack)), Box::new(OwnSent(sent.sender_offset)) as _),
-                Err(e) => (send_error(encoding, &id, &e), Box::new(()) as _),
+                Err(e) => (send_error(encoding, &id, &e, clock.now_millis()), Box::new(()) as _),
             }
         }))
     }

@@ -15,7 +15,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::presence::{base_meta, presence_topic, push_presence_state, track_and_list};
+use super::presence::{base_meta, push_presence_state, track_and_list};
 use super::{
     Channel, ChannelContext, ChannelFactory, HandleIn, JoinRequest, JoinResult, Joined, LeaveReason, Refusal, Reply,
 };
@@ -26,22 +26,9 @@ use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH}
 use crate::messaging::{Messaging, Origin};
 use crate::presence::{Meta, PresenceError, Tracker};
 use crate::protocol::{Payload, Serializer};
-use crate::pubsub::{Broadcast, PubSub};
+use crate::pubsub::{Broadcast, PubSub, Topic, TopicKind};
 use inbox::Inbox;
 use messages::{CatchUp, GapTimer, OwnSent};
-
-/// The topic prefix this family serves.
-pub const PREFIX: &str = "user:";
-
-/// The Phoenix topic of a user.
-pub fn user_topic(eid: &str) -> String {
-    crate::messaging::user_topic(eid)
-}
-
-/// The pub/sub topic the seed-002 JSON connections of a user listen on.
-pub fn json_topic(eid: &str) -> String {
-    format!("json:{eid}")
-}
 
 /// Tells every connection of `to` about an account event (`{"type": ..., "source", "dest"}`):
 /// seed-002 JSON connections get the frame as is, Phoenix sockets on `user:<to>` get it as an
@@ -50,9 +37,9 @@ pub fn notify_account_event(pubsub: &PubSub, to: &str, frame: &Value) {
     let Some(kind) = frame.get("type").and_then(Value::as_str) else { return };
     let payload = Payload::json(frame);
     if kind.starts_with("invite.") {
-        pubsub.broadcast(&user_topic(to), kind, payload.clone());
+        pubsub.broadcast(Topic::user(to).as_str(), kind, payload.clone());
     }
-    pubsub.broadcast(&json_topic(to), kind, payload);
+    pubsub.broadcast(Topic::json(to).as_str(), kind, payload);
 }
 
 /// Joins `user:<eid>` topics for the authenticated user `<eid>`.
@@ -127,7 +114,11 @@ impl ChannelFactory for UserChannels {
         let (accounts, messaging) = (self.accounts.clone(), self.messaging.clone());
         let (signals, tracker, last_seen) = (self.signals.clone(), Arc::clone(&self.tracker), self.last_seen.clone());
         Box::pin(async move {
-            let eid = request.topic.strip_prefix(PREFIX).unwrap_or_default().to_owned();
+            let eid = match Topic::parse(&request.topic) {
+                Ok(topic) if topic.kind() == TopicKind::User => topic.name().to_owned(),
+                // No one's inbox: refused below as anyone else's would be.
+                _ => String::new(),
+            };
             let socket = &request.socket;
             let identity = &socket.identity;
             match identity.user.as_deref() {
@@ -238,7 +229,7 @@ impl UserChannel {
         self.meta.insert("status".into(), update.status.into());
         let (key, owner) = (self.origin.device_key(), &ctx.socket.connection_id);
         let here = self.tracker.update(ctx.topic, key, owner, self.meta.clone());
-        let watched = self.tracker.update(&presence_topic(&self.origin.eid), key, owner, self.meta.clone());
+        let watched = self.tracker.update(Topic::presence(&self.origin.eid).as_str(), key, owner, self.meta.clone());
         HandleIn::Later(Box::pin(async move {
             match (here.await, watched.await) {
                 (Ok(phx_ref), Ok(_)) => Reply::ok(Payload::json(&json!({ "phx_ref": phx_ref }))),
@@ -272,12 +263,12 @@ impl UserChannel {
 
 impl Channel for UserChannel {
     fn after_join(&mut self, ctx: &mut ChannelContext<'_>) {
-        let mut meta = base_meta(ctx);
+        let mut meta = base_meta(ctx, self.messaging.clock().now_millis());
         meta.insert("signal_request".into(), self.signal_request.into());
         self.meta = meta.clone();
-        let watched = presence_topic(&self.origin.eid);
+        let watched = Topic::presence(&self.origin.eid);
         let topic = ctx.topic.to_owned();
-        track_and_list(ctx, &self.tracker, &[&topic, &watched], self.origin.device_key(), meta);
+        track_and_list(ctx, &self.tracker, &[&topic, watched.as_str()], self.origin.device_key(), meta);
         if self.inbox.is_reading() {
             self.fetch_next(ctx);
         }
@@ -332,7 +323,7 @@ impl Channel for UserChannel {
         let key = self.origin.device_key();
         let owner = &ctx.socket.connection_id;
         self.tracker.untrack(ctx.topic, key, owner);
-        self.tracker.untrack(&presence_topic(&self.origin.eid), key, owner);
+        self.tracker.untrack(Topic::presence(&self.origin.eid).as_str(), key, owner);
         // The device's last_seen_at is what a watcher of an offline user is told.
         if let Some(device) = &self.origin.device {
             self.last_seen.record(&self.origin.eid, device);

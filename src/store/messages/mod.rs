@@ -30,7 +30,7 @@ use diesel::sql_types::{Array, BigInt, Binary, HasSqlType, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
 use super::dialect::per_backend;
-use super::schema::{contacts, conversations, device_cursors, messages, user_logs, users};
+use super::schema::{conversations, device_cursors, messages, user_logs};
 use super::statement::Statement;
 use super::{DbConnection, Millis, Snapshot, StoreError};
 
@@ -205,17 +205,6 @@ impl ConversationRow {
 /// Orders a pair of usernames the way `conversations` keys them.
 pub fn conversation_key<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
     if x <= y { (x, y) } else { (y, x) }
-}
-
-/// Whether `contact` is among `username`'s contacts.
-pub fn are_contacts(conn: &mut DbConnection, username: &str, contact: &str) -> Result<bool, StoreError> {
-    let id_of = |name: &str| users::table.filter(users::username.eq(name.to_owned())).select(users::id);
-    let found: i64 = contacts::table
-        .filter(contacts::user_id.eq_any(id_of(username)))
-        .filter(contacts::contact_id.eq_any(id_of(contact)))
-        .count()
-        .get_result(conn)?;
-    Ok(found > 0)
 }
 
 /// The stored messages among `keys`, each a `(sender, client_id)`, in no particular order (for

@@ -1,4 +1,6 @@
-//! Time source for session expiry, replaceable so tests can move time forward.
+//! The one source of wall-clock time (ms since the Unix epoch): session expiry, message and
+//! signal timestamps, presence `online_at` and diff `at` all read the [`Clock`] the composition
+//! root builds, so a test that injects a [`ManualClock`] moves all of them at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -49,5 +51,27 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_millis(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The wall clock, shared.
+pub fn system() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_its_clones_agree() {
+        let clock = ManualClock::new(1_000);
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        assert_eq!(shared.now_millis(), 1_000);
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(shared.now_millis(), 1_250);
+        clock.set(7);
+        assert_eq!(shared.now_millis(), 7);
+        assert!(system().now_millis() > 1_600_000_000_000, "the wall clock reads the present");
     }
 }
