@@ -145,6 +145,8 @@ impl SocketInfo {
         let key = Arc::as_ptr(tracker).cast::<()>() as usize;
         let mut leases = self.leases.borrow_mut();
         if !leases.iter().any(|(k, _)| *k == key) {
+            // Most sockets only ever hold one lease; a default push would allocate room for four.
+            leases.reserve_exact(1);
             leases.push((key, tracker.lease(&self.connection_id)));
         }
         &self.connection_id
