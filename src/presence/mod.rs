@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub use local::LocalTracker;
 pub use state::{Diff, TopicPresence};
 
+use crate::error::Code;
 use crate::protocol::Payload;
 use crate::pubsub::ConnectionId;
 pub use crate::pubsub::Occupancy;
@@ -72,6 +73,18 @@ pub enum PresenceError {
     /// The tracker is gone (the server is stopping).
     #[error("presence unavailable")]
     Unavailable,
+}
+
+impl PresenceError {
+    /// The wire code: a bad meta is the client's; a missing or doubled presence is the
+    /// server's own bookkeeping gone wrong, since channels track and untrack for the client.
+    pub fn code(&self) -> Code {
+        match self {
+            PresenceError::Invalid(_) => Code::InvalidInput,
+            PresenceError::Unavailable => Code::Unavailable,
+            PresenceError::AlreadyTracked | PresenceError::NoPresence => Code::Internal,
+        }
+    }
 }
 
 /// A topic's presence as a joining socket gets it.

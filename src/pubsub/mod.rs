@@ -5,7 +5,12 @@
 //! Local fan-out always stays local (Phoenix's fastlane: a broadcast is encoded once per
 //! serializer and the same bytes go to every subscriber). A [`Broker`] only moves broadcasts
 //! between nodes; [`LocalBroker`] is the single-node implementation and a Redis or NATS one plugs
-//! in behind the same trait.
+//! in behind the same trait. The registry tells the broker which topics this node listens to
+//! (a topic's first subscriber and its last), and the broker hands what other nodes send to
+//! [`Inbound`], which drops this node's own echoes and fans the rest out locally.
+//! [`MemoryCluster`] joins nodes of one process, and [`conformance`] is the contract a broker
+//! keeps, as a check over a factory. Node and connection ids ([`NodeId`], [`ConnectionId`])
+//! stay unique across nodes and restarts.
 
 pub mod conformance;
 pub mod event;

@@ -24,7 +24,7 @@ use crate::error::Code;
 use crate::messaging::signals::Signals;
 use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{Messaging, Origin};
-use crate::presence::{Meta, PresenceError, Tracker};
+use crate::presence::{Meta, Tracker};
 use crate::protocol::{Payload, Serializer};
 use crate::pubsub::{Broadcast, PubSub, Topic, TopicKind};
 use inbox::Inbox;
@@ -207,15 +207,6 @@ fn error_reply(e: AccountError) -> Reply {
     Reply::from(Refusal::from(e))
 }
 
-// The presence boundary's code; src/presence/ has no `code()` of its own yet.
-fn presence_code(e: &PresenceError) -> Code {
-    match e {
-        PresenceError::Invalid(_) => Code::InvalidInput,
-        PresenceError::Unavailable => Code::Unavailable,
-        PresenceError::AlreadyTracked | PresenceError::NoPresence => Code::Internal,
-    }
-}
-
 impl UserChannel {
     /// Sets this device's `status` in its presence meta, here and on `presence:<eid>`.
     fn update_presence(&mut self, payload: &Payload, ctx: &ChannelContext<'_>) -> HandleIn {
@@ -233,7 +224,7 @@ impl UserChannel {
         HandleIn::Later(Box::pin(async move {
             match (here.await, watched.await) {
                 (Ok(phx_ref), Ok(_)) => Reply::ok(Payload::json(&json!({ "phx_ref": phx_ref }))),
-                (Err(e), _) | (_, Err(e)) => Reply::error(presence_code(&e), &e.to_string()),
+                (Err(e), _) | (_, Err(e)) => Reply::error(e.code(), &e.to_string()),
             }
         }))
     }
