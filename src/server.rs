@@ -134,7 +134,7 @@ impl Courier {
             pubsub: pubsub.clone(),
         };
         let sockets = Arc::new(Sockets::new(pubsub.node_id().clone()));
-        let transport = web::Data::new(TransportState {
+        let transport = Arc::new(TransportState {
             router: Arc::new(router),
             pubsub: pubsub.clone(),
             authenticator,
@@ -147,7 +147,7 @@ impl Courier {
             sockets: Arc::clone(&sockets),
             node: config.node.clone(),
         });
-        let json = web::Data::new(JsonEndpoint {
+        let json = Arc::new(JsonEndpoint {
             accounts: accounts.clone(),
             pubsub: pubsub.clone(),
             sockets: Arc::clone(&sockets),
@@ -161,8 +161,8 @@ impl Courier {
         };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
         let upgrades = Upgrades::new()
-            .endpoint("/socket/websocket", transport.clone().into_inner())
-            .endpoint("/json/websocket", json.clone().into_inner());
+            .endpoint("/socket/websocket", transport)
+            .endpoint("/json/websocket", json);
         let max_connections = match config.http.max_connections {
             0 => edge::connection_limit_from_fd_limit(config.database_pool, workers),
             n => n,
@@ -184,9 +184,7 @@ impl Courier {
                     .paths()
                     .fold(App::new(), |app, path| app.route(path, web::get().to(upgrade::not_upgraded)));
                 let app = app
-                    .app_data(transport.clone())
                     .app_data(admin.clone())
-                    .app_data(json.clone())
                     .app_data(accounts.clone())
                     .app_data(crate::http::json_config())
                     .configure(admin::configure)
