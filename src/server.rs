@@ -160,9 +160,7 @@ impl Courier {
             n => n,
         };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
-        let upgrades = Upgrades::new()
-            .endpoint("/socket/websocket", transport)
-            .endpoint("/json/websocket", json);
+        let upgrades = Upgrades::new().endpoint("/socket/websocket", transport).endpoint("/json/websocket", json);
         let max_connections = match config.http.max_connections {
             0 => edge::connection_limit_from_fd_limit(config.database_pool, workers),
             n => n,

@@ -32,7 +32,7 @@ pub use hashing::HashingStats;
 pub use json_protocol::{Effect, JsonProtocolSession, Outcome};
 pub use last_seen::LastSeen;
 pub use password::HashAlgorithm;
-pub use policy::{MessagePolicy, Refusal};
+pub use policy::{MessagePolicy, Unreachable};
 pub use token::SessionToken;
 
 /// A verified session: who holds the token and until when.
@@ -555,8 +555,8 @@ impl Accounts {
         let policy = self.message_policy();
         let decided = self.store().run(move |conn| policy.check(conn, &from, &to)).await?;
         decided.map_err(|refused| match refused {
-            Refusal::UnknownRecipient => AccountError::NoSuchUser,
-            Refusal::NotContacts => AccountError::NotContacts,
+            Unreachable::UnknownRecipient => AccountError::NoSuchUser,
+            Unreachable::NotContacts => AccountError::NotContacts,
         })
     }
 

@@ -15,7 +15,7 @@ pub struct MessagePolicy {
 
 /// Why a message (or signal, or watch) from one user to another is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Unreachable {
     /// The recipient is not a live user.
     UnknownRecipient,
     /// Contacts are required and the recipient is not one.
@@ -36,17 +36,17 @@ impl MessagePolicy {
     }
 
     /// Whether `from` may message `to`, read inside the caller's store closure.
-    pub fn check(self, conn: &mut DbConnection, from: &str, to: &str) -> Result<Result<(), Refusal>, StoreError> {
+    pub fn check(self, conn: &mut DbConnection, from: &str, to: &str) -> Result<Result<(), Unreachable>, StoreError> {
         Ok(self.decide(store::invites::reach(conn, from, to)?))
     }
 
     /// The decision itself, on what the store found.
-    pub fn decide(self, reach: Reach) -> Result<(), Refusal> {
+    pub fn decide(self, reach: Reach) -> Result<(), Unreachable> {
         if !reach.recipient {
-            return Err(Refusal::UnknownRecipient);
+            return Err(Unreachable::UnknownRecipient);
         }
         if self.require_contacts && !reach.contacts {
-            return Err(Refusal::NotContacts);
+            return Err(Unreachable::NotContacts);
         }
         Ok(())
     }
@@ -61,11 +61,11 @@ mod tests {
         let reach = |recipient, contacts| Reach { recipient, contacts };
         let (open, closed) = (MessagePolicy::new(false), MessagePolicy::new(true));
         assert_eq!(open.decide(reach(true, false)), Ok(()));
-        assert_eq!(open.decide(reach(false, false)), Err(Refusal::UnknownRecipient));
+        assert_eq!(open.decide(reach(false, false)), Err(Unreachable::UnknownRecipient));
         assert_eq!(closed.decide(reach(true, true)), Ok(()));
-        assert_eq!(closed.decide(reach(true, false)), Err(Refusal::NotContacts));
+        assert_eq!(closed.decide(reach(true, false)), Err(Unreachable::NotContacts));
         // A missing user cannot be a contact: unknown wins, as every path told them apart.
-        assert_eq!(closed.decide(reach(false, true)), Err(Refusal::UnknownRecipient));
+        assert_eq!(closed.decide(reach(false, true)), Err(Unreachable::UnknownRecipient));
         assert!(closed.screens_appends() && !open.screens_appends());
     }
 }

@@ -2,7 +2,7 @@
 //! `status_code` seed 004's acks carry (the code's HTTP status), and the reason Phoenix error
 //! replies carry.
 
-use crate::accounts::Refusal;
+use crate::accounts::Unreachable;
 use crate::error::Code;
 use crate::store::StoreError;
 
@@ -88,11 +88,11 @@ impl From<StoreError> for MessagingError {
     }
 }
 
-impl From<Refusal> for MessagingError {
-    fn from(refused: Refusal) -> Self {
+impl From<Unreachable> for MessagingError {
+    fn from(refused: Unreachable) -> Self {
         match refused {
-            Refusal::UnknownRecipient => MessagingError::UnknownRecipient,
-            Refusal::NotContacts => MessagingError::NotContacts,
+            Unreachable::UnknownRecipient => MessagingError::UnknownRecipient,
+            Unreachable::NotContacts => MessagingError::NotContacts,
         }
     }
 }
