@@ -311,7 +311,13 @@ async fn with_contacts_required_only_contacts_and_oneself_may_watch() {
 async fn ten_thousand_concurrent_joins_with_presence_all_succeed_and_converge() {
     const SOCKETS: usize = 100;
     const ROOMS: usize = 100;
-    let server = TestServer::start();
+    // Each socket is sent thousands of frames in a second or two and all 100 clients read on
+    // one test thread; on a loaded machine that thread falls behind, and the default 1,024-frame
+    // queue would close a socket as a slow consumer (tested elsewhere) before it converged.
+    let mut config = test_config();
+    config.socket.outbound_queue = 16_384;
+    config.socket.outbound_queue_bytes = 16 * 1024 * 1024;
+    let server = TestServer::start_with(config, |c| c);
     let mut clients = Vec::new();
     for _ in 0..SOCKETS {
         clients.push(server.client().await.see_presence());
