@@ -55,13 +55,14 @@ impl Message for Command {
 
 /// One tracker shard: the presences of the topics that hash to it.
 struct Shard {
-    topics: HashMap<String, TopicPresence>,
+    /// Keyed by shared names, so the dirty set and the owners' lists point at the one copy.
+    topics: HashMap<Arc<str>, TopicPresence>,
     /// Topics with changes not yet broadcast.
-    dirty: HashSet<String>,
+    dirty: HashSet<Arc<str>>,
     /// Which of this shard's topics each connection has presences on, and under how many keys.
     /// A list, not a map: a connection is on a few topics per shard, and a map per connection
     /// cost a few hundred bytes per socket more (measured with `courier-load idle --users`).
-    owners: HashMap<ConnectionId, Vec<(String, u32)>>,
+    owners: HashMap<ConnectionId, Vec<(Arc<str>, u32)>>,
     pubsub: PubSub,
     window: Duration,
     /// Stamps each diff's occupancy `at`.
@@ -76,7 +77,7 @@ impl Shard {
     /// Counts one presence of `owner` on `topic` gone (an untrack), forgetting what reaches 0.
     fn forget(&mut self, owner: &ConnectionId, topic: &str) {
         let Some(topics) = self.owners.get_mut(owner) else { return };
-        if let Some(at) = topics.iter().position(|(t, _)| t == topic) {
+        if let Some(at) = topics.iter().position(|(t, _)| **t == *topic) {
             topics[at].1 = topics[at].1.saturating_sub(1);
             if topics[at].1 == 0 {
                 topics.swap_remove(at);
@@ -87,14 +88,19 @@ impl Shard {
         }
     }
 
-    fn changed(&mut self, topic: &str, ctx: &mut Context<Self>) {
+    /// The shard's own copy of `topic`'s name, if it has presences there.
+    fn known(&self, topic: &str) -> Option<Arc<str>> {
+        self.topics.get_key_value(topic).map(|(name, _)| Arc::clone(name))
+    }
+
+    fn changed(&mut self, topic: &Arc<str>, ctx: &mut Context<Self>) {
         if self.dirty.is_empty() {
             // The first change after a quiet spell opens the window; everything that changes
             // until it closes goes out in one diff per topic.
             ctx.run_later(self.window, |shard, _| shard.flush());
         }
         if !self.dirty.contains(topic) {
-            self.dirty.insert(topic.to_owned());
+            self.dirty.insert(Arc::clone(topic));
         }
     }
 
@@ -104,7 +110,7 @@ impl Shard {
             let Some(presence) = self.topics.get_mut(&topic) else { continue };
             if let Some(diff) = presence.take_diff() {
                 let occupancy = Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at };
-                let broadcast = Broadcast::new(topic.as_str(), Event::PresenceDiff { diff: diff.payload, occupancy });
+                let broadcast = Broadcast::new(&*topic, Event::PresenceDiff { diff: diff.payload, occupancy });
                 self.pubsub.publish(broadcast, None);
             }
             if presence.is_idle() {
@@ -120,7 +126,8 @@ impl Handler<Command> for Shard {
     fn handle(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
             Command::Track { topic, key, owner, meta, answer } => {
-                let result = self.topics.entry(topic.clone()).or_default().track(&key, &owner, meta);
+                let topic = self.known(&topic).unwrap_or_else(|| Arc::from(topic));
+                let result = self.topics.entry(Arc::clone(&topic)).or_default().track(&key, &owner, meta);
                 if result.is_ok() {
                     self.changed(&topic, ctx);
                     let topics = self.owners.entry(owner).or_default();
@@ -136,16 +143,18 @@ impl Handler<Command> for Shard {
                 let _ = answer.send(result);
             }
             Command::Update { topic, key, owner, meta, answer } => {
-                let result = match self.topics.get_mut(&topic) {
+                let known = self.known(&topic);
+                let result = match known.as_ref().and_then(|name| self.topics.get_mut(&**name)) {
                     Some(presence) => presence.update(&key, &owner, meta),
                     None => Err(PresenceError::NoPresence),
                 };
-                if result.is_ok() {
-                    self.changed(&topic, ctx);
+                if let (Ok(_), Some(name)) = (&result, &known) {
+                    self.changed(name, ctx);
                 }
                 let _ = answer.send(result);
             }
             Command::Untrack { topic, key, owner } => {
+                let Some(topic) = self.known(&topic) else { return };
                 if self.topics.get_mut(&topic).is_some_and(|p| p.untrack(&key, &owner)) {
                     self.changed(&topic, ctx);
                     self.forget(&owner, &topic);
@@ -159,7 +168,7 @@ impl Handler<Command> for Shard {
                 }
             }
             Command::List { topic, answer } => {
-                let snapshot = match self.topics.get_mut(&topic) {
+                let snapshot = match self.topics.get_mut(topic.as_str()) {
                     Some(presence) => Snapshot { state: presence.snapshot(), keys: presence.key_count() },
                     None => Snapshot { state: crate::protocol::Payload::empty(), keys: 0 },
                 };

@@ -9,14 +9,23 @@
 //! frame is queued until its write has finished, so the bound covers the batch being written as
 //! well as what waits behind it. A slow consumer is closed by aborting the queue: what it has
 //! not read is dropped at once, and only the close frame is still tried.
+//!
+//! The queue is a [`VecDeque`] shared with the writer task, which runs on the socket's own
+//! thread, rather than a tokio channel: a bounded tokio channel allocates a block of 32 slots
+//! when it is made (about 1.6 KB per socket, most of an idle socket's queue), and an unbounded
+//! local channel keeps the capacity of its largest burst for good. This one holds nothing while
+//! it is empty and gives a burst's memory back once the burst is written.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason, Message};
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::ws_io::{Closed, WsWriter};
 use crate::protocol::WireFrame;
@@ -60,23 +69,53 @@ impl Item {
     }
 }
 
+/// What the socket and its writer task share (both on the socket's thread; no borrow is held
+/// across an await).
+#[derive(Default)]
+struct Shared {
+    items: VecDeque<Item>,
+    /// Bytes queued and not yet written: those in `items` plus the batch being written.
+    bytes: usize,
+    /// The writer task, when it waits for an item.
+    waiting: Option<Waker>,
+    /// The socket dropped its [`Outbound`]: what is queued still goes out, then the writer ends.
+    sender_gone: bool,
+    /// The writer task ended: nothing more can be written.
+    writer_gone: bool,
+}
+
+impl Shared {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waiting.take() {
+            waker.wake();
+        }
+    }
+}
+
 /// The sending side, owned by the socket's [`Link`](super::connection::Link).
 pub struct Outbound {
-    tx: mpsc::Sender<Item>,
+    shared: Rc<RefCell<Shared>>,
     abort: Option<oneshot::Sender<CloseReason>>,
-    /// Bytes queued and not yet written, shared with the writer task (same thread).
-    queued_bytes: Rc<Cell<usize>>,
+    max_frames: usize,
     max_bytes: usize,
 }
 
 impl Outbound {
     /// Starts the writer task for `session` within `limits`.
     pub fn start(session: WsWriter, limits: QueueLimits) -> Self {
-        let (tx, rx) = mpsc::channel(limits.frames.max(1));
+        let (outbound, rx, abort) = Outbound::queue(limits);
+        actix_web::rt::spawn(drain(session, rx, abort));
+        outbound
+    }
+
+    /// The queue's two ends and the abort signal, before a writer task takes the receiving end.
+    fn queue(limits: QueueLimits) -> (Self, Receiver, oneshot::Receiver<CloseReason>) {
+        let shared = Rc::new(RefCell::new(Shared::default()));
         let (abort_tx, abort_rx) = oneshot::channel();
-        let queued_bytes = Rc::new(Cell::new(0));
-        actix_web::rt::spawn(drain(session, rx, abort_rx, Rc::clone(&queued_bytes)));
-        Outbound { tx, abort: Some(abort_tx), queued_bytes, max_bytes: limits.bytes }
+        let rx = Receiver { shared: Rc::clone(&shared) };
+        let outbound =
+            Outbound { shared, abort: Some(abort_tx), max_frames: limits.frames.max(1), max_bytes: limits.bytes };
+        (outbound, rx, abort_rx)
     }
 
     /// Queues a frame without waiting.
@@ -86,17 +125,17 @@ impl Outbound {
 
     /// How many more frames the queue can take right now.
     pub fn room(&self) -> usize {
-        self.tx.capacity()
+        self.max_frames.saturating_sub(self.shared.borrow().items.len())
     }
 
     /// How many more bytes the queue can take right now.
     pub fn room_bytes(&self) -> usize {
-        self.max_bytes.saturating_sub(self.queued_bytes.get())
+        self.max_bytes.saturating_sub(self.queued_bytes())
     }
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.get()
+        self.shared.borrow().bytes
     }
 
     /// Queues a pong for a client ping.
@@ -105,16 +144,23 @@ impl Outbound {
     }
 
     fn try_send(&self, item: Item) -> Result<(), QueueError> {
-        let size = item.size();
-        let queued = self.queued_bytes.get();
-        if queued > 0 && queued.saturating_add(size) > self.max_bytes {
-            return Err(QueueError::Full);
+        self.push(item).map_err(|(error, _)| error)
+    }
+
+    /// Queues `item`, or hands it back with the reason it was not queued.
+    fn push(&self, item: Item) -> Result<(), (QueueError, Item)> {
+        let mut shared = self.shared.borrow_mut();
+        if shared.writer_gone {
+            return Err((QueueError::Closed, item));
         }
-        self.tx.try_send(item).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-        })?;
-        self.queued_bytes.set(queued.saturating_add(size));
+        let size = item.size();
+        let full_in_bytes = shared.bytes > 0 && shared.bytes.saturating_add(size) > self.max_bytes;
+        if full_in_bytes || shared.items.len() >= self.max_frames {
+            return Err((QueueError::Full, item));
+        }
+        shared.items.push_back(item);
+        shared.bytes = shared.bytes.saturating_add(size);
+        shared.wake();
         Ok(())
     }
 
@@ -126,14 +172,14 @@ impl Outbound {
             && let Err(reason) = abort.send(reason)
         {
             // The writer is gone already; queue the close in case it is only between batches.
-            let _ = self.tx.try_send(Item::Close(reason));
+            let _ = self.try_send(Item::Close(reason));
         }
     }
 
     /// Closes after the frames already queued; a full queue is skipped so the close still goes out.
     pub fn close(&mut self, code: CloseCode, description: &str) {
         let reason = CloseReason { code, description: Some(description.to_owned()) };
-        if let Err(mpsc::error::TrySendError::Full(Item::Close(reason))) = self.tx.try_send(Item::Close(reason))
+        if let Err((QueueError::Full, Item::Close(reason))) = self.push(Item::Close(reason))
             && let Some(abort) = self.abort.take()
         {
             let _ = abort.send(reason);
@@ -141,35 +187,101 @@ impl Outbound {
     }
 }
 
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.sender_gone = true;
+        shared.wake();
+    }
+}
+
+/// The writer task's side of the queue.
+struct Receiver {
+    shared: Rc<RefCell<Shared>>,
+}
+
+/// What the queue had for the writer.
+enum Next {
+    Item(Item),
+    /// Nothing queued right now.
+    Empty,
+    /// Nothing queued and the socket let go of the queue: nothing more will come.
+    Ended,
+}
+
+impl Receiver {
+    /// The next item, waiting for one; `None` once the queue is empty and the socket let go.
+    async fn recv(&self) -> Option<Item> {
+        poll_fn(|cx| match self.try_recv() {
+            Next::Item(item) => Poll::Ready(Some(item)),
+            Next::Ended => Poll::Ready(None),
+            Next::Empty => {
+                self.shared.borrow_mut().waiting = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn try_recv(&self) -> Next {
+        let mut shared = self.shared.borrow_mut();
+        match shared.items.pop_front() {
+            Some(item) => Next::Item(item),
+            None if shared.sender_gone => Next::Ended,
+            None => Next::Empty,
+        }
+    }
+
+    /// Counts `bytes` written, and gives the queue's memory back once it is empty, so an idle
+    /// socket holds none of its last burst.
+    fn written(&self, bytes: usize) {
+        let mut shared = self.shared.borrow_mut();
+        shared.bytes = shared.bytes.saturating_sub(bytes);
+        if shared.items.is_empty() && shared.items.capacity() > 0 {
+            shared.items = VecDeque::new();
+        }
+    }
+
+    /// Drops what the client has not read yet (the queue was aborted).
+    fn discard(&self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.items = VecDeque::new();
+        shared.bytes = 0;
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.writer_gone = true;
+        shared.items = VecDeque::new();
+    }
+}
+
 /// Frames already waiting when a write starts go out with it, up to this many bytes: a burst of
 /// replies or broadcasts costs one system call instead of one per frame.
 const BATCH_BYTES: usize = 64 * 1024;
 
-async fn drain(
-    mut session: WsWriter,
-    mut rx: mpsc::Receiver<Item>,
-    abort: oneshot::Receiver<CloseReason>,
-    queued_bytes: Rc<Cell<usize>>,
-) {
+async fn drain(mut session: WsWriter, rx: Receiver, abort: oneshot::Receiver<CloseReason>) {
     // Dropping the sender without aborting (the actor stopped) must not cut the queue short.
     let mut abort = Some(abort);
     loop {
         let first = tokio::select! {
             biased;
             reason = wait_abort(&mut abort) => {
-                drop(rx);
+                rx.discard();
                 return close(session, reason).await;
             }
             item = rx.recv() => item,
         };
         let mut batch_bytes = 0;
-        let Ok(then) = take_batch(&mut session, &mut rx, first, &mut batch_bytes) else { return };
+        let Ok(then) = take_batch(&mut session, &rx, first, &mut batch_bytes) else { return };
         match write(&mut abort, session.flush()).await {
-            Written::Ok => queued_bytes.set(queued_bytes.get().saturating_sub(batch_bytes)),
+            Written::Ok => rx.written(batch_bytes),
             Written::Gone => return,
             Written::Aborted(reason) => {
                 // What the client has not read goes now; only the close frame is still tried.
-                drop(rx);
+                rx.discard();
                 return close(session, reason).await;
             }
         }
@@ -196,12 +308,7 @@ enum Then {
 
 /// Encodes `first` and whatever else is already queued (up to [`BATCH_BYTES`]) for one write,
 /// adding the queued sizes of what it took to `taken`.
-fn take_batch(
-    session: &mut WsWriter,
-    rx: &mut mpsc::Receiver<Item>,
-    first: Option<Item>,
-    taken: &mut usize,
-) -> Result<Then, Closed> {
+fn take_batch(session: &mut WsWriter, rx: &Receiver, first: Option<Item>, taken: &mut usize) -> Result<Then, Closed> {
     let mut next = first;
     loop {
         if let Some(item) = &next {
@@ -218,9 +325,9 @@ fn take_batch(
             return Ok(Then::More);
         }
         next = match rx.try_recv() {
-            Ok(item) => Some(item),
-            Err(mpsc::error::TryRecvError::Empty) => return Ok(Then::More),
-            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Next::Item(item) => Some(item),
+            Next::Empty => return Ok(Then::More),
+            Next::Ended => None,
         };
     }
 }
@@ -251,5 +358,84 @@ where
         biased;
         reason = wait_abort(abort) => Written::Aborted(reason),
         result = write => if result.is_ok() { Written::Ok } else { Written::Gone },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytestring::ByteString;
+
+    use super::*;
+
+    fn text(n: usize) -> WireFrame {
+        WireFrame::Text(ByteString::from("x".repeat(n)))
+    }
+
+    fn limits(frames: usize, bytes: usize) -> QueueLimits {
+        QueueLimits { frames, bytes }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_frames_and_in_bytes() {
+        let (outbound, rx, _abort) = Outbound::queue(limits(2, 1_000));
+        outbound.send(text(10)).expect("room");
+        outbound.send(text(10)).expect("room");
+        assert_eq!(outbound.room(), 0);
+        assert_eq!(outbound.send(text(1)), Err(QueueError::Full), "two frames fill it");
+        assert!(matches!(rx.try_recv(), Next::Item(_)));
+        assert_eq!(outbound.room(), 1, "a frame taken by the writer frees its slot");
+        assert_eq!(outbound.queued_bytes(), 20, "its bytes count until written");
+        rx.written(10);
+        assert_eq!(outbound.queued_bytes(), 10);
+
+        let (outbound, _rx, _abort) = Outbound::queue(limits(100, 100));
+        outbound.send(text(500)).expect("one frame over the byte bound goes when nothing waits");
+        assert_eq!(outbound.send(text(1)), Err(QueueError::Full));
+        assert_eq!(outbound.room_bytes(), 0);
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_its_memory_back() {
+        let (outbound, rx, _abort) = Outbound::queue(limits(1_000, 1 << 20));
+        for _ in 0..500 {
+            outbound.send(text(1)).expect("room");
+        }
+        let mut taken = 0;
+        while let Next::Item(item) = rx.try_recv() {
+            taken += item.size();
+        }
+        assert!(rx.shared.borrow().items.capacity() >= 500);
+        rx.written(taken);
+        assert_eq!(rx.shared.borrow().items.capacity(), 0, "an idle socket holds none of its burst");
+        assert_eq!(outbound.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn the_writer_drains_what_was_queued_before_the_socket_let_go() {
+        let (outbound, rx, _abort) = Outbound::queue(limits(10, 1_000));
+        outbound.send(text(3)).expect("room");
+        drop(outbound);
+        assert!(matches!(rx.try_recv(), Next::Item(_)), "queued frames still go out");
+        assert!(matches!(rx.try_recv(), Next::Ended));
+    }
+
+    #[test]
+    fn a_gone_writer_refuses_frames_and_a_full_queue_still_closes() {
+        let (mut outbound, rx, mut abort) = Outbound::queue(limits(1, 1_000));
+        outbound.send(text(1)).expect("room");
+        outbound.close(CloseCode::Normal, "bye");
+        let reason = abort.try_recv().expect("a full queue closes through the abort signal");
+        assert_eq!(reason.description.as_deref(), Some("bye"));
+        drop(rx);
+        assert_eq!(outbound.send(text(1)), Err(QueueError::Closed));
+    }
+
+    #[actix_web::test]
+    async fn the_writer_wakes_for_a_frame_sent_while_it_waits() {
+        let (outbound, rx, _abort) = Outbound::queue(limits(10, 1_000));
+        let waiting = actix_web::rt::spawn(async move { rx.recv().await.map(|item| item.size()) });
+        actix_web::rt::task::yield_now().await;
+        outbound.send(text(7)).expect("room");
+        assert_eq!(waiting.await.expect("writer task"), Some(7));
     }
 }
