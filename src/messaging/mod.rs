@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::MessagingConfig;
 pub use error::MessagingError;
-use log::{Append, Receipt, Write, Written};
+use log::{Append, Receipt, SealedAppend, Write, Written};
 use wire::{SIGNAL_REQUEST_PULL, ack_state, log_message};
 
 use crate::accounts::MessagePolicy;
@@ -256,10 +256,56 @@ impl Messaging {
             };
             match written.await? {
                 Written::Receipt(done) => Ok(done.cursor),
-                Written::Appended(_) => Err(MessagingError::Unavailable),
+                Written::Appended(_) | Written::Sealed(_) => Err(MessagingError::Unavailable),
             }
         }
     }
+    /// Stores a sealed message for `device` of `receiver` and resolves to its signal_offset once
+    /// it is durably stored (`UnknownDevice` when that device is not registered). Queued before
+    /// this returns, like [`Messaging::send`]. Nothing about the sender is passed or kept.
+    pub fn send_sealed(
+        &self,
+        receiver: &str,
+        device: i64,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<i64, MessagingError>> + 'static {
+        let sealed = SealedAppend { receiver: receiver.to_owned(), device, body };
+        let written = self.submit(Write::Sealed(sealed), None);
+        async move {
+            match written.await? {
+                Written::Sealed(stored) => Ok(stored.offset),
+                Written::Appended(_) | Written::Receipt(_) => Err(MessagingError::Unavailable),
+            }
+        }
+    }
+
+    /// Up to `limit` sealed messages for `device` of `eid` after signal_offset `after`, oldest
+    /// first, as `(offset, body)`.
+    pub async fn sealed_after(
+        &self,
+        eid: &str,
+        device: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, MessagingError> {
+        let eid = eid.to_owned();
+        let rows =
+            self.store.read(move |snap| crate::store::keys::sealed_after(snap, &eid, device, after, limit)).await?;
+        Ok(rows)
+    }
+
+    /// Moves the cursor of `device_key` of `eid` up to `up_to` (never back); resolves to the cursor.
+    /// For devices that acknowledge their own messages one by one (the signal endpoint's), which
+    /// move no conversation's receipts.
+    pub async fn advance_cursor(&self, eid: &str, device_key: &str, up_to: i64) -> Result<i64, MessagingError> {
+        let (eid, device_key, now) = (eid.to_owned(), device_key.to_owned(), self.clock.now_millis());
+        let cursor = self
+            .store
+            .write(move |conn| crate::store::keys::advance_cursor(conn, &eid, &device_key, up_to, now))
+            .await?;
+        Ok(cursor)
+    }
+
     /// The log's end and this device's cursor, read at one moment.
     pub async fn device_state(&self, eid: &str, device: &str) -> Result<DeviceState, MessagingError> {
         let (eid, device) = (eid.to_owned(), device.to_owned());
