@@ -185,7 +185,14 @@ pub fn sealed_device_key(device: i64) -> String {
 /// A sealed message as it appears in `receiver`'s log at `offset`: no `from`, the sealed bytes
 /// as base64 in `encrypted`, and the device it is for in `to`. Offsets past the wire's int32
 /// never reach here (the store refuses them), so they are clipped rather than refused.
-pub fn sealed_message(receiver: &str, device: i64, body: &[u8], offset: i64, stored_at: i64) -> pb::Message {
+pub fn sealed_message(
+    receiver: &str,
+    device: i64,
+    body: &[u8],
+    offset: i64,
+    stored_at: i64,
+    signal_request: i32,
+) -> pb::Message {
     use base64::Engine as _;
     let device_key = sealed_device_key(device);
     pb::Message {
@@ -202,7 +209,7 @@ pub fn sealed_message(receiver: &str, device: i64, body: &[u8], offset: i64, sto
         signal_type: SIGNAL_TYPE_RECEIVER,
         signal_offset_state: true,
         signal_ack_state: Some(pb::SignalAckState { send: true, received: false, read: false }),
-        signal_request: SIGNAL_REQUEST_PUSH,
+        signal_request,
     }
 }
 
@@ -236,7 +243,7 @@ mod sealed_tests {
 
     #[test]
     fn a_sealed_message_names_no_sender_and_carries_its_bytes_back() {
-        let message = sealed_message("AAAA", 7, &[0, 1, 255], 12, 99);
+        let message = sealed_message("AAAA", 7, &[0, 1, 255], 12, 99, SIGNAL_REQUEST_PUSH);
         assert_eq!(message.from, None);
         assert_eq!(message.encryption_type, "sealed");
         assert_eq!(message.encrypted, "AAH/");

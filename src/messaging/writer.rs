@@ -121,8 +121,14 @@ fn announcements(
         }
         (Write::Sealed(sealed), Written::Sealed(stored)) => {
             // The receiver's log only: a sealed message has no sender to tell.
-            let message =
-                wire::sealed_message(&sealed.receiver, sealed.device, &sealed.body, stored.offset, stored.stored_at);
+            let message = wire::sealed_message(
+                &sealed.receiver,
+                sealed.device,
+                &sealed.body,
+                stored.offset,
+                stored.stored_at,
+                SIGNAL_REQUEST_PUSH,
+            );
             let event = Event::Message { offset: stored.offset, message };
             out.push((Broadcast::new(Topic::user(&sealed.receiver), event), None));
         }

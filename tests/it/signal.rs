@@ -308,3 +308,48 @@ async fn pre_keys_low(db: Arc<TestDb>) {
     let low = phone.recv().await;
     assert!(matches!(low.payload, Some(Body::PreKeysLow(_))), "{low:?}");
 }
+
+on_both_backends!(a_phoenix_device_of_the_same_user_sees_sealed_messages_in_its_log, phoenix_view);
+async fn phoenix_view(db: Arc<TestDb>) {
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+
+    use crate::support::Client;
+    use crate::support::channels::TestAuth;
+    use crate::support::devices::Device;
+
+    // The test authenticator signs a Phoenix socket in as `user_id`: key users have no password.
+    let server = TestServer::start_on(db, test_config(), |c| c.authenticator(TestAuth));
+    let bob = KeyUser::random();
+    let eid = bob.eid();
+    let mut phone = SignalClient::logged_in(&server, &bob, 1).await;
+    phone.register(1, b"spk", &keys("k", 12)).await;
+    let mut sender = SignalClient::connect(&server).await;
+    assert!(matches!(sender.send_sealed(bob.address(1), &[0, 1, 2, 250]).await, Body::Ack(_)));
+
+    let client = Client::connect(&server.url(&format!("vsn=2.0.0&user_id={eid}"))).await;
+    let (mut browser, reply) = Device::join_on(client, &eid, json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["response"]["last_offset"], 1, "the sealed message took the log's first offset");
+    let stored = browser.event("message").await;
+    assert!(matches!(stored.get("from"), None | Some(Value::Null)), "a sealed message names no sender: {stored}");
+    assert_eq!(stored["encryption_type"], "sealed");
+    assert_eq!(stored["encrypted"], base64::engine::general_purpose::STANDARD.encode([0, 1, 2, 250]));
+    assert_eq!(stored["signal_offset"], 1);
+    assert_eq!(stored["to"]["eid"], eid.as_str());
+
+    // Live, and on the signal device too.
+    assert!(matches!(sender.send_sealed(bob.address(1), b"live").await, Body::Ack(_)));
+    let live = browser.event("message").await;
+    assert_eq!(live["signal_offset"], 2);
+    assert_eq!(live["encrypted"], base64::engine::general_purpose::STANDARD.encode(b"live"));
+    assert!(matches!(live.get("from"), None | Some(Value::Null)), "{live}");
+    let bodies = [phone.recv_inbound().await.1, phone.recv_inbound().await.1];
+    assert_eq!(bodies, [vec![0, 1, 2, 250], b"live".to_vec()]);
+
+    // A pull reads both back as a run of consecutive offsets.
+    let page = browser.call_ok("pull", json!({"after": 0})).await;
+    let offsets: Vec<i64> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["signal_offset"].as_i64().unwrap()).collect();
+    assert_eq!(offsets, vec![1, 2]);
+}
