@@ -44,9 +44,16 @@ pub fn default_router(
     tracker: &Arc<dyn Tracker>,
     last_seen: &LastSeen,
     clock: &Arc<dyn Clock>,
+    keys: &Keys,
 ) -> Router {
-    let user =
-        UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen.clone());
+    let user = UserChannels::new(
+        accounts.clone(),
+        messaging.clone(),
+        signals.clone(),
+        Arc::clone(tracker),
+        last_seen.clone(),
+        keys.clone(),
+    );
     Router::new()
         .channel(&TopicKind::Room.pattern(), RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
         .channel(&TopicKind::User.pattern(), user)
@@ -126,7 +133,7 @@ impl Courier {
         let tracker: Arc<dyn Tracker> = Arc::new(local_tracker.clone());
         let last_seen = LastSeen::start(accounts.clone());
         let router =
-            default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock).merge(extra_channels);
+            default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock, &keys).merge(extra_channels);
         let background = Background {
             store: store_handle,
             accounts: accounts.clone(),
@@ -157,7 +164,7 @@ impl Courier {
             settings: Arc::new(config.socket.clone()),
         });
         let signal = Arc::new(SignalEndpoint {
-            keys,
+            keys: keys.clone(),
             messaging: messaging.clone(),
             pubsub: pubsub.clone(),
             sockets: Arc::clone(&sockets),

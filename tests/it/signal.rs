@@ -353,3 +353,56 @@ async fn phoenix_view(db: Arc<TestDb>) {
         page["messages"].as_array().unwrap().iter().map(|m| m["signal_offset"].as_i64().unwrap()).collect();
     assert_eq!(offsets, vec![1, 2]);
 }
+
+on_both_backends!(phoenix_devices_use_the_directory_through_user_events, phoenix_directory);
+async fn phoenix_directory(db: Arc<TestDb>) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::json;
+
+    use crate::support::Client;
+    use crate::support::channels::TestAuth;
+    use crate::support::devices::Device;
+
+    let server = TestServer::start_on(db, test_config(), |c| c.authenticator(TestAuth));
+    let (bob, carol) = (KeyUser::random(), KeyUser::random());
+    // A key user's Courier account is made by its first ed25519 login.
+    for user in [&bob, &carol] {
+        SignalClient::logged_in(&server, user, 1).await.raw.close().await;
+    }
+    let join = |user: &KeyUser| {
+        let eid = user.eid();
+        let url = server.url(&format!("vsn=2.0.0&user_id={eid}"));
+        async move {
+            let (device, reply) = Device::join_on(Client::connect(&url).await, &eid, json!({})).await;
+            assert_eq!(reply["status"], "ok", "{reply}");
+            device
+        }
+    };
+    let mut bob_browser = join(&bob).await;
+    let pre_keys: Vec<String> = (0..3).map(|i| STANDARD.encode(format!("pk-{i}"))).collect();
+    let registered = bob_browser
+        .call_ok(
+            "keys.register",
+            json!({"device": 5, "registration_id": 77, "signed_pre_key": STANDARD.encode("spk"), "one_time_pre_keys": pre_keys}),
+        )
+        .await;
+    assert_eq!(registered, json!({"remaining": 3}));
+    assert_eq!(bob_browser.call_ok("keys.count", json!({"device": 5})).await, json!({"remaining": 3}));
+    let unknown = bob_browser.call("keys.count", json!({"device": 6})).await;
+    assert_eq!(unknown["response"]["code"], "unknown_device", "{unknown}");
+
+    // Carol's browser fetches Bob's bundle; the signal endpoint sees the same directory.
+    let mut carol_browser = join(&carol).await;
+    let fetched = carol_browser.call_ok("keys.bundle", json!({"user": bob.eid()})).await;
+    assert_eq!(
+        fetched["bundles"],
+        json!([{"device": 5, "registration_id": 77, "signed_pre_key": STANDARD.encode("spk"), "one_time_pre_key": STANDARD.encode("pk-0")}])
+    );
+    let mut sender = SignalClient::connect(&server).await;
+    let bundles = sender.request_pre_keys(&bob.user_id, &[]).await.unwrap();
+    assert_eq!(bundles[0].one_time_pre_key, b"pk-1", "the same atomic hand-out: pk-0 is gone");
+    assert_eq!(bob_browser.call_ok("keys.count", json!({"device": 5})).await, json!({"remaining": 1}));
+    let nobody = carol_browser.call("keys.bundle", json!({"user": KeyUser::random().eid()})).await;
+    assert_eq!(nobody["response"]["code"], "unknown_user", "{nobody}");
+}
