@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::accounts::AccountsConfig;
+use crate::keys::KeysConfig;
 use crate::messaging::MessagingConfig;
 use crate::presence::PresenceConfig;
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub messaging: MessagingConfig,
     /// The presence tracker.
     pub presence: PresenceConfig,
+    /// The seed-001 key directory (`/signal/websocket`).
+    pub keys: KeysConfig,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             accounts: AccountsConfig::default(),
             messaging: MessagingConfig::default(),
             presence: PresenceConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }

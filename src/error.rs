@@ -142,11 +142,27 @@ pub enum Code {
     TooManyChannels,
     /// A log or conversation is at the largest offset the wire carries (2^31 - 1); nothing was stored.
     LogFull,
+    /// A signal-endpoint frame that is not a valid envelope.
+    InvalidMessage,
+    /// A signal login whose signature does not verify.
+    InvalidSignature,
+    /// A signal login echoing a nonce that is not the connection's.
+    InvalidNonce,
+    /// A second signal login on one connection.
+    AlreadyAuthenticated,
+    /// A signal userID that is not 0x05 and a 32-byte ed25519 key.
+    InvalidUserId,
+    /// A signal userID with no registered device.
+    UnknownUser,
+    /// A signal address that is not a registered device.
+    UnknownDevice,
+    /// An anonymous-only signal request on an authenticated connection (the original's name).
+    AttemptedAnonymousOpOnAuthenticatedConnection,
 }
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 41] = [
+    pub const ALL: [Code; 49] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -188,6 +204,14 @@ impl Code {
         Code::InvalidEvent,
         Code::TooManyChannels,
         Code::LogFull,
+        Code::InvalidMessage,
+        Code::InvalidSignature,
+        Code::InvalidNonce,
+        Code::AlreadyAuthenticated,
+        Code::InvalidUserId,
+        Code::UnknownUser,
+        Code::UnknownDevice,
+        Code::AttemptedAnonymousOpOnAuthenticatedConnection,
     ];
 
     /// The stable snake_case name sent as `error` (HTTP), `code` (channel error replies) and
@@ -251,6 +275,16 @@ impl Code {
             InvalidEvent => ("invalid_event", 400, RespCode::InvalidInput),
             TooManyChannels => ("too_many_channels", 429, RespCode::LimitExceeded),
             LogFull => ("log_full", 507, RespCode::LimitExceeded),
+            InvalidMessage => ("invalid_message", 400, RespCode::InvalidInput),
+            InvalidSignature => ("invalid_signature", 401, RespCode::BadToken),
+            InvalidNonce => ("invalid_nonce", 401, RespCode::BadToken),
+            AlreadyAuthenticated => ("already_authenticated", 409, RespCode::Conflict),
+            InvalidUserId => ("invalid_user_id", 400, RespCode::InvalidInput),
+            UnknownUser => ("unknown_user", 404, RespCode::NoSuchUser),
+            UnknownDevice => ("unknown_device", 404, RespCode::NotFound),
+            AttemptedAnonymousOpOnAuthenticatedConnection => {
+                ("attempted_anonymous_op_on_authenticated_connection", 403, RespCode::Forbidden)
+            }
         }
     }
 

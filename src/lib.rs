@@ -5,7 +5,8 @@
 //! the pieces together; `http` holds the non-socket routes; `store` owns every SQL query and
 //! `accounts` the users, sessions and invites built on it; `messaging` owns message logs,
 //! offsets, receipts and status signals (who may message whom it asks `accounts`' one policy),
-//! `presence` who is online on a topic, and `pb` the wire types generated from `proto/`.
+//! `presence` who is online on a topic, `keys` the seed-001 key directory (its sealed messages
+//! live in `messaging`'s logs), and `pb` the wire types generated from `proto/`.
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
 //! clients get wrong out of the error log; `error` is the one table of error codes every
 //! module's error enum maps into; `clock` is the one source of wall-clock time; `task` the
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod logging;
 pub mod messaging;
 pub mod pb;

@@ -24,6 +24,7 @@ use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
+use crate::keys::Keys;
 use crate::messaging::Messaging;
 use crate::messaging::signals::Signals;
 use crate::presence::{LocalTracker, Tracker};
@@ -31,6 +32,7 @@ use crate::pubsub::{Broker, LocalBroker, PubSub, TopicKind};
 use crate::store::{Store, StoreOptions};
 use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
+use crate::transport::signal_socket::SignalEndpoint;
 use crate::transport::upgrade::{self, Upgrades};
 use crate::transport::{Sockets, TransportState};
 
@@ -42,9 +44,16 @@ pub fn default_router(
     tracker: &Arc<dyn Tracker>,
     last_seen: &LastSeen,
     clock: &Arc<dyn Clock>,
+    keys: &Keys,
 ) -> Router {
-    let user =
-        UserChannels::new(accounts.clone(), messaging.clone(), signals.clone(), Arc::clone(tracker), last_seen.clone());
+    let user = UserChannels::new(
+        accounts.clone(),
+        messaging.clone(),
+        signals.clone(),
+        Arc::clone(tracker),
+        last_seen.clone(),
+        keys.clone(),
+    );
     Router::new()
         .channel(&TopicKind::Room.pattern(), RoomChannels::new(Arc::clone(tracker), Arc::clone(clock)))
         .channel(&TopicKind::User.pattern(), user)
@@ -118,17 +127,18 @@ impl Courier {
         let store_handle = store.clone();
         let policy = accounts.message_policy();
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
+        let keys = Keys::new(store.clone(), pubsub.clone(), config.keys.clone(), Arc::clone(&clock));
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
         let local_tracker = LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock));
         let tracker: Arc<dyn Tracker> = Arc::new(local_tracker.clone());
         let last_seen = LastSeen::start(accounts.clone());
         let router =
-            default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock).merge(extra_channels);
+            default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock, &keys).merge(extra_channels);
         let background = Background {
             store: store_handle,
             accounts: accounts.clone(),
             last_seen,
-            messaging,
+            messaging: messaging.clone(),
             signals,
             tracker: local_tracker,
             pubsub: pubsub.clone(),
@@ -153,6 +163,13 @@ impl Courier {
             sockets: Arc::clone(&sockets),
             settings: Arc::new(config.socket.clone()),
         });
+        let signal = Arc::new(SignalEndpoint {
+            keys: keys.clone(),
+            messaging: messaging.clone(),
+            pubsub: pubsub.clone(),
+            sockets: Arc::clone(&sockets),
+            settings: Arc::new(config.socket.clone()),
+        });
         let purge = spawn_session_purge(&accounts, &config.accounts);
         let accounts = web::Data::new(accounts);
         let workers = match config.workers {
@@ -160,7 +177,10 @@ impl Courier {
             n => n,
         };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
-        let upgrades = Upgrades::new().endpoint("/socket/websocket", transport).endpoint("/json/websocket", json);
+        let upgrades = Upgrades::new()
+            .endpoint("/socket/websocket", transport)
+            .endpoint("/json/websocket", json)
+            .endpoint("/signal/websocket", signal);
         let max_connections = match config.http.max_connections {
             0 => edge::connection_limit_from_fd_limit(config.database_pool, workers),
             n => n,

@@ -43,10 +43,14 @@ pub fn username(raw: &str) -> Result<String, AccountError> {
 }
 
 /// Checks and normalizes a username for a new account: [`username`]'s rules on its NFKC form,
-/// which also must not mix scripts. Returns the form to store.
+/// which also must not mix scripts, nor be a key user's eid (only an ed25519 login of that key
+/// makes that account, see `crate::keys::address`). Returns the form to store.
 pub fn new_username(raw: &str) -> Result<String, AccountError> {
     let normalized: String = raw.trim().nfkc().collect();
     let name = username(&normalized)?;
+    if crate::keys::address::is_key_user_eid(&name) {
+        return Err(AccountError::invalid("username", "is reserved for a signal key user"));
+    }
     let scripts = scripts_of(&name);
     if !single_script(&scripts) {
         let names: Vec<&str> = scripts.iter().map(|s| s.full_name()).collect();
@@ -152,6 +156,14 @@ mod tests {
             username_key("victim"),
             "Cyrillic letters stay distinct (refused at signup)"
         );
+    }
+
+    #[test]
+    fn a_key_users_eid_cannot_be_signed_up() {
+        let eid = format!("BQ{}", "A".repeat(42));
+        assert!(crate::keys::address::is_key_user_eid(&eid));
+        assert!(new_username(&eid).is_err());
+        assert!(new_username(&format!("bq{}", "a".repeat(42))).is_ok(), "not a 0x05 userID");
     }
 
     #[test]

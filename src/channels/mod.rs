@@ -115,6 +115,17 @@ impl From<MessagingError> for Refusal {
     }
 }
 
+impl From<crate::keys::KeysError> for Refusal {
+    fn from(e: crate::keys::KeysError) -> Self {
+        let reason = match &e {
+            // Storage details are for the server's log.
+            crate::keys::KeysError::Storage(_) => "storage unavailable, retry".to_owned(),
+            other => other.to_string(),
+        };
+        Refusal::new(e.code(), reason)
+    }
+}
+
 impl From<AccountError> for Refusal {
     // The snake_case name has always been the reason of an account refusal on a channel.
     fn from(e: AccountError) -> Self {

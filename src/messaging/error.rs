@@ -15,6 +15,9 @@ pub enum MessagingError {
     /// The recipient is not a user.
     #[error("unknown recipient")]
     UnknownRecipient,
+    /// A sealed message names a device that has no registration.
+    #[error("unknown device")]
+    UnknownDevice,
     /// The message's or signal's `from` is not the socket's user.
     #[error("from does not match the socket's user")]
     ForgedSender,
@@ -58,6 +61,7 @@ impl MessagingError {
             MessagingError::ForgedSender => Code::SourceMismatch,
             MessagingError::NotContacts => Code::NotContacts,
             MessagingError::UnknownRecipient => Code::UnknownRecipient,
+            MessagingError::UnknownDevice => Code::UnknownDevice,
             MessagingError::TooLarge(_) => Code::PayloadTooLarge,
             MessagingError::RateLimited(_) => Code::RateLimited,
             MessagingError::Storage(_) => Code::StorageUnavailable,

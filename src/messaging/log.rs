@@ -1,5 +1,6 @@
 //! One group-commit batch, inside one transaction: idempotency by `(sender, id)`, offsets for
-//! every new message (the receiver's log, the sender's log, the conversation), then receipts.
+//! every new message (the receiver's log, the sender's log, the conversation), then sealed
+//! messages (the receiver's log only: they have no sender), then receipts.
 //!
 //! A per-item problem (unknown recipient, `up_to` past the end) fails only that item; a
 //! database error, or a log the batch would take past the offset limit (`StoreError::LogFull`),
@@ -39,6 +40,26 @@ pub struct Receipt {
     pub read: bool,
 }
 
+/// A sealed message for one registered device: nothing about its sender is known or kept.
+#[derive(Debug, Clone)]
+pub struct SealedAppend {
+    /// The receiving key user's eid.
+    pub receiver: String,
+    /// The receiving device (the protocol's deviceID).
+    pub device: i64,
+    /// The sealed bytes, opaque to the server.
+    pub body: Vec<u8>,
+}
+
+/// A stored sealed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedStored {
+    /// Its signal_offset in the receiver's log.
+    pub offset: i64,
+    /// When it was stored.
+    pub stored_at: Millis,
+}
+
 /// One write of a batch.
 // Messages are the common case; boxing them would cost an allocation each to save space on
 // the rarer receipts.
@@ -49,6 +70,8 @@ pub enum Write {
     Append(Append),
     /// Record a receipt.
     Receipt(Receipt),
+    /// Store a sealed message.
+    Sealed(SealedAppend),
 }
 
 /// A stored (or already stored) message.
@@ -92,6 +115,8 @@ pub enum Written {
     Appended(Appended),
     /// A receipt was recorded.
     Receipt(Receipted),
+    /// A sealed message was stored.
+    Sealed(SealedStored),
 }
 
 /// Applies a batch on a connection that is inside a write transaction. Results are in the
@@ -103,6 +128,7 @@ pub fn apply(
 ) -> Result<Vec<Result<Written, MessagingError>>, StoreError> {
     let mut results: Vec<Option<Result<Written, MessagingError>>> = writes.iter().map(|_| None).collect();
     append_all(conn, writes, now, &mut results)?;
+    append_sealed(conn, writes, now, &mut results)?;
     record_receipts(conn, writes, now, &mut results)?;
     Ok(results.into_iter().map(|r| r.unwrap_or(Err(MessagingError::Unavailable))).collect())
 }
@@ -166,6 +192,23 @@ fn append_all(
     Ok(())
 }
 
+fn append_sealed(
+    conn: &mut DbConnection,
+    writes: &[Write],
+    now: Millis,
+    results: &mut [Option<Result<Written, MessagingError>>],
+) -> Result<(), StoreError> {
+    for (index, write) in writes.iter().enumerate() {
+        let Write::Sealed(sealed) = write else { continue };
+        let stored = crate::store::keys::append_sealed(conn, &sealed.receiver, sealed.device, &sealed.body, now)?;
+        results[index] = Some(match stored {
+            Some(offset) => Ok(Written::Sealed(SealedStored { offset, stored_at: now })),
+            None => Err(MessagingError::UnknownDevice),
+        });
+    }
+    Ok(())
+}
+
 /// The store's view of a message the client sent.
 fn new_message(append: &Append) -> NewMessage<'_> {
     let m = &append.message;
@@ -210,7 +253,7 @@ fn record_receipts(
         .enumerate()
         .filter_map(|(i, w)| match w {
             Write::Receipt(r) => Some((i, r)),
-            Write::Append(_) => None,
+            Write::Append(_) | Write::Sealed(_) => None,
         })
         .unzip();
     if receipts.is_empty() {

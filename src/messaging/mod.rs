@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::MessagingConfig;
 pub use error::MessagingError;
-use log::{Append, Receipt, Write, Written};
+use log::{Append, Receipt, SealedAppend, Write, Written};
 use wire::{SIGNAL_REQUEST_PULL, ack_state, log_message};
 
 use crate::accounts::MessagePolicy;
@@ -256,10 +256,56 @@ impl Messaging {
             };
             match written.await? {
                 Written::Receipt(done) => Ok(done.cursor),
-                Written::Appended(_) => Err(MessagingError::Unavailable),
+                Written::Appended(_) | Written::Sealed(_) => Err(MessagingError::Unavailable),
             }
         }
     }
+    /// Stores a sealed message for `device` of `receiver` and resolves to its signal_offset once
+    /// it is durably stored (`UnknownDevice` when that device is not registered). Queued before
+    /// this returns, like [`Messaging::send`]. Nothing about the sender is passed or kept.
+    pub fn send_sealed(
+        &self,
+        receiver: &str,
+        device: i64,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<i64, MessagingError>> + 'static {
+        let sealed = SealedAppend { receiver: receiver.to_owned(), device, body };
+        let written = self.submit(Write::Sealed(sealed), None);
+        async move {
+            match written.await? {
+                Written::Sealed(stored) => Ok(stored.offset),
+                Written::Appended(_) | Written::Receipt(_) => Err(MessagingError::Unavailable),
+            }
+        }
+    }
+
+    /// Up to `limit` sealed messages for `device` of `eid` after signal_offset `after`, oldest
+    /// first, as `(offset, body)`.
+    pub async fn sealed_after(
+        &self,
+        eid: &str,
+        device: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, MessagingError> {
+        let eid = eid.to_owned();
+        let rows =
+            self.store.read(move |snap| crate::store::keys::sealed_after(snap, &eid, device, after, limit)).await?;
+        Ok(rows)
+    }
+
+    /// Moves the cursor of `device_key` of `eid` up to `up_to` (never back); resolves to the cursor.
+    /// For devices that acknowledge their own messages one by one (the signal endpoint's), which
+    /// move no conversation's receipts.
+    pub async fn advance_cursor(&self, eid: &str, device_key: &str, up_to: i64) -> Result<i64, MessagingError> {
+        let (eid, device_key, now) = (eid.to_owned(), device_key.to_owned(), self.clock.now_millis());
+        let cursor = self
+            .store
+            .write(move |conn| crate::store::keys::advance_cursor(conn, &eid, &device_key, up_to, now))
+            .await?;
+        Ok(cursor)
+    }
+
     /// The log's end and this device's cursor, read at one moment.
     pub async fn device_state(&self, eid: &str, device: &str) -> Result<DeviceState, MessagingError> {
         let (eid, device) = (eid.to_owned(), device.to_owned());
@@ -291,19 +337,32 @@ impl Messaging {
             .read(move |snap| {
                 let last_offset = queries::log_state(snap, &eid)?.last_offset;
                 let rows = queries::log_after(snap, &eid, after, limit, byte_hint(budget))?;
+                // Sealed messages sit in the same log; only those that can fall within the page.
+                let sealed = crate::store::keys::sealed_between(snap, &eid, after, after.saturating_add(limit))?;
                 let conversations = conversations_for(snap, &eid, rows.iter().map(|(_, r)| r))?;
                 let mut fit = Budget::new(budget);
-                let mut entries = Vec::with_capacity(rows.len());
-                for (offset, row) in &rows {
-                    let message = match log_message(row, &eid, *offset, state_of(row, &conversations), signal_request) {
-                        Ok(message) => message,
-                        // The read itself went fine; the row is what the client cannot be sent.
-                        Err(e) => return Ok(Err(e)),
+                let mut entries = Vec::with_capacity(rows.len() + sealed.len());
+                let (mut rows, mut sealed) = (rows.iter().peekable(), sealed.iter().peekable());
+                let mut next = after + 1;
+                while entries.len() < usize::try_from(limit).unwrap_or(0) {
+                    let message = if let Some((offset, row)) = rows.next_if(|(offset, _)| *offset == next) {
+                        match log_message(row, &eid, *offset, state_of(row, &conversations), signal_request) {
+                            Ok(message) => message,
+                            // The read itself went fine; the row is what the client cannot be sent.
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    } else if let Some(row) = sealed.next_if(|row| row.receiver_offset == next) {
+                        wire::sealed_message(&eid, row.device_id, &row.body, next, row.stored_at, signal_request)
+                    } else {
+                        // The end of the log, or where the content cut stopped the messages: the
+                        // page stays a run of consecutive offsets.
+                        break;
                     };
                     if !fit.admit(&message) {
                         break;
                     }
-                    entries.push((*offset, message));
+                    entries.push((next, message));
+                    next += 1;
                 }
                 // The snapshot's log is 1..=last_offset without a hole: more exists exactly
                 // when the page stopped short of its end.

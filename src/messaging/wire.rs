@@ -171,6 +171,59 @@ pub fn log_message(
     })
 }
 
+/// The `encryption_type` of a sealed-sender message (seed 001): `encrypted` holds its bytes.
+pub const ENCRYPTION_SEALED: &str = "sealed";
+/// The prefix of a signal-endpoint device's name in its user's log (`signal:<deviceID>`): the
+/// `connection_resource_id` of a sealed message's `to` and the device's cursor key.
+pub const SEALED_DEVICE_PREFIX: &str = "signal:";
+
+/// The name a signal-endpoint device goes by in its user's log.
+pub fn sealed_device_key(device: i64) -> String {
+    format!("{SEALED_DEVICE_PREFIX}{device}")
+}
+
+/// A sealed message as it appears in `receiver`'s log at `offset`: no `from`, the sealed bytes
+/// as base64 in `encrypted`, and the device it is for in `to`. Offsets past the wire's int32
+/// never reach here (the store refuses them), so they are clipped rather than refused.
+pub fn sealed_message(
+    receiver: &str,
+    device: i64,
+    body: &[u8],
+    offset: i64,
+    stored_at: i64,
+    signal_request: i32,
+) -> pb::Message {
+    use base64::Engine as _;
+    let device_key = sealed_device_key(device);
+    pb::Message {
+        id: format!("sealed:{offset}"),
+        signal_offset: i32::try_from(offset).unwrap_or(i32::MAX),
+        user_offset: 0,
+        from: None,
+        to: Some(identity(receiver, Some(&device_key))),
+        timestamp: stored_at,
+        payload: Vec::new(),
+        encryption_type: ENCRYPTION_SEALED.to_owned(),
+        encrypted: base64::engine::general_purpose::STANDARD.encode(body),
+        signature: String::new(),
+        signal_type: SIGNAL_TYPE_RECEIVER,
+        signal_offset_state: true,
+        signal_ack_state: Some(pb::SignalAckState { send: true, received: false, read: false }),
+        signal_request,
+    }
+}
+
+/// The device and sealed bytes of a message [`sealed_message`] made; `None` for any other.
+pub fn sealed_parts(message: &pb::Message) -> Option<(i64, Vec<u8>)> {
+    use base64::Engine as _;
+    if message.encryption_type != ENCRYPTION_SEALED || message.from.is_some() {
+        return None;
+    }
+    let device = message.to.as_ref()?.connection_resource_id.as_deref()?.strip_prefix(SEALED_DEVICE_PREFIX)?;
+    let body = base64::engine::general_purpose::STANDARD.decode(&message.encrypted).ok()?;
+    Some((device.parse().ok()?, body))
+}
+
 /// The ack state of a message whose receiver acknowledged its conversation up to these offsets.
 pub fn ack_state(user_offset: i64, receiver_acked: (i64, i64)) -> pb::SignalAckState {
     pb::SignalAckState { send: true, received: user_offset <= receiver_acked.0, read: user_offset <= receiver_acked.1 }
@@ -183,6 +236,25 @@ pub fn peer(sender: &str, receiver: &str, offset: i64, peer_offset: i64) -> pb::
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_message_names_no_sender_and_carries_its_bytes_back() {
+        let message = sealed_message("AAAA", 7, &[0, 1, 255], 12, 99, SIGNAL_REQUEST_PUSH);
+        assert_eq!(message.from, None);
+        assert_eq!(message.encryption_type, "sealed");
+        assert_eq!(message.encrypted, "AAH/");
+        assert_eq!(message.signal_offset, 12);
+        assert_eq!(message.to.as_ref().and_then(|t| t.connection_resource_id.as_deref()), Some("signal:7"));
+        assert_eq!(sealed_parts(&message), Some((7, vec![0, 1, 255])));
+        let plain = pb::Message { encryption_type: "sealed".into(), ..message.clone() };
+        let with_sender = pb::Message { from: Some(identity("alice", None)), ..plain };
+        assert_eq!(sealed_parts(&with_sender), None, "a message with a sender is no sealed one");
+    }
+}
 
 #[cfg(test)]
 mod tests {

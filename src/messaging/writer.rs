@@ -119,6 +119,19 @@ fn announcements(
                 }
             }
         }
+        (Write::Sealed(sealed), Written::Sealed(stored)) => {
+            // The receiver's log only: a sealed message has no sender to tell.
+            let message = wire::sealed_message(
+                &sealed.receiver,
+                sealed.device,
+                &sealed.body,
+                stored.offset,
+                stored.stored_at,
+                SIGNAL_REQUEST_PUSH,
+            );
+            let event = Event::Message { offset: stored.offset, message };
+            out.push((Broadcast::new(Topic::user(&sealed.receiver), event), None));
+        }
         (Write::Receipt(receipt), Written::Receipt(done)) => {
             let method = if receipt.read { wire::METHOD_READ } else { wire::METHOD_DELIVERED };
             let device = Some(receipt.device.as_str()).filter(|d| !d.is_empty());

@@ -1,5 +1,5 @@
 //! The topics Courier itself names: one typed [`Topic`] per family (`user:`, `presence:`,
-//! `room:`, `session:`, `json:`), built by its constructors and read back by [`Topic::parse`],
+//! `room:`, `session:`, `json:`, `keys:`), built by its constructors and read back by [`Topic::parse`],
 //! so no module spells a prefix or splits a topic string on its own. It sits in `pubsub`, the
 //! lowest layer that carries topics, so messaging, presence, channels and accounts all reach it.
 
@@ -18,12 +18,15 @@ pub enum TopicKind {
     Session,
     /// `json:<eid>`: what a user's seed-002 JSON connections listen on.
     Json,
+    /// `keys:<eid>`: where a key user's authenticated signal connections hear about their
+    /// one-time prekeys running low.
+    Keys,
 }
 
 impl TopicKind {
     /// Every family, in the order [`Topic::parse`] tries them.
-    pub const ALL: [TopicKind; 5] =
-        [TopicKind::User, TopicKind::Presence, TopicKind::Room, TopicKind::Session, TopicKind::Json];
+    pub const ALL: [TopicKind; 6] =
+        [TopicKind::User, TopicKind::Presence, TopicKind::Room, TopicKind::Session, TopicKind::Json, TopicKind::Keys];
 
     /// The prefix of this family's topics, colon included.
     pub fn prefix(self) -> &'static str {
@@ -33,6 +36,7 @@ impl TopicKind {
             TopicKind::Room => "room:",
             TopicKind::Session => "session:",
             TopicKind::Json => "json:",
+            TopicKind::Keys => "keys:",
         }
     }
 
@@ -91,6 +95,11 @@ impl Topic {
         Topic::new(TopicKind::Json, eid)
     }
 
+    /// `keys:<eid>`.
+    pub fn keys(eid: &str) -> Topic {
+        Topic::new(TopicKind::Keys, eid)
+    }
+
     /// Reads a topic string: a known prefix followed by a name that is not empty.
     pub fn parse(text: &str) -> Result<Topic, TopicError> {
         let kind = TopicKind::ALL.into_iter().find(|k| text.starts_with(k.prefix())).ok_or(TopicError::Unknown)?;
@@ -146,6 +155,7 @@ mod tests {
             (Topic::room("lobby:east"), TopicKind::Room, "room:lobby:east"),
             (Topic::session("s1"), TopicKind::Session, "session:s1"),
             (Topic::json("карл"), TopicKind::Json, "json:карл"),
+            (Topic::keys("BQab"), TopicKind::Keys, "keys:BQab"),
         ];
         for (topic, kind, text) in built {
             assert_eq!(topic.as_str(), text);

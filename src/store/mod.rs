@@ -2,7 +2,7 @@
 //!
 //! It owns connections (`DbConnection`, SQLite or PostgreSQL by URL), the embedded migrations,
 //! and one query module per table family (`users`, `sessions`, `devices`, `invites`,
-//! `pending`, `messages`). It must not know about protocols, HTTP or password rules: callers hand it plain
+//! `pending`, `messages`, `keys`). It must not know about protocols, HTTP or password rules: callers hand it plain
 //! values and get plain rows back. Diesel is blocking, so every query runs on the blocking
 //! thread pool through [`Store::run`], [`Store::read`] or [`Store::write`], never on an async
 //! worker.
@@ -25,6 +25,7 @@ mod statement;
 
 pub mod devices;
 pub mod invites;
+pub mod keys;
 pub mod messages;
 pub mod pending;
 pub mod sessions;

@@ -108,6 +108,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    key_registrations (username, device_id) {
+        username -> Text,
+        device_id -> BigInt,
+        registration_id -> BigInt,
+        signed_pre_key -> Binary,
+        registered_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    one_time_prekeys (id) {
+        id -> BigInt,
+        username -> Text,
+        device_id -> BigInt,
+        pre_key -> Binary,
+    }
+}
+
+diesel::table! {
+    sealed_messages (receiver, receiver_offset) {
+        receiver -> Text,
+        receiver_offset -> BigInt,
+        device_id -> BigInt,
+        body -> Binary,
+        stored_at -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(pending_messages -> users (user_id));
@@ -123,4 +152,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     device_cursors,
+    key_registrations,
+    one_time_prekeys,
+    sealed_messages,
 );

@@ -4,12 +4,14 @@
 //! its path. Every socket, whichever endpoint accepted it, runs as one
 //! [`connection::Connection`] actor over [`ws_io`]'s framing and [`writer`]'s queue; the endpoint
 //! supplies its [`connection::Session`]: the Phoenix one ([`websocket`] accepts,
-//! [`socket::SocketSession`] speaks it) or the seed-002 JSON one ([`json_socket`]). No SQL and
+//! [`socket::SocketSession`] speaks it) the seed-002 JSON one ([`json_socket`]) or the
+//! seed-001 key-directory one ([`signal_socket`]). No SQL and
 //! no channel rules live here.
 
 pub mod connection;
 pub mod edge;
 pub mod json_socket;
+pub mod signal_socket;
 pub mod socket;
 pub mod upgrade;
 pub mod websocket;

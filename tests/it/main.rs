@@ -19,4 +19,5 @@ mod reads;
 mod rooms;
 mod sessions;
 mod shutdown;
+mod signal;
 mod signals;

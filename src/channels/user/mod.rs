@@ -1,10 +1,11 @@
 //! `user:<eid>`: a user's inbox. Only sockets authenticated as `<eid>` may join; every device
 //! of the user joins it. It carries the user's messages and receipts (seeds 003/004, through
 //! [`crate::messaging`]), status signals, invites and contacts (seed 002 on the Phoenix side),
-//! and the presence of the user's devices, tracked under their device id here and on
-//! `presence:<eid>` for watchers.
+//! the presence of the user's devices, tracked under their device id here and on
+//! `presence:<eid>` for watchers, and for key users the seed-001 key directory ([`keys`]).
 
 mod inbox;
+mod keys;
 mod messages;
 mod signals;
 
@@ -21,6 +22,7 @@ use super::{
 };
 use crate::accounts::{AccountError, Accounts, LastSeen};
 use crate::error::Code;
+use crate::keys::Keys;
 use crate::messaging::signals::Signals;
 use crate::messaging::wire::{Encoding, SIGNAL_REQUEST_PULL, SIGNAL_REQUEST_PUSH};
 use crate::messaging::{Messaging, Origin};
@@ -50,19 +52,21 @@ pub struct UserChannels {
     signals: Signals,
     tracker: Arc<dyn Tracker>,
     last_seen: LastSeen,
+    keys: Keys,
 }
 
 impl UserChannels {
-    /// Serves user topics backed by these accounts, message logs, signal relay and tracker;
-    /// devices that leave are reported to `last_seen`.
+    /// Serves user topics backed by these accounts, message logs, signal relay, tracker and key
+    /// directory; devices that leave are reported to `last_seen`.
     pub fn new(
         accounts: Accounts,
         messaging: Messaging,
         signals: Signals,
         tracker: Arc<dyn Tracker>,
         last_seen: LastSeen,
+        keys: Keys,
     ) -> Self {
-        UserChannels { accounts, messaging, signals, tracker, last_seen }
+        UserChannels { accounts, messaging, signals, tracker, last_seen, keys }
     }
 }
 
@@ -113,6 +117,7 @@ impl ChannelFactory for UserChannels {
     fn join(&self, request: JoinRequest) -> LocalBoxFuture<'static, JoinResult> {
         let (accounts, messaging) = (self.accounts.clone(), self.messaging.clone());
         let (signals, tracker, last_seen) = (self.signals.clone(), Arc::clone(&self.tracker), self.last_seen.clone());
+        let keys = self.keys.clone();
         Box::pin(async move {
             let eid = match Topic::parse(&request.topic) {
                 Ok(topic) if topic.kind() == TopicKind::User => topic.name().to_owned(),
@@ -160,6 +165,7 @@ impl ChannelFactory for UserChannels {
                 signals,
                 tracker,
                 last_seen,
+                keys,
                 encoding: delivery.encoding,
                 signal_request: if delivery.pull { SIGNAL_REQUEST_PULL } else { SIGNAL_REQUEST_PUSH },
                 meta: Meta::new(),
@@ -178,6 +184,7 @@ pub struct UserChannel {
     signals: Signals,
     tracker: Arc<dyn Tracker>,
     last_seen: LastSeen,
+    keys: Keys,
     encoding: Encoding,
     /// Seed 004's delivery mode of this device: 1 pull, 2 push.
     signal_request: i32,
@@ -285,7 +292,10 @@ impl Channel for UserChannel {
                     }
                 }))
             }
-            _ => HandleIn::Reply(Reply::error(Code::InvalidEvent, "unknown event")),
+            _ => match keys::handle(&self.keys, &self.origin.eid, event, &payload) {
+                Some(handled) => handled,
+                None => HandleIn::Reply(Reply::error(Code::InvalidEvent, "unknown event")),
+            },
         }
     }
 

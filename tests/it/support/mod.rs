@@ -7,6 +7,7 @@ pub mod channels;
 #[path = "../../common/test_db.rs"]
 pub mod db;
 pub mod devices;
+pub mod signal;
 
 pub use db::TestDb;
 
