@@ -242,9 +242,11 @@ impl Receiver {
         }
     }
 
-    /// Drops what the client has not read yet (the queue was aborted).
+    /// Drops what the client has not read yet and takes no more (the queue was aborted): the
+    /// socket hears `Closed` from then on, as if the writer were already gone.
     fn discard(&self) {
         let mut shared = self.shared.borrow_mut();
+        shared.writer_gone = true;
         shared.items = VecDeque::new();
         shared.bytes = 0;
     }
@@ -428,6 +430,20 @@ mod tests {
         assert_eq!(reason.description.as_deref(), Some("bye"));
         drop(rx);
         assert_eq!(outbound.send(text(1)), Err(QueueError::Closed));
+    }
+
+    #[test]
+    fn an_aborted_queue_drops_what_waits_and_takes_nothing_more() {
+        let (outbound, rx, _abort) = Outbound::queue(limits(10, 1_000));
+        outbound.send(text(3)).expect("room");
+        rx.discard();
+        assert!(matches!(rx.try_recv(), Next::Empty), "unread frames are dropped at once");
+        assert_eq!(outbound.queued_bytes(), 0);
+        assert_eq!(
+            outbound.send(text(1)),
+            Err(QueueError::Closed),
+            "the socket stops as it did with a dropped receiver"
+        );
     }
 
     #[actix_web::test]
