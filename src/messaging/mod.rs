@@ -337,32 +337,40 @@ impl Messaging {
             .read(move |snap| {
                 let last_offset = queries::log_state(snap, &eid)?.last_offset;
                 let rows = queries::log_after(snap, &eid, after, limit, byte_hint(budget))?;
-                // Sealed messages sit in the same log; only those that can fall within the page.
-                let sealed = crate::store::keys::sealed_between(snap, &eid, after, after.saturating_add(limit))?;
+                // Sealed messages sit in the same log: the page merges the first `limit` of each
+                // by offset. Past the last message read, more messages may follow that this read
+                // did not fetch, so a sealed one beyond it waits for the next page.
+                let sealed = crate::store::keys::sealed_in_log(snap, &eid, after, limit)?;
+                let read_up_to = rows.last().map(|(offset, _)| *offset);
                 let conversations = conversations_for(snap, &eid, rows.iter().map(|(_, r)| r))?;
                 let mut fit = Budget::new(budget);
                 let mut entries = Vec::with_capacity(rows.len() + sealed.len());
                 let (mut rows, mut sealed) = (rows.iter().peekable(), sealed.iter().peekable());
-                let mut next = after + 1;
                 while entries.len() < usize::try_from(limit).unwrap_or(0) {
-                    let message = if let Some((offset, row)) = rows.next_if(|(offset, _)| *offset == next) {
+                    let next_row = rows.peek().map(|(offset, _)| *offset);
+                    let sealed_next = sealed.next_if(|row| {
+                        next_row.is_none_or(|offset| row.receiver_offset < offset)
+                            && read_up_to.is_none_or(|end| row.receiver_offset < end)
+                    });
+                    let (offset, message) = if let Some(row) = sealed_next {
+                        let offset = row.receiver_offset;
+                        (
+                            offset,
+                            wire::sealed_message(&eid, row.device_id, &row.body, offset, row.stored_at, signal_request),
+                        )
+                    } else if let Some((offset, row)) = rows.next() {
                         match log_message(row, &eid, *offset, state_of(row, &conversations), signal_request) {
-                            Ok(message) => message,
+                            Ok(message) => (*offset, message),
                             // The read itself went fine; the row is what the client cannot be sent.
                             Err(e) => return Ok(Err(e)),
                         }
-                    } else if let Some(row) = sealed.next_if(|row| row.receiver_offset == next) {
-                        wire::sealed_message(&eid, row.device_id, &row.body, next, row.stored_at, signal_request)
                     } else {
-                        // The end of the log, or where the content cut stopped the messages: the
-                        // page stays a run of consecutive offsets.
                         break;
                     };
                     if !fit.admit(&message) {
                         break;
                     }
-                    entries.push((next, message));
-                    next += 1;
+                    entries.push((offset, message));
                 }
                 // The snapshot's log is 1..=last_offset without a hole: more exists exactly
                 // when the page stopped short of its end.

@@ -256,18 +256,19 @@ pub struct SealedRow {
     pub stored_at: Millis,
 }
 
-/// Every sealed message of `receiver`'s log with signal_offset in `after+1..=up_to`, oldest first.
-pub fn sealed_between(
+/// The first `limit` sealed messages of `receiver`'s log (every device) after signal_offset
+/// `after`, oldest first.
+pub fn sealed_in_log(
     snap: &mut Snapshot<'_>,
     receiver: &str,
     after: i64,
-    up_to: i64,
+    limit: i64,
 ) -> Result<Vec<SealedRow>, StoreError> {
     Ok(sealed_messages::table
         .filter(sealed_messages::receiver.eq(receiver))
         .filter(sealed_messages::receiver_offset.gt(after))
-        .filter(sealed_messages::receiver_offset.le(up_to))
         .order(sealed_messages::receiver_offset.asc())
+        .limit(limit)
         .select(SealedRow::as_select())
         .load(snap.conn())?)
 }
