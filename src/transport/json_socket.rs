@@ -22,7 +22,7 @@ use crate::channels::auth::session_grant;
 use crate::channels::socket::SessionGrant;
 use crate::channels::user::notify_account_event;
 use crate::config::SocketConfig;
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::protocol::WireFrame;
 use crate::pubsub::{Deliver, PubSub, Topic};
 
@@ -47,10 +47,8 @@ impl Endpoint for JsonEndpoint {
 /// Checks a seed-002 JSON client's handshake; the connection starts once the `101` is out (see
 /// [`super::upgrade`]). Authentication happens later, in the protocol's own frames.
 fn accept(req: &Request, state: Arc<JsonEndpoint>) -> Result<Accepted, Error> {
-    if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
-        return Err(Error::new(Code::BadHandshake, e.to_string()));
-    }
-    let response = actix_http::ws::handshake_response(req.head()).finish().drop_body();
+    super::upgrade::verify_handshake(req)?;
+    let response = super::upgrade::switching_protocols(req);
     let peer = req.peer_addr();
     Ok(Accepted {
         response,

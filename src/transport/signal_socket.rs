@@ -27,7 +27,7 @@ use prost::Message as _;
 use super::connection::{Connection, Ctx, IntoConnection, Link, Session, Sockets};
 use super::upgrade::{Accepted, Endpoint};
 use crate::config::SocketConfig;
-use crate::error::{Code, Error};
+use crate::error::Error;
 use crate::keys::{self, Address, Keys, KeysError, UserId};
 use crate::messaging::Messaging;
 use crate::messaging::wire::{sealed_device_key, sealed_parts};
@@ -69,10 +69,8 @@ impl Endpoint for SignalEndpoint {
 }
 
 fn accept(req: &Request, state: Arc<SignalEndpoint>) -> Result<Accepted, Error> {
-    if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
-        return Err(Error::new(Code::BadHandshake, e.to_string()));
-    }
-    let response = actix_http::ws::handshake_response(req.head()).finish().drop_body();
+    super::upgrade::verify_handshake(req)?;
+    let response = super::upgrade::switching_protocols(req);
     Ok(Accepted {
         response,
         max_bytes: state.settings.max_frame_bytes,

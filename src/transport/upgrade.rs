@@ -103,6 +103,16 @@ impl Upgrades {
     }
 }
 
+/// Checks `req` as a WebSocket handshake, refusing a bad one the same way on every endpoint.
+pub fn verify_handshake(req: &Request) -> Result<(), Error> {
+    actix_http::ws::verify_handshake(req.head()).map_err(|e| Error::new(Code::BadHandshake, e.to_string()))
+}
+
+/// The `101 Switching Protocols` answering `req`'s (verified) handshake.
+pub fn switching_protocols(req: &Request) -> Response<()> {
+    actix_http::ws::handshake_response(req.head()).finish().drop_body()
+}
+
 /// Sends the refusal as a JSON error response, then the connection closes.
 async fn refuse(framed: &mut Framed<Conn, h1::Codec>, refusal: Error) -> io::Result<()> {
     let body = Bytes::from(refusal.body().to_string());

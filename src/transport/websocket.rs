@@ -33,9 +33,7 @@ impl Endpoint for TransportState {
 /// Checks a Phoenix client's handshake and authenticates it; the socket starts once the `101`
 /// is out (see [`super::upgrade`]).
 async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, Error> {
-    if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
-        return Err(Error::new(Code::BadHandshake, e.to_string()));
-    }
+    super::upgrade::verify_handshake(req)?;
     let params = web::Query::<HashMap<String, String>>::from_query(req.uri().query().unwrap_or_default())
         .map_err(|_| Error::new(Code::BadQuery, "the query string is not valid form encoding"))?
         .into_inner();
@@ -75,7 +73,7 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
         }
     };
 
-    let mut response = actix_http::ws::handshake_response(req.head()).finish().drop_body();
+    let mut response = super::upgrade::switching_protocols(req);
     if !offered.is_empty() {
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PHOENIX_SUBPROTOCOL));
     }
