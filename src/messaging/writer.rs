@@ -54,20 +54,34 @@ async fn run(store: Store, pubsub: PubSub, max_batch: usize, clock: Arc<dyn Cloc
         let writes = Arc::new(writes);
         let now = clock.now_millis();
         let results = commit(&mut store, &writes, now).await;
+        let mut broadcasts = Vec::new();
         for ((write, (origin, reply)), result) in writes.iter().zip(waiting).zip(results) {
-            // Built before the reply takes the result, published after it: the sender hears
-            // "stored" before anyone is told about the message.
-            let broadcasts = match &result {
-                Ok(written) => announcements(write, written, origin, clock.as_ref()),
-                Err(_) => Vec::new(),
-            };
-            let _ = reply.send(result);
-            for (broadcast, exclude) in broadcasts {
-                pubsub.publish(broadcast, exclude);
+            // Built before the reply takes the result, published after every reply: a sender
+            // hears "stored" before anyone is told about the message.
+            if let Ok(written) = &result {
+                broadcasts.extend(announcements(write, written, origin, clock.as_ref()));
             }
+            let _ = reply.send(result);
+        }
+        in_commit_order(&mut broadcasts);
+        for (broadcast, exclude) in broadcasts {
+            pubsub.publish(broadcast, exclude);
         }
     }
     tracing::debug!("log writer stopped");
+}
+
+/// Orders a batch's announcements as the transaction wrote them: `log::apply` gives offsets to
+/// regular messages before sealed ones and records receipts last, whatever the order of the
+/// requests, so a user's messages go out by offset (a device that reads them live, like the
+/// signal endpoint, sees its log's order) and receipts after them.
+fn in_commit_order(broadcasts: &mut [(Arc<Broadcast>, Option<SubscriberId>)]) {
+    // Offsets of different users are unrelated, but sorting them together keeps each user's
+    // in order, which is all a topic sees. The sort is stable, so the rest keeps request order.
+    broadcasts.sort_by_key(|(broadcast, _)| match &broadcast.event {
+        Event::Message { offset, .. } => (0, *offset),
+        _ => (1, 0),
+    });
 }
 
 /// Commits the batch; if the transaction fails as a whole, retries each write on its own so
@@ -153,4 +167,40 @@ fn announcements(
         _ => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, offset: i64) -> (Arc<Broadcast>, Option<SubscriberId>) {
+        let message = pb::Message { signal_offset: offset as i32, ..pb::Message::default() };
+        (Broadcast::new(topic, Event::Message { offset, message }), None)
+    }
+
+    fn receipt(topic: &str) -> (Arc<Broadcast>, Option<SubscriberId>) {
+        (Broadcast::new(topic, Event::Receipt(pb::MessagePeerAckSignal::default())), None)
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_the_order_its_offsets_were_given() {
+        // A receipt, a sealed message (given its offset after the regular ones) and two regular
+        // messages, in request order.
+        let mut out =
+            vec![receipt("user:alice"), message("user:bob", 7), message("user:bob", 5), message("user:carol", 2)];
+        in_commit_order(&mut out);
+        let order: Vec<(String, Option<i64>)> = out
+            .iter()
+            .map(|(b, _)| {
+                let offset = match &b.event {
+                    Event::Message { offset, .. } => Some(*offset),
+                    _ => None,
+                };
+                (b.topic.clone(), offset)
+            })
+            .collect();
+        let bob: Vec<_> = order.iter().filter(|(t, _)| t == "user:bob").map(|(_, o)| *o).collect();
+        assert_eq!(bob, vec![Some(5), Some(7)], "bob's log goes out by offset");
+        assert_eq!(order.last(), Some(&("user:alice".to_owned(), None)), "receipts follow the messages");
+    }
 }
