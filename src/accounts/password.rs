@@ -75,6 +75,10 @@ pub fn hash(algorithm: HashAlgorithm, password: &str, params: &Params) -> Result
 
 /// Checks `password` against a string made by [`hash`], in constant time for the comparison.
 pub fn verify(stored: &str, password: &str) -> Result<bool, AccountError> {
+    if stored.is_empty() {
+        // A key user's account: only an ed25519 login signs it in, so no password matches.
+        return Ok(false);
+    }
     if let Some(rest) = stored.strip_prefix(SHA256_PREFIX) {
         let corrupt = || AccountError::Hashing("stored sha256 hash is malformed".to_owned());
         let (salt_b64, digest_b64) = rest.split_once('$').ok_or_else(corrupt)?;
@@ -98,6 +102,12 @@ mod tests {
 
     fn cheap() -> Params {
         Params::new(64, 1, 1, None).unwrap()
+    }
+
+    #[test]
+    fn an_account_without_a_password_matches_none() {
+        assert!(!verify("", "").unwrap());
+        assert!(!verify("", "correct horse").unwrap());
     }
 
     #[test]

@@ -117,6 +117,17 @@ pub fn device_id(raw: &str) -> Result<(), AccountError> {
     if raw.trim() != raw || raw.chars().any(char::is_control) {
         return Err(AccountError::invalid("device", "must not contain control characters or surrounding spaces"));
     }
+    // The signal endpoint's devices keep their cursors under this prefix in the same log; a
+    // Phoenix device of that name would move (or be moved by) theirs.
+    if raw.starts_with(crate::messaging::wire::SEALED_DEVICE_PREFIX) {
+        return Err(AccountError::invalid(
+            "device",
+            format!(
+                "must not start with {:?}: those are signal-endpoint devices",
+                crate::messaging::wire::SEALED_DEVICE_PREFIX
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -206,5 +217,7 @@ mod tests {
         assert!(device_id(" lead").is_err());
         assert!(device_id("a\u{7}").is_err());
         assert!(device_id(&"d".repeat(129)).is_err());
+        assert!(device_id("signal:1").is_err(), "signal-endpoint devices' names are reserved");
+        assert!(device_id("signals").is_ok());
     }
 }
