@@ -170,8 +170,9 @@ impl Courier {
             sockets: Arc::clone(&sockets),
             settings: Arc::new(config.socket.clone()),
         });
-        let purge = spawn_session_purge(&accounts, &config.accounts);
+        let purge = spawn_session_purge(&accounts, &keys, &config.accounts);
         let accounts = web::Data::new(accounts);
+        let keys = web::Data::new(keys);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -204,6 +205,7 @@ impl Courier {
                 let app = app
                     .app_data(admin.clone())
                     .app_data(accounts.clone())
+                    .app_data(keys.clone())
                     .app_data(crate::http::json_config())
                     .configure(admin::configure)
                     .configure(crate::http::api::configure);
@@ -240,16 +242,18 @@ impl Courier {
 }
 
 /// Deletes ended sessions every `session_purge_every_secs`, so the sessions table holds live
-/// ones (and a grace of ended ones) rather than every sign-in ever made.
+/// ones (and a grace of ended ones) rather than every sign-in ever made; key users' sign-in
+/// challenges that expired unanswered go in the same round.
 fn spawn_session_purge(
     accounts: &Accounts,
+    keys: &Keys,
     config: &crate::accounts::AccountsConfig,
 ) -> Option<actix_web::rt::task::JoinHandle<()>> {
     let every = Duration::from_secs(config.session_purge_every_secs);
     if every.is_zero() {
         return None;
     }
-    let (accounts, grace) = (accounts.clone(), config.session_purge_grace_secs);
+    let (accounts, keys, grace) = (accounts.clone(), keys.clone(), config.session_purge_grace_secs);
     Some(actix_web::rt::spawn(async move {
         let mut ticks = actix_web::rt::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -259,6 +263,11 @@ fn spawn_session_purge(
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "ended sessions deleted"),
                 Err(e) => tracing::warn!(error = %e, "deleting ended sessions failed; retrying next round"),
+            }
+            match keys.purge_challenges().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "expired key sign-in challenges deleted"),
+                Err(e) => tracing::warn!(error = %e, "deleting expired key challenges failed; retrying next round"),
             }
         }
     }))

@@ -281,6 +281,23 @@ impl Accounts {
         Ok(SignedIn { token, username: user.username })
     }
 
+    /// Takes one sign-in attempt of `client` for `username` from the sign-in rate limits, for
+    /// a sign-in that is not a password one (a key user's signed login, `crate::keys`).
+    pub fn sign_in_attempt(&self, client: Option<IpAddr>, username: &str) -> Result<(), AccountError> {
+        self.inner.limits.check(client, &validate::username_key(username))
+    }
+
+    /// A new session for `username`, whose identity the caller proved another way (an ed25519
+    /// login checked by `crate::keys`); `NoSuchUser` when there is no such live account.
+    pub async fn session_for(&self, username: &str) -> Result<SignedIn, AccountError> {
+        let name = username.to_owned();
+        let user_id =
+            self.store().run(move |conn| store::users::id_of(conn, &name)).await?.ok_or(AccountError::NoSuchUser)?;
+        let (token, session) = self.new_session(&user_id, self.now_millis());
+        self.store().run(move |conn| store::sessions::insert(conn, &session)).await?;
+        Ok(SignedIn { token, username: username.to_owned() })
+    }
+
     /// Gives accounts made before comparison keys their key, oldest first (run at start-up).
     /// Returns how many got one and how many could not, because an older account holds it;
     /// those keep signing in by their exact username.

@@ -1,4 +1,5 @@
-//! The browser-facing JSON accounts API: signup, signin, signout and the advertised protocol.
+//! The browser-facing JSON accounts API: signup, signin, signout, the advertised protocol, and
+//! (in `super::keys`) the key users' signed sign-in.
 //!
 //! Routes live under `/api` (see [`configure`]) and expect `web::Data<Accounts>` in app data.
 //! Every error, including unreadable JSON, is a JSON body `{"error", "reason", "resp_code"}`
@@ -16,7 +17,8 @@ use crate::error::{Code, Error};
 /// Largest request body accepted, in bytes; the biggest legitimate one is a 1 KiB password.
 const BODY_LIMIT: usize = 16 * 1024;
 
-/// Mounts the routes under `/api`; needs `web::Data<Accounts>` registered on the app.
+/// Mounts the routes under `/api`, with the key users' sign-in under `/api/keys`
+/// (`super::keys`); needs `web::Data<Accounts>` and `web::Data<Keys>` registered on the app.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
@@ -25,7 +27,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/signup", web::post().to(signup))
             .route("/signin", web::post().to(signin))
             .route("/signout", web::post().to(signout))
-            .route("/protocol", web::get().to(protocol)),
+            .route("/protocol", web::get().to(protocol))
+            .service(
+                web::scope("/keys")
+                    .route("/challenge", web::post().to(super::keys::challenge))
+                    .route("/signin", web::post().to(super::keys::signin)),
+            ),
     );
 }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+mod keys;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 

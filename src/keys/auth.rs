@@ -20,18 +20,33 @@ pub fn new_nonce() -> [u8; NONCE_BYTES] {
 /// Checks an `AuthResponse` against the nonce this connection was sent: the login must parse,
 /// name a well-formed userID, echo `nonce`, and be signed by the key inside that userID.
 pub fn verify(nonce: &[u8], response: &wire::AuthResponse) -> Result<Address, KeysError> {
+    let (address, echoed) = parse(response)?;
+    if !bool::from(echoed.as_slice().ct_eq(nonce)) {
+        return Err(KeysError::InvalidNonce);
+    }
+    check_signature(&address, response)?;
+    Ok(address)
+}
+
+/// Checks that an `AuthResponse` is signed by the key inside the userID it names, and returns
+/// that address with the nonce it echoes; whether the nonce is one the server issued is the
+/// caller's to check (an HTTP sign-in looks it up in the store).
+pub fn verify_signed(response: &wire::AuthResponse) -> Result<(Address, Vec<u8>), KeysError> {
+    let (address, echoed) = parse(response)?;
+    check_signature(&address, response)?;
+    Ok((address, echoed))
+}
+
+fn parse(response: &wire::AuthResponse) -> Result<(Address, Vec<u8>), KeysError> {
     let login = wire::Login::decode(response.login.as_slice())
         .map_err(|e| KeysError::InvalidMessage(format!("login is not a Login: {e}")))?;
     let address = login.address.ok_or_else(|| KeysError::InvalidUserId("the login names no address".into()))?;
-    let address = Address::from_wire(&address)?;
-    if !bool::from(login.nonce.as_slice().ct_eq(nonce)) {
-        return Err(KeysError::InvalidNonce);
-    }
+    Ok((Address::from_wire(&address)?, login.nonce))
+}
+
+fn check_signature(address: &Address, response: &wire::AuthResponse) -> Result<(), KeysError> {
     let signature = Signature::from_slice(&response.signature).map_err(|_| KeysError::InvalidSignature)?;
-    verifying_key(&address.user)?
-        .verify_strict(&response.login, &signature)
-        .map_err(|_| KeysError::InvalidSignature)?;
-    Ok(address)
+    verifying_key(&address.user)?.verify_strict(&response.login, &signature).map_err(|_| KeysError::InvalidSignature)
 }
 
 fn verifying_key(user: &UserId) -> Result<VerifyingKey, KeysError> {
@@ -90,5 +105,11 @@ mod tests {
         assert_eq!(name(&truncated), Some("invalid_signature"));
         let garbage = wire::AuthResponse { login: vec![0xff, 0xff], signature: vec![] };
         assert_eq!(name(&garbage), Some("invalid_message"));
+
+        let (address, echoed) = verify_signed(&signed(&key, user_id(&key), b"any nonce")).expect("signed");
+        assert_eq!((address.device, echoed.as_slice()), (3, &b"any nonce"[..]));
+        let signed_name = |r: &wire::AuthResponse| verify_signed(r).err().map(|e| e.name());
+        assert_eq!(signed_name(&signed(&other, user_id(&key), &nonce)), Some("invalid_signature"));
+        assert_eq!(signed_name(&tampered), Some("invalid_signature"));
     }
 }

@@ -15,8 +15,8 @@ pub enum KeysError {
     /// The login's signature does not verify with the key in its userID.
     #[error("the signature does not verify with the login's userID")]
     InvalidSignature,
-    /// The login echoes a nonce this connection never issued.
-    #[error("the nonce is not this connection's")]
+    /// The login echoes a nonce the server did not issue for it (or one used up or expired).
+    #[error("the nonce is not one this server issued for this login, or it was used or expired")]
     InvalidNonce,
     /// The connection is authenticated already.
     #[error("this connection is authenticated already")]
@@ -80,6 +80,12 @@ impl From<MessagingError> for KeysError {
             MessagingError::UnknownDevice => KeysError::UnknownDevice,
             other => KeysError::Messaging(other),
         }
+    }
+}
+
+impl From<KeysError> for crate::error::Error {
+    fn from(err: KeysError) -> Self {
+        crate::error::Error::new(err.code(), err.to_string())
     }
 }
 

@@ -30,6 +30,9 @@ use crate::store::{Store, StoreError};
 /// dropped below the threshold.
 pub const EVENT_PREKEYS_LOW: &str = "prekeys_low";
 
+/// How long a sign-in challenge of [`Keys::challenge`] may be answered, in milliseconds.
+pub const CHALLENGE_TTL_MILLIS: i64 = 60_000;
+
 /// The key directory's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,11 +43,22 @@ pub struct KeysConfig {
     pub prekeys_requested: u32,
     /// Most one-time prekeys one `register` may carry.
     pub max_pre_keys_per_register: usize,
+    /// Most one-time prekeys one device may have on file: registers that append past it are
+    /// refused, so no device can fill the database a thousand keys at a time.
+    pub max_pre_keys_per_device: usize,
+    /// Longest signed prekey or one-time prekey, in bytes (real ones are tens of bytes).
+    pub max_key_bytes: usize,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        KeysConfig { prekeys_low_threshold: 10, prekeys_requested: 20, max_pre_keys_per_register: 1000 }
+        KeysConfig {
+            prekeys_low_threshold: 10,
+            prekeys_requested: 20,
+            max_pre_keys_per_register: 1000,
+            max_pre_keys_per_device: 2000,
+            max_key_bytes: 1024,
+        }
     }
 }
 
@@ -99,6 +113,35 @@ impl Keys {
         }
     }
 
+    /// A fresh sign-in challenge for `user`, good for one signed login within
+    /// [`CHALLENGE_TTL_MILLIS`]: how a key user signs in where there is no signal connection to
+    /// carry the challenge (`POST /api/keys/challenge`).
+    pub async fn challenge(&self, user: &UserId) -> Result<[u8; auth::NONCE_BYTES], KeysError> {
+        let nonce = auth::new_nonce();
+        let (eid, expires_at) = (user.eid(), self.clock.now_millis().saturating_add(CHALLENGE_TTL_MILLIS));
+        self.store.write(move |conn| queries::put_challenge(conn, &eid, &nonce, expires_at)).await?;
+        Ok(nonce)
+    }
+
+    /// Checks a signed login answering one of [`Keys::challenge`]'s nonces, uses that nonce up
+    /// and makes sure the user exists; resolves to the login's address.
+    pub async fn sign_in(&self, response: &crate::pb::signal::AuthResponse) -> Result<Address, KeysError> {
+        // The signature first: a forged login must not use up the real client's nonce.
+        let (address, nonce) = auth::verify_signed(response)?;
+        let (eid, now) = (address.eid(), self.clock.now_millis());
+        if !self.store.write(move |conn| queries::take_challenge(conn, &eid, &nonce, now)).await? {
+            return Err(KeysError::InvalidNonce);
+        }
+        self.signed_in(&address).await?;
+        Ok(address)
+    }
+
+    /// Deletes the sign-in challenges that expired unanswered; returns how many.
+    pub async fn purge_challenges(&self) -> Result<usize, KeysError> {
+        let now = self.clock.now_millis();
+        Ok(self.store.write(move |conn| queries::purge_challenges(conn, now)).await?)
+    }
+
     /// Registers the device's keys (appending or replacing, see `store::keys::register`);
     /// resolves to its one-time prekeys now on file.
     pub async fn register(
@@ -108,13 +151,19 @@ impl Keys {
         signed_pre_key: Vec<u8>,
         pre_keys: Vec<Vec<u8>>,
     ) -> Result<i64, KeysError> {
-        if pre_keys.len() > self.config.max_pre_keys_per_register {
-            let max = self.config.max_pre_keys_per_register;
+        let config = &self.config;
+        if pre_keys.len() > config.max_pre_keys_per_register {
+            let max = config.max_pre_keys_per_register;
             return Err(KeysError::InvalidMessage(format!("at most {max} one-time prekeys per register")));
         }
         if signed_pre_key.is_empty() {
             return Err(KeysError::InvalidMessage("register needs a signedPreKey".into()));
         }
+        let max_bytes = config.max_key_bytes;
+        if signed_pre_key.len() > max_bytes || pre_keys.iter().any(|k| k.is_empty() || k.len() > max_bytes) {
+            return Err(KeysError::InvalidMessage(format!("every prekey must be 1..={max_bytes} bytes")));
+        }
+        let max_on_file = i64::try_from(config.max_pre_keys_per_device).unwrap_or(i64::MAX);
         let row = RegistrationRow {
             username: address.eid(),
             device_id: i64::from(address.device),
@@ -122,8 +171,23 @@ impl Keys {
             signed_pre_key,
             registered_at: self.clock.now_millis(),
         };
-        let registered = self.store.write(move |conn| queries::register(conn, &row, &pre_keys)).await?;
-        Ok(registered.remaining)
+        let adding = i64::try_from(pre_keys.len()).unwrap_or(i64::MAX);
+        let registered = self
+            .store
+            .write(move |conn| {
+                let kept = queries::kept_by_register(conn, &row)?;
+                if kept.saturating_add(adding) > max_on_file {
+                    return Ok(Err(kept));
+                }
+                queries::register(conn, &row, &pre_keys).map(Ok)
+            })
+            .await?;
+        match registered {
+            Ok(registered) => Ok(registered.remaining),
+            Err(kept) => Err(KeysError::InvalidMessage(format!(
+                "a device holds at most {max_on_file} one-time prekeys; it has {kept} and this adds {adding}"
+            ))),
+        }
     }
 
     /// Forgets the device's registration and prekeys (its sealed messages stay in the log).

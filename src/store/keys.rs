@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Binary, Text};
 use diesel::sqlite::Sqlite;
 
 use super::messages::MAX_OFFSET;
-use super::schema::{key_registrations, one_time_prekeys, sealed_messages, users};
+use super::schema::{key_challenges, key_registrations, one_time_prekeys, sealed_messages, users};
 use super::statement::Statement;
 use super::users::UserRow;
 use super::{DbConnection, Millis, Snapshot, StoreError};
@@ -121,9 +121,7 @@ pub fn register(
     pre_keys: &[Vec<u8>],
 ) -> Result<Registered, StoreError> {
     let existing = registration(conn, &row.username, row.device_id)?;
-    let same = existing
-        .as_ref()
-        .is_some_and(|e| e.registration_id == row.registration_id && e.signed_pre_key == row.signed_pre_key);
+    let same = existing.as_ref().is_some_and(|e| same_keys(e, row));
     let replaced = existing.is_some() && !same;
     if replaced {
         unregister(conn, &row.username, row.device_id)?;
@@ -143,6 +141,19 @@ pub fn register(
     Ok(Registered { replaced, remaining: remaining(conn, &row.username, row.device_id)? })
 }
 
+/// The one-time prekeys a [`register`] of `row` keeps from what is on file: all of them when
+/// the registration on file has the same keys, none when it is replaced (or there is none).
+pub fn kept_by_register(conn: &mut DbConnection, row: &RegistrationRow) -> Result<i64, StoreError> {
+    match registration(conn, &row.username, row.device_id)? {
+        Some(existing) if same_keys(&existing, row) => remaining(conn, &row.username, row.device_id),
+        _ => Ok(0),
+    }
+}
+
+fn same_keys(existing: &RegistrationRow, row: &RegistrationRow) -> bool {
+    existing.registration_id == row.registration_id && existing.signed_pre_key == row.signed_pre_key
+}
+
 /// Deletes the registration of `(username, device)` and its prekeys; true when one existed.
 pub fn unregister(conn: &mut DbConnection, username: &str, device: i64) -> Result<bool, StoreError> {
     diesel::delete(
@@ -152,6 +163,42 @@ pub fn unregister(conn: &mut DbConnection, username: &str, device: i64) -> Resul
     .execute(conn)?;
     let deleted = diesel::delete(key_registrations::table.find((username, device))).execute(conn)?;
     Ok(deleted > 0)
+}
+
+/// Records `nonce` as a sign-in challenge for `username` until `expires_at`, in the caller's
+/// write transaction.
+pub fn put_challenge(
+    conn: &mut DbConnection,
+    username: &str,
+    nonce: &[u8],
+    expires_at: Millis,
+) -> Result<(), StoreError> {
+    diesel::insert_into(key_challenges::table)
+        .values((
+            key_challenges::nonce.eq(nonce),
+            key_challenges::username.eq(username),
+            key_challenges::expires_at.eq(expires_at),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Uses up the challenge `nonce` of `username`, in the caller's write transaction: true when it
+/// was issued to that user and had not expired at `now`. Only one caller's delete removes the
+/// row, so a nonce signs in once.
+pub fn take_challenge(conn: &mut DbConnection, username: &str, nonce: &[u8], now: Millis) -> Result<bool, StoreError> {
+    let deleted = diesel::delete(
+        key_challenges::table
+            .find(nonce)
+            .filter(key_challenges::username.eq(username).and(key_challenges::expires_at.gt(now))),
+    )
+    .execute(conn)?;
+    Ok(deleted == 1)
+}
+
+/// Deletes the challenges expired at `now`; returns how many.
+pub fn purge_challenges(conn: &mut DbConnection, now: Millis) -> Result<usize, StoreError> {
+    Ok(diesel::delete(key_challenges::table.filter(key_challenges::expires_at.le(now))).execute(conn)?)
 }
 
 /// Takes the oldest one-time prekey of `(username, device)`, in the caller's write transaction;

@@ -137,6 +137,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    key_challenges (nonce) {
+        nonce -> Binary,
+        username -> Text,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(devices -> users (user_id));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(pending_messages -> users (user_id));
@@ -155,4 +163,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     key_registrations,
     one_time_prekeys,
     sealed_messages,
+    key_challenges,
 );

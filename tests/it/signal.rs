@@ -195,6 +195,38 @@ async fn directory(db: Arc<TestDb>) {
     assert_eq!(bad.name, "invalid_user_id");
 }
 
+on_both_backends!(a_device_holds_a_bounded_number_of_bounded_prekeys, prekey_limits);
+async fn prekey_limits(db: Arc<TestDb>) {
+    let mut config = test_config();
+    config.keys.max_pre_keys_per_register = 4;
+    config.keys.max_pre_keys_per_device = 6;
+    config.keys.max_key_bytes = 16;
+    let server = TestServer::start_on(db, config, |c| c);
+    let bob = KeyUser::random();
+    let mut phone = SignalClient::logged_in(&server, &bob, 1).await;
+    let register = |registration_id: u32, signed: &[u8], pre_keys: Vec<Vec<u8>>| {
+        Body::Register(wire::Register { registration_id, signed_pre_key: signed.to_vec(), one_time_pre_keys: pre_keys })
+    };
+    let refused = |answer: Body| match answer {
+        Body::Error(e) if e.name == "invalid_message" => e.description,
+        other => panic!("expected invalid_message, got {other:?}"),
+    };
+    // Per register, per key, and empty keys (an empty one-time prekey reads as "none left").
+    refused(phone.call(register(1, b"spk", keys("k", 5))).await);
+    refused(phone.call(register(1, &[7; 17], keys("k", 1))).await);
+    refused(phone.call(register(1, b"spk", vec![vec![7; 17]])).await);
+    refused(phone.call(register(1, b"spk", vec![Vec::new()])).await);
+    // Per device: appends stop at six, a replacement starts from none.
+    phone.register(1, b"spk", &keys("a", 4)).await;
+    let why = refused(phone.call(register(1, b"spk", keys("b", 3))).await);
+    assert!(why.contains("at most 6"), "{why}");
+    phone.register(1, b"spk", &keys("b", 2)).await;
+    phone.register(2, b"spk-2", &keys("c", 4)).await;
+    let mut sender = SignalClient::connect(&server).await;
+    let bundles = sender.request_pre_keys(&bob.user_id, &[]).await.unwrap();
+    assert_eq!(bundles[0].one_time_pre_key, b"c-0", "the replaced registration's keys are gone");
+}
+
 on_both_backends!(twenty_concurrent_requesters_never_share_a_one_time_prekey, concurrent_claims);
 async fn concurrent_claims(db: Arc<TestDb>) {
     let server = Arc::new(TestServer::start_on(db, test_config(), |c| c));
@@ -405,4 +437,186 @@ async fn phoenix_directory(db: Arc<TestDb>) {
     assert_eq!(bob_browser.call_ok("keys.count", json!({"device": 5})).await, json!({"remaining": 1}));
     let nobody = carol_browser.call("keys.bundle", json!({"user": KeyUser::random().eid()})).await;
     assert_eq!(nobody["response"]["code"], "unknown_user", "{nobody}");
+}
+
+on_both_backends!(key_users_sign_in_over_http_and_connect_as_phoenix_devices, http_sign_in);
+async fn http_sign_in(db: Arc<TestDb>) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use ed25519_dalek::Signer;
+    use prost::Message as _;
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite;
+
+    use crate::support::{Client, http};
+
+    let server = TestServer::start_on(db, test_config(), |c| c);
+    let post = |path: &'static str, body: Value| {
+        let addr = server.addr;
+        async move {
+            let (status, text) =
+                http(addr, "POST", path, &[("Content-Type", "application/json")], &body.to_string()).await;
+            (status, serde_json::from_str::<Value>(&text).unwrap_or_else(|_| panic!("{path} answered {text}")))
+        }
+    };
+    let challenge = |user: &KeyUser| {
+        let body = json!({"user": user.eid()});
+        async {
+            let (status, reply) = post("/api/keys/challenge", body).await;
+            assert_eq!(status, 200, "{reply}");
+            assert_eq!(reply["expires_in_ms"], 60_000);
+            STANDARD.decode(reply["nonce"].as_str().expect("a nonce")).expect("base64")
+        }
+    };
+    let signed = |user: &KeyUser, signer: &KeyUser, device: u32, nonce: &[u8]| {
+        let login = wire::Login { address: Some(user.address(device)), nonce: nonce.to_vec() }.encode_to_vec();
+        let signature = signer.key.sign(&login).to_bytes();
+        json!({"login": STANDARD.encode(&login), "signature": STANDARD.encode(signature)})
+    };
+    let (bob, mallory) = (KeyUser::random(), KeyUser::random());
+
+    let nonce = challenge(&bob).await;
+    assert!(nonce.len() >= 16);
+    // A forgery is refused and does not use the nonce up; the real login then signs in.
+    let (status, forged) = post("/api/keys/signin", signed(&bob, &mallory, 4, &nonce)).await;
+    assert_eq!((status, forged["error"].as_str()), (401, Some("invalid_signature")), "{forged}");
+    let (status, session) = post("/api/keys/signin", signed(&bob, &bob, 4, &nonce)).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!((session["username"].as_str(), session["device"].as_u64()), (Some(bob.eid().as_str()), Some(4)));
+    let token = session["session"].as_str().expect("a session token").to_owned();
+    // A nonce signs in once, only for the user it was issued to, and only if issued at all.
+    let (status, replay) = post("/api/keys/signin", signed(&bob, &bob, 4, &nonce)).await;
+    assert_eq!((status, replay["error"].as_str()), (401, Some("invalid_nonce")), "{replay}");
+    let mallorys = challenge(&mallory).await;
+    let (_, borrowed) = post("/api/keys/signin", signed(&bob, &bob, 4, &mallorys)).await;
+    assert_eq!(borrowed["error"], "invalid_nonce", "{borrowed}");
+    let (_, invented) = post("/api/keys/signin", signed(&bob, &bob, 4, &[7; 32])).await;
+    assert_eq!(invented["error"], "invalid_nonce", "{invented}");
+    let (status, not_eid) = post("/api/keys/challenge", json!({"user": "alice"})).await;
+    assert_eq!((status, not_eid["error"].as_str()), (400, Some("invalid_user_id")), "{not_eid}");
+    let (status, garbage) = post("/api/keys/signin", json!({"login": "%%", "signature": ""})).await;
+    assert_eq!(status, 400, "{garbage}");
+
+    // The token is an ordinary session: a Phoenix device of bob joins his topic with it.
+    let url = server.url(&format!("vsn=2.0.0&token={token}&device=web"));
+    let mut browser = Client::connect(&url).await;
+    browser.send(json!(["1", "1", format!("user:{}", bob.eid()), "phx_join", {}])).await;
+    let joined = browser.recv_json().await;
+    assert_eq!(joined[4]["status"], "ok", "{joined}");
+    assert_eq!(joined[4]["response"]["identity"]["connection_resource_id"], "web");
+    // Device names of the signal endpoint's devices are not for Phoenix sockets.
+    match Client::try_connect(&server.url(&format!("vsn=2.0.0&token={token}&device=signal:4")), &[]).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("a Phoenix socket took a signal device's name"),
+    }
+    // No password signs a key user in: it is a wrong password, not a server error.
+    let (status, refused) =
+        post("/api/signin", json!({"username": bob.eid(), "password": "correct horse battery"})).await;
+    assert_eq!((status, refused["error"].as_str()), (401, Some("wrong_password")), "{refused}");
+}
+
+#[tokio::test]
+async fn an_unanswered_key_challenge_expires() {
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use courier::clock::ManualClock;
+    use serde_json::{Value, json};
+
+    use crate::support::http;
+
+    let clock = ManualClock::new(1_700_000_000_000);
+    let injected = clock.clone();
+    let server = TestServer::start_on(Arc::new(TestDb::sqlite()), test_config(), move |c| c.clock(Arc::new(injected)));
+    let bob = KeyUser::random();
+    let headers = [("Content-Type", "application/json")];
+    let body = json!({"user": bob.eid()}).to_string();
+    let (status, reply) = http(server.addr, "POST", "/api/keys/challenge", &headers, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).expect("JSON");
+    let nonce = STANDARD.decode(reply["nonce"].as_str().expect("a nonce")).expect("base64");
+
+    clock.advance(Duration::from_secs(61));
+    let Body::AuthResponse(response) = SignalClient::auth_response(&bob, 1, &nonce) else { unreachable!() };
+    let signin = json!({"login": STANDARD.encode(&response.login), "signature": STANDARD.encode(&response.signature)});
+    let (status, reply) = http(server.addr, "POST", "/api/keys/signin", &headers, &signin.to_string()).await;
+    assert_eq!(status, 401, "{reply}");
+    assert!(reply.contains("invalid_nonce"), "{reply}");
+}
+
+/// Nothing about an anonymous sender reaches the log, at any level, or the store: the sender
+/// connects from its own loopback address (127.0.0.2) to the real binary logging at TRACE, and
+/// neither that address nor its port appears in any line; the stored row has no column for it.
+#[tokio::test]
+async fn a_sealed_sender_leaves_no_trace_in_the_log_or_the_store() {
+    use std::process::Command;
+
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use prost::Message as _;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    use crate::support::spawn_binary;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("courier.db");
+    let (mut child, addr, logs) = spawn_binary(&database, &[("RUST_LOG", "trace")]);
+    let server_addr: std::net::SocketAddr = addr.parse().expect("address");
+    let bob = KeyUser::random();
+
+    // Bob's phone logs in and registers, over an ordinary test client.
+    let mut phone = SignalClient::logged_in_at(server_addr, &bob, 1).await;
+    phone.register(1, b"spk", &keys("k", 12)).await;
+
+    // The sender, from 127.0.0.2.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("address")).expect("bind 127.0.0.2");
+    let stream = socket.connect(server_addr).await.expect("connect from 127.0.0.2");
+    let sender_port = stream.local_addr().expect("local address").port();
+    let (mut sender, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/signal/websocket"), stream).await.expect("handshake");
+    let challenge = sender.next().await.expect("a frame").expect("readable");
+    assert!(matches!(challenge, WsMessage::Binary(_)), "{challenge:?}");
+    let outbound = wire::OutboundMessage { to: Some(bob.address(1)), unidentified_sender_message: b"sealed".to_vec() };
+    let envelope = wire::Message { sequence: 1, payload: Some(Body::OutboundMessage(outbound)) };
+    sender.send(WsMessage::Binary(envelope.encode_to_vec().into())).await.expect("send");
+    let answer = match sender.next().await.expect("a frame").expect("readable") {
+        WsMessage::Binary(bytes) => wire::Message::decode(bytes.as_ref()).expect("an envelope"),
+        other => panic!("expected the ack, got {other:?}"),
+    };
+    assert!(matches!(answer.payload, Some(Body::Ack(_))), "{answer:?}");
+    assert_eq!(phone.recv_inbound().await.1, b"sealed");
+    sender.close(None).await.expect("close");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("binary exits");
+    assert!(exit.success(), "exit status {exit}");
+    let lines: Vec<String> = logs.try_iter().collect();
+    assert!(lines.iter().any(|l| l.contains("TRACE")), "the log ran at TRACE: {} lines", lines.len());
+    let port = format!(":{sender_port}");
+    let naming: Vec<&String> = lines.iter().filter(|l| l.contains("127.0.0.2") || l.contains(&port)).collect();
+    assert!(naming.is_empty(), "log lines name the anonymous sender: {naming:#?}");
+
+    // The stored row: receiver, offset, device, body and time, nothing else; and the address
+    // is nowhere in the database's files.
+    #[derive(diesel::QueryableByName)]
+    struct Column {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let mut conn = diesel::SqliteConnection::establish(&database.to_string_lossy()).expect("open the database");
+    let columns: Vec<Column> = diesel::sql_query("SELECT name FROM pragma_table_info('sealed_messages') ORDER BY cid")
+        .load(&mut conn)
+        .expect("columns");
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["receiver", "receiver_offset", "device_id", "body", "stored_at"]);
+    drop(conn);
+    for entry in std::fs::read_dir(dir.path()).expect("list") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        assert!(!bytes.windows(9).any(|w| w == b"127.0.0.2"), "{} holds the sender's address", path.display());
+    }
 }

@@ -47,7 +47,12 @@ pub struct SignalClient {
 impl SignalClient {
     /// Connects and reads the challenge (which must come first, with sequence and nonce).
     pub async fn connect(server: &TestServer) -> SignalClient {
-        let raw = Client::connect(&format!("ws://{}/signal/websocket", server.addr)).await;
+        SignalClient::connect_at(server.addr).await
+    }
+
+    /// Connects to the server at `addr` and reads the challenge.
+    pub async fn connect_at(addr: std::net::SocketAddr) -> SignalClient {
+        let raw = Client::connect(&format!("ws://{addr}/signal/websocket")).await;
         let mut client = SignalClient { raw, next_sequence: 0, nonce: Vec::new() };
         let first = client.recv().await;
         let Some(Body::AuthChallenge(challenge)) = first.payload else { panic!("expected a challenge, got {first:?}") };
@@ -58,7 +63,12 @@ impl SignalClient {
 
     /// Connects and logs in as `device` of `user`, expecting the ack.
     pub async fn logged_in(server: &TestServer, user: &KeyUser, device: u32) -> SignalClient {
-        let mut client = SignalClient::connect(server).await;
+        SignalClient::logged_in_at(server.addr, user, device).await
+    }
+
+    /// Connects to the server at `addr` and logs in as `device` of `user`.
+    pub async fn logged_in_at(addr: std::net::SocketAddr, user: &KeyUser, device: u32) -> SignalClient {
+        let mut client = SignalClient::connect_at(addr).await;
         let response = client.login(user, device).await;
         assert!(matches!(response.payload, Some(Body::Ack(_))), "login answered {response:?}");
         client
