@@ -204,8 +204,13 @@ impl Config {
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.socket;
-        let checks: [(&'static str, bool, &str); 10] = [
+        let checks: [(&'static str, bool, &str); 11] = [
             ("bind", self.bind.parse::<std::net::SocketAddr>().is_ok(), "must be an IP:port address"),
+            (
+                "admin.token",
+                self.admin.token.as_deref().is_none_or(|t| !t.trim().is_empty() && !t.chars().any(char::is_control)),
+                "must not be empty or hold control characters (leave it out to get a random one)",
+            ),
             (
                 "http.max_head_bytes",
                 (1024..=60 * 1024).contains(&self.http.max_head_bytes),

@@ -113,8 +113,6 @@ pub enum Code {
     NotFound,
     /// The admin token is missing or wrong; a channel join that needs a signed-in socket.
     Unauthorized,
-    /// The admin routes are off (no `admin.token`).
-    AdminDisabled,
     /// A WebSocket upgrade that is not a valid handshake.
     BadHandshake,
     /// A WebSocket connect whose credentials are refused (403, as Phoenix refuses a connect); a
@@ -162,7 +160,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 49] = [
+    pub const ALL: [Code; 48] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -190,7 +188,6 @@ impl Code {
         Code::BadRequest,
         Code::NotFound,
         Code::Unauthorized,
-        Code::AdminDisabled,
         Code::BadHandshake,
         Code::Forbidden,
         Code::BadQuery,
@@ -261,7 +258,6 @@ impl Code {
             BadRequest => ("bad_request", 400, RespCode::InvalidInput),
             NotFound => ("not_found", 404, RespCode::NotFound),
             Unauthorized => ("unauthorized", 401, RespCode::BadToken),
-            AdminDisabled => ("admin_disabled", 403, RespCode::Forbidden),
             BadHandshake => ("bad_handshake", 400, RespCode::InvalidInput),
             Forbidden => ("forbidden", 403, RespCode::Forbidden),
             BadQuery => ("bad_query", 400, RespCode::InvalidInput),

@@ -42,6 +42,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(url) = cli.database_url {
         config.database_url = url;
     }
+    // From the environment only: a flag would show the token to anyone who can list processes.
+    if let Ok(token) = std::env::var("COURIER_ADMIN_TOKEN") {
+        config.admin.token = Some(token);
+    }
     config.validate()?;
     courier::logging::init(std::io::stderr().is_terminal());
     actix_web::rt::System::new().block_on(async move {

@@ -151,11 +151,20 @@ impl Courier {
             settings: Arc::new(config.socket.clone()),
             sockets: Arc::clone(&sockets),
         });
+        let admin_token = config.admin.token.clone().unwrap_or_else(|| {
+            let token = admin::generate_token();
+            // Straight to stderr, once, and not through tracing: log pipelines keep no copy.
+            eprintln!("admin token (set admin.token or COURIER_ADMIN_TOKEN to choose one): {token}");
+            token
+        });
         let admin = web::Data::new(AdminState {
-            token: config.admin.token.clone(),
+            token: admin_token,
             pubsub: pubsub.clone(),
             sockets: Arc::clone(&sockets),
             node: config.node.clone(),
+            tracker: Arc::clone(&tracker),
+            messaging: messaging.clone(),
+            started: std::time::Instant::now(),
         });
         let json = Arc::new(JsonEndpoint {
             accounts: accounts.clone(),

@@ -206,6 +206,43 @@ impl Accounts {
         password: &str,
         hash: HashAlgorithm,
     ) -> Result<SignedIn, AccountError> {
+        let (username, token) = self.create(client, username, password, hash, true).await?;
+        let token = token.ok_or(AccountError::Store(StoreError::Corrupt("signup made no session".into())))?;
+        Ok(SignedIn { token, username })
+    }
+
+    /// Creates an account with no session (an operator's action); resolves to the stored name.
+    /// The signup rules apply, the sign-in rate limits do not.
+    pub async fn create_user(&self, username: &str, password: &str) -> Result<String, AccountError> {
+        Ok(self.create(None, username, password, HashAlgorithm::Argon2id, false).await?.0)
+    }
+
+    /// Live accounts whose username starts with `prefix` and sorts after `after`, the first
+    /// `limit` by username.
+    pub async fn list_users(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<store::users::UserSummary>, AccountError> {
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        Ok(self.store().run(move |conn| store::users::page(conn, &prefix, after.as_deref(), limit)).await?)
+    }
+
+    /// A user's devices with when each was first and last seen, oldest first.
+    pub async fn device_rows(&self, username: &str) -> Result<Vec<store::devices::DeviceRow>, AccountError> {
+        let username = validate::username(username)?;
+        self.with_user_id(username, store::devices::list).await
+    }
+
+    async fn create(
+        &self,
+        client: Option<IpAddr>,
+        username: &str,
+        password: &str,
+        hash: HashAlgorithm,
+        with_session: bool,
+    ) -> Result<(String, Option<SessionToken>), AccountError> {
         let username = validate::new_username(username)?;
         let key = validate::username_key(&username);
         validate::password(password)?;
@@ -231,16 +268,25 @@ impl Accounts {
             created_at: now,
             username_key: Some(key),
         };
-        let (token, session) = self.new_session(&user.id, now);
+        let (token, session) = match with_session {
+            true => {
+                let (token, session) = self.new_session(&user.id, now);
+                (Some(token), Some(session))
+            }
+            false => (None, None),
+        };
         let result = self
             .store()
             .write(move |conn| {
                 store::users::insert(conn, &user)?;
-                store::sessions::insert(conn, &session)
+                match &session {
+                    Some(session) => store::sessions::insert(conn, session),
+                    None => Ok(()),
+                }
             })
             .await;
         match result {
-            Ok(()) => Ok(SignedIn { token, username }),
+            Ok(()) => Ok((username, token)),
             Err(StoreError::AlreadyExists) => Err(AccountError::UserInUse),
             Err(e) => Err(e.into()),
         }

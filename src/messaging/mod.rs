@@ -101,6 +101,40 @@ pub struct HistoryPage {
     pub more: bool,
 }
 
+/// A [`LogPage`] as `pull` answers it (and the admin API reads a log): the messages, the
+/// log's end, and whether the log goes on after them.
+#[derive(serde::Serialize)]
+pub struct PullReply<'a> {
+    messages: Vec<&'a pb::Message>,
+    last_offset: i64,
+    more: bool,
+}
+
+impl LogPage {
+    /// The page in `pull`'s reply shape.
+    pub fn reply(&self) -> PullReply<'_> {
+        PullReply {
+            messages: self.entries.iter().map(|(_, m)| m).collect(),
+            last_offset: self.last_offset,
+            more: self.more,
+        }
+    }
+}
+
+/// A [`HistoryPage`] as `history` answers it: the messages, and whether older ones exist.
+#[derive(serde::Serialize)]
+pub struct HistoryReply<'a> {
+    messages: &'a [pb::Message],
+    more: bool,
+}
+
+impl HistoryPage {
+    /// The page in `history`'s reply shape.
+    pub fn reply(&self) -> HistoryReply<'_> {
+        HistoryReply { messages: &self.messages, more: self.more }
+    }
+}
+
 /// The messaging service: cheap to clone, shared by every socket.
 #[derive(Clone)]
 pub struct Messaging {

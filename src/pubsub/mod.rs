@@ -30,7 +30,7 @@ pub use event::{Event, EventDecodeError, Occupancy};
 pub use ids::{ConnectionId, NodeId};
 pub use memory::{MemoryBroker, MemoryCluster};
 pub use registry::RegistryShard;
-use registry::{Publish, Subscribe, SubscriberCount, Unsubscribe};
+use registry::{Census, Publish, Subscribe, SubscriberCount, TopicPage, Unsubscribe};
 pub use topic::{Topic, TopicError, TopicKind};
 
 /// Identifies one subscriber (one socket connection) across the registry.
@@ -288,6 +288,38 @@ impl PubSub {
     /// How many live subscribers `topic` has on this node.
     pub async fn subscriber_count(&self, topic: &str) -> Result<usize, PubSubError> {
         Ok(self.fanout.shard(topic).send(SubscriberCount { topic: topic.to_owned() }).await?)
+    }
+
+    /// This node's topics starting with `prefix` and sorting after `after`, the first `limit`
+    /// in order, each with its live subscriber count (an operator's listing, not a hot path).
+    pub async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, usize)>, PubSubError> {
+        let mut all = Vec::new();
+        for shard in self.fanout.shards.iter() {
+            let page = TopicPage { prefix: prefix.to_owned(), after: after.map(str::to_owned), limit };
+            all.extend(shard.send(page).await?);
+        }
+        all.sort_unstable();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// This node's topics and live subscriptions per topic family (`user:`, `room:`, ...), as
+    /// `family → (topics, subscriptions)`.
+    pub async fn census(&self) -> Result<std::collections::BTreeMap<String, (usize, usize)>, PubSubError> {
+        let mut families = std::collections::BTreeMap::<String, (usize, usize)>::new();
+        for shard in self.fanout.shards.iter() {
+            for (family, topics, subscriptions) in shard.send(Census).await? {
+                let counts = families.entry(family).or_default();
+                counts.0 += topics;
+                counts.1 += subscriptions;
+            }
+        }
+        Ok(families)
     }
 
     /// Stops the registry arbiters (at server shutdown).

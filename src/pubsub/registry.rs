@@ -64,6 +64,57 @@ pub(super) struct SubscriberCount {
     pub topic: String,
 }
 
+/// The shard's topics that start with `prefix` and sort after `after`, the first `limit` of
+/// them in order, each with its live subscriber count.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, usize)>")]
+pub(super) struct TopicPage {
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Handler<TopicPage> for RegistryShard {
+    type Result = Vec<(String, usize)>;
+    fn handle(&mut self, msg: TopicPage, _: &mut Context<Self>) -> Vec<(String, usize)> {
+        // A scan, not an index: this serves an operator's page, never a client's request.
+        let mut page: Vec<(String, usize)> = self
+            .topics
+            .iter()
+            .filter(|(topic, _)| {
+                topic.starts_with(&msg.prefix) && msg.after.as_ref().is_none_or(|a| topic.as_str() > a.as_str())
+            })
+            .map(|(topic, subscribers)| (topic.clone(), subscribers.values().filter(|r| r.connected()).count()))
+            .collect();
+        page.sort_unstable();
+        page.truncate(msg.limit);
+        page
+    }
+}
+
+/// The shard's topics and live subscriptions, counted per topic family (the text up to and
+/// including the first `:`; the whole topic when it has none).
+#[derive(Message)]
+#[rtype(result = "Vec<(String, usize, usize)>")]
+pub(super) struct Census;
+
+impl Handler<Census> for RegistryShard {
+    type Result = Vec<(String, usize, usize)>;
+    fn handle(&mut self, _: Census, _: &mut Context<Self>) -> Vec<(String, usize, usize)> {
+        let mut families: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (topic, subscribers) in &self.topics {
+            let family = topic.find(':').map_or(topic.as_str(), |colon| &topic[..=colon]);
+            let counts = families.entry(family).or_default();
+            counts.0 += 1;
+            counts.1 += subscribers.values().filter(|r| r.connected()).count();
+        }
+        families
+            .into_iter()
+            .map(|(family, (topics, subscriptions))| (family.to_owned(), topics, subscriptions))
+            .collect()
+    }
+}
+
 impl Handler<Subscribe> for RegistryShard {
     type Result = Option<InterestTaken>;
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Option<InterestTaken> {

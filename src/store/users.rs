@@ -105,6 +105,70 @@ pub fn exists(conn: &mut DbConnection, username: &str) -> Result<bool, StoreErro
     Ok(id_of(conn, username)?.is_some())
 }
 
+/// One row of [`page`]: a live account's name and creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct UserSummary {
+    /// The username (`eid`).
+    pub username: String,
+    /// When the account was created.
+    pub created_at: Millis,
+}
+
+/// Live accounts whose username starts with `prefix` (case-sensitively, on both backends) and
+/// sorts after `after`, the first `limit` by username.
+pub fn page(
+    conn: &mut DbConnection,
+    prefix: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<UserSummary>, StoreError> {
+    // Usernames are never empty, so "after nothing" is after "".
+    let query = live()
+        .filter(users::username.gt(after.unwrap_or("").to_owned()))
+        .select((users::username, users::created_at))
+        .order(users::username.asc())
+        .limit(limit);
+    if prefix.is_empty() {
+        return Ok(query.load(conn)?);
+    }
+    // SQLite's LIKE ignores ASCII case and PostgreSQL's does not; SQLite's GLOB and
+    // PostgreSQL's LIKE both match case-sensitively, each with its own wildcards escaped.
+    Ok(match conn {
+        DbConnection::Sqlite(c) => {
+            let glob = diesel::dsl::sql::<diesel::sql_types::Bool>("username GLOB ")
+                .bind::<diesel::sql_types::Text, _>(format!("{}*", escape_glob(prefix)));
+            query.filter(glob).load(c)?
+        }
+        DbConnection::Pg(c) => {
+            query.filter(users::username.like(format!("{}%", escape_like(prefix))).escape('\\')).load(c)?
+        }
+    })
+}
+
+fn escape_like(text: &str) -> String {
+    text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+fn escape_glob(text: &str) -> String {
+    text.chars().fold(String::with_capacity(text.len()), |mut out, c| {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+        out
+    })
+}
+
 /// Number of live accounts.
 pub fn count(conn: &mut DbConnection) -> Result<i64, StoreError> {
     Ok(live().count().get_result(conn)?)

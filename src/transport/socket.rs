@@ -548,7 +548,9 @@ impl Session for SocketSession {
 
     fn deliver(&mut self, Deliver(broadcast): Deliver, ctx: &mut Ctx<Self>) {
         if self.info.identity.socket_id.as_deref() == Some(broadcast.topic.as_str()) {
-            if broadcast.name() == DISCONNECT_EVENT {
+            if broadcast.name() == DISCONNECT_EVENT
+                && disconnect_applies(broadcast.payload(), &self.info.identity.device)
+            {
                 tracing::info!(conn = self.conn(), "disconnect requested for socket id");
                 self.close(ctx, CloseCode::Away, "disconnected");
             }
@@ -571,5 +573,20 @@ impl Session for SocketSession {
             Ok(false) => {}
             Err(_) => self.crash_channel(ctx, &broadcast.topic, "handle_out panicked"),
         }
+    }
+}
+
+/// Whether a `disconnect` on the socket id closes a socket of `device`: every socket when the
+/// payload names no device (`{}` or empty), else only that device's. A disconnect is rare, so
+/// the payload is parsed only then.
+pub fn disconnect_applies(payload: &Payload, device: &Option<String>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Target {
+        device: Option<String>,
+    }
+    let target = payload.as_json_str().and_then(|text| serde_json::from_str::<Target>(text).ok());
+    match target.and_then(|t| t.device) {
+        Some(wanted) => device.as_deref() == Some(wanted.as_str()),
+        None => true,
     }
 }

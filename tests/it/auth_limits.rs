@@ -179,7 +179,7 @@ async fn admin_routes_authorize_before_parsing_the_body() {
     let mut config = test_config();
     config.admin.token = Some("s3cret".into());
     let server = TestServer::start_with(config, |c| c);
-    let path = "/admin/sockets/disconnect";
+    let path = "/admin/api/broadcast";
     for headers in [JSON.to_vec(), vec![("Content-Type", "application/json"), ("Authorization", "Bearer wrong")]] {
         let (status, text) = http(server.addr, "POST", path, &headers, "{bad").await;
         let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
@@ -189,6 +189,6 @@ async fn admin_routes_authorize_before_parsing_the_body() {
     let (status, text) = http(server.addr, "POST", path, &authorized, "{bad").await;
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_json")), "{body}");
-    let (status, text) = http(server.addr, "POST", path, &authorized, r#"{"id": "users_socket:nobody"}"#).await;
+    let (status, text) = http(server.addr, "POST", path, &authorized, r#"{"topic": "room:x", "event": "news"}"#).await;
     assert_eq!(status, 202, "{text}");
 }

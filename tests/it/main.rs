@@ -3,6 +3,7 @@
 mod support;
 
 mod accounts;
+mod admin;
 mod auth_limits;
 mod channel_lifecycle;
 mod cluster;

@@ -83,8 +83,7 @@ async fn revoke(db: Arc<TestDb>) {
     let mut bystander = Client::connect(&server.url(&format!("vsn=2.0.0&token={dave}"))).await;
 
     let headers = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
-    let (status, reply) =
-        http(server.addr, "POST", "/admin/sessions/revoke", &headers, &json!({"username": "carol"}).to_string()).await;
+    let (status, reply) = http(server.addr, "POST", "/admin/api/users/carol/sessions/revoke", &headers, "").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(serde_json::from_str::<Value>(&reply).unwrap()["revoked"], 1);
     assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
@@ -94,8 +93,7 @@ async fn revoke(db: Arc<TestDb>) {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
         other => panic!("a revoked token connected: {:?}", other.map(|_| ())),
     }
-    let (status, reply) =
-        http(server.addr, "POST", "/admin/sessions/revoke", &headers, &json!({"username": "nobody"}).to_string()).await;
+    let (status, reply) = http(server.addr, "POST", "/admin/api/users/nobody/sessions/revoke", &headers, "").await;
     assert_eq!(status, 404, "{reply}");
 }
 
@@ -175,8 +173,8 @@ async fn delete_user(db: Arc<TestDb>) {
     join_inbox(&mut bystander, "user:judy").await;
 
     let headers = [("Authorization", "Bearer admin-secret"), ("Content-Type", "application/json")];
-    let delete = json!({"username": "ivan"}).to_string();
-    let (status, reply) = http(server.addr, "POST", "/admin/users/delete", &headers, &delete).await;
+    let delete = "/admin/api/users/ivan";
+    let (status, reply) = http(server.addr, "DELETE", delete, &headers, "").await;
     assert_eq!(status, 200, "{reply}");
     let reply: Value = serde_json::from_str(&reply).unwrap();
     assert_eq!((reply["deleted"].as_bool(), reply["revoked"].as_u64()), (Some(true), Some(1)), "{reply}");
@@ -198,9 +196,9 @@ async fn delete_user(db: Arc<TestDb>) {
     bystander.send(json!(["1", "2", "user:judy", "message", message("to-ivan", "ivan", "hello?")])).await;
     let reply = bystander.recv_json().await;
     assert_eq!(reply[4]["status"], "error", "a message to a deleted user is refused: {reply}");
-    let (status, reply) = http(server.addr, "POST", "/admin/users/delete", &headers, &delete).await;
+    let (status, reply) = http(server.addr, "DELETE", delete, &headers, "").await;
     assert_eq!(status, 404, "{reply}");
-    let (status, _) = http(server.addr, "POST", "/admin/users/delete", &[], &delete).await;
+    let (status, _) = http(server.addr, "DELETE", delete, &[], "").await;
     assert_eq!(status, 401, "deletion needs the admin token");
 }
 

@@ -76,7 +76,7 @@ async fn the_binary_reads_a_config_file_and_refuses_unknown_keys_by_name() {
     let (mut child, addr, _logs) =
         spawn_binary(dir.path().join("courier.db"), &[("COURIER_CONFIG", config_arg.as_str())]);
     let (status, body) =
-        http(addr.parse().unwrap(), "GET", "/admin/stats", &[("Authorization", "Bearer from-file")], "").await;
+        http(addr.parse().unwrap(), "GET", "/admin/api/stats", &[("Authorization", "Bearer from-file")], "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("courier@test"), "{body}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

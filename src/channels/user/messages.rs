@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::UserChannel;
@@ -62,21 +62,6 @@ struct HistoryParams {
     with: String,
     before: Option<i64>,
     limit: Option<i64>,
-}
-
-/// The ok reply to `pull`; `more` says the log goes on after these messages.
-#[derive(Serialize)]
-struct PullReply<'a> {
-    messages: Vec<&'a pb::Message>,
-    last_offset: i64,
-    more: bool,
-}
-
-/// The ok reply to `history`; `more` says older messages exist.
-#[derive(Serialize)]
-struct HistoryReply<'a> {
-    messages: &'a [pb::Message],
-    more: bool,
 }
 
 /// Parses a JSON payload strictly; the error is a reply reason naming the event.
@@ -168,10 +153,7 @@ impl UserChannel {
         let limit = p.limit.unwrap_or(messaging.config().default_page);
         HandleIn::Later(Box::pin(async move {
             match messaging.pull(&eid, p.after, limit).await {
-                Ok(page) => {
-                    let messages: Vec<&pb::Message> = page.entries.iter().map(|(_, m)| m).collect();
-                    Reply::ok(Payload::json(&PullReply { messages, last_offset: page.last_offset, more: page.more }))
-                }
+                Ok(page) => Reply::ok(Payload::json(&page.reply())),
                 Err(e) => Reply::from(Refusal::from(e)),
             }
         }))
@@ -189,7 +171,7 @@ impl UserChannel {
         let limit = p.limit.unwrap_or(messaging.config().default_page);
         HandleIn::Later(Box::pin(async move {
             match messaging.history(&eid, &p.with, p.before, limit).await {
-                Ok(page) => Reply::ok(Payload::json(&HistoryReply { messages: &page.messages, more: page.more })),
+                Ok(page) => Reply::ok(Payload::json(&page.reply())),
                 Err(e) => Reply::from(Refusal::from(e)),
             }
         }))

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use courier::channels::auth::user_socket_id;
 use courier::channels::{
     Channel, ChannelContext, ChannelFactory, ConnectError, ConnectRequest, HandleIn, JoinRequest, JoinResult, Joined,
     Refusal, Reply, SocketAuthenticator, SocketIdentity, StopReason,
@@ -10,8 +11,9 @@ use courier::error::Code;
 use courier::protocol::Payload;
 use futures_util::future::LocalBoxFuture;
 
-/// Refuses connects with a `reject` param or a wrong auth token; `user_id=X` gives socket id
-/// `user_socket:X`; the auth token `s3cret` authenticates as `tokenuser`.
+/// Refuses connects with a `reject` param or a wrong auth token; `user_id=X` signs in as X with
+/// the production socket id (so the admin API's disconnect reaches it) and `device=D` as its
+/// device; the auth token `s3cret` authenticates as `tokenuser`.
 pub struct TestAuth;
 
 impl SocketAuthenticator for TestAuth {
@@ -21,16 +23,16 @@ impl SocketAuthenticator for TestAuth {
         } else {
             match request.auth_token.as_deref() {
                 Some("s3cret") => Ok(SocketIdentity {
-                    socket_id: Some("user_socket:tokenuser".into()),
+                    socket_id: Some(user_socket_id("tokenuser")),
                     user: Some("tokenuser".into()),
                     device: None,
                     session: None,
                 }),
                 Some(_) => Err(ConnectError::Refused("bad token".into())),
                 None => Ok(SocketIdentity {
-                    socket_id: request.params.get("user_id").map(|id| format!("user_socket:{id}")),
+                    socket_id: request.params.get("user_id").map(|id| user_socket_id(id)),
                     user: request.params.get("user_id").cloned(),
-                    device: None,
+                    device: request.params.get("device").cloned(),
                     session: None,
                 }),
             }

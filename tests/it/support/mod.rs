@@ -400,19 +400,19 @@ fn spawn_command(
     let mut child = cmd.spawn().expect("binary starts");
     let stderr = child.stderr.take().expect("stderr piped");
     let (tx, rx) = std::sync::mpsc::channel();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    // One reader keeps every line, those before "listening on" included, and spots the address.
     std::thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+            }
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("binary logs its address");
-        if let Some((_, rest)) = line.split_once("listening on ") {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
+    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("binary logs its address");
     (child, addr, rx)
 }
 
