@@ -283,7 +283,7 @@ function showAuth(message) {
   $("chat").hidden = true;
   $("account").hidden = true;
   $("auth-error").textContent = message;
-  setConnection("closed", "Offline");
+  setConnection("closed", "Not connected");
   $("auth-username").focus();
 }
 
@@ -355,7 +355,7 @@ function start(session) {
   app.listeners.push(
     socket.on("open", () => {
       app.failedConnects = 0;
-      setConnection("open", "Online");
+      setConnection("open", "Connected");
     }),
     socket.on("close", ({ reason }) => {
       if (/session (ended|expired|revoked)/.test(reason ?? "")) {
@@ -440,7 +440,10 @@ async function refreshContacts() {
     const reply = await app.inbox.push("contacts", {});
     if (reply.status !== "ok") return;
     for (const eid of reply.response.contacts ?? []) {
-      peer(eid).contact = true;
+      const p = peer(eid);
+      p.contact = true;
+      // A contact refused earlier (not_contacts) may be watched now.
+      watchPresence(p);
       forgetSentInvite(eid);
     }
     renderContacts();
@@ -492,7 +495,8 @@ function onMessage(m) {
   if (!mine) {
     if (!message.read && message.signalOffset) p.unread.add(message.signalOffset);
     setTyping(p, false);
-    if (added) announce(`${eid}: ${message.text}`);
+    // Old, already read messages (a new device catching up on its log) are not news.
+    if (added && !message.read) announce(`${eid}: ${message.text}`);
   }
   scheduleReceipts();
   renderContacts();
@@ -740,8 +744,10 @@ function watchPresence(p) {
     p.presence = { online: Boolean(status.online), last_seen: status.last_seen ?? null };
     renderPresence(p);
   });
-  channel.on("join_error", () => {
-    // e.g. not_contacts when the server requires contacts: stop asking until one exists.
+  channel.on("join_error", (reply) => {
+    // Refusals that asking again will not change (e.g. not_contacts when the server requires
+    // contacts): stop until the person becomes a contact. Anything else is retried.
+    if (!["not_contacts", "no_such_user", "unauthorized", "forbidden"].includes(reply?.code)) return;
     channel.leave();
     p.presenceChannel = null;
   });
@@ -864,6 +870,8 @@ function renderContacts() {
     }),
   );
   $("no-contacts").hidden = people.length > 0;
+  const unread = people.reduce((n, p) => n + p.unread.size, 0);
+  document.title = unread ? `(${unread}) Courier` : "Courier";
   if (focused) list.querySelector(`button[data-peer="${CSS.escape(focused)}"]`)?.focus();
 }
 
