@@ -297,6 +297,23 @@ describe("the chat page", () => {
     await keyboard.press("Escape");
     await phone.locator("#sidebar").waitFor();
     await phone.locator(`#contacts button[data-peer="${B}"]:focus`).waitFor();
+
+    // bob reading alice's conversation does not make carol's message read (the server's read
+    // mark covers a whole log, so the page stops it below carol's unread message) ...
+    await send(p.alice.tab, "while carol waits");
+    await message(bob, "while carol waits").waitFor();
+    await sleep(QUIET_MS);
+    await contact(phone, B).click();
+    await ticksSay(phone, "hi from a phone", "delivered");
+    await sleep(QUIET_MS);
+    assert.equal(await ticksNow(phone, "hi from a phone"), "delivered");
+    // The price: alice's newer message, on bob's screen, cannot be marked read yet either.
+    assert.equal(await ticksNow(p.alice.tab, "while carol waits"), "delivered");
+    // ... until he opens hers, which reads both.
+    await contact(bob, C).click();
+    await message(bob, "hi from a phone").waitFor();
+    await ticksSay(phone, "hi from a phone", "read");
+    await ticksSay(p.alice.tab, "while carol waits", "read");
   });
 
   test("nothing left 127.0.0.1 and no page had a script error", () => {

@@ -762,11 +762,13 @@ async function loadHistory(p, { newest = false } = {}) {
   const oldest = p.oldestOffset();
   const params = { with: p.eid, limit: HISTORY_PAGE };
   if (!newest && oldest) params.before = oldest;
-  $("history-status").textContent = "Loading messages…";
+  // Another conversation may be on screen by the time the page arrives.
+  const status = (text) => app.open === p.eid && ($("history-status").textContent = text);
+  status("Loading messages…");
   try {
     const reply = await app.inbox.push("history", params);
     if (reply.status !== "ok") {
-      $("history-status").textContent = describeError(reply.response);
+      status(describeError(reply.response));
       return;
     }
     for (const m of reply.response.messages ?? []) {
@@ -778,9 +780,9 @@ async function loadHistory(p, { newest = false } = {}) {
     }
     if (!newest || !p.loaded) p.more = Boolean(reply.response.more);
     p.loaded = true;
-    $("history-status").textContent = p.byId.size ? "" : "No messages yet.";
+    status(p.byId.size ? "" : "No messages yet.");
   } catch {
-    $("history-status").textContent = "Not connected; the messages load once it is back.";
+    status("Not connected; the messages load once it is back.");
   } finally {
     p.loading = false;
   }
