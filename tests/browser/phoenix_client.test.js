@@ -192,7 +192,7 @@ describe("phoenix_client", () => {
     await until(() => channel.state === "joined", "joined again");
   });
 
-  test("the inbox joins after the last offset seen, drops duplicates and acknowledges with receipt", async () => {
+  test("the inbox joins after the last offset seen, drops duplicates, hands on broadcasts, and acknowledges with receipt", async () => {
     const socket = open();
     const saved = [];
     const inbox = new Inbox(socket, "alice", { initialOffset: 4, onOffset: (o) => saved.push(o) });
@@ -207,6 +207,16 @@ describe("phoenix_client", () => {
     assert.deepEqual(seen, [5, 6]);
     assert.equal(inbox.duplicates, 4);
     assert.deepEqual(saved, [5, 6]);
+
+    // What the server (or its operator) broadcasts besides the inbox's own events is handed on.
+    const broadcasts = [];
+    const receipts = [];
+    inbox.on("broadcast", (event, payload) => broadcasts.push([event, payload]));
+    inbox.on("receipt", (r) => receipts.push(r));
+    current().deliver([null, null, "user:alice", "notice", { text: "maintenance at noon" }]);
+    current().deliver([null, null, "user:alice", "receipt", { method: 3 }]);
+    assert.deepEqual(broadcasts, [["notice", { text: "maintenance at noon" }]]);
+    assert.deepEqual(receipts, [{ method: 3 }]);
 
     const receipt = inbox.receipt(6, "read");
     const out = current().last("receipt");

@@ -314,6 +314,7 @@ function stop() {
     joinedOnce: false,
   });
   $("messages").replaceChildren();
+  $("notices").replaceChildren();
   $("contacts").replaceChildren();
   $("invites").replaceChildren();
   $("sent-invites").replaceChildren();
@@ -385,6 +386,7 @@ function start(session) {
       forgetSentInvite(source);
       refreshContacts();
     }),
+    inbox.on("broadcast", notice),
     inbox.on("invite.reject", ({ source }) => {
       forgetSentInvite(source);
       $("invite-status").textContent = `${source} declined your invite.`;
@@ -826,6 +828,17 @@ function closeConversation() {
 }
 
 // ---- rendering -----------------------------------------------------------------------------
+
+/** An operator's broadcast to this user (e.g. from the admin API): shown until dismissed. */
+function notice(event, payload) {
+  const text = [payload?.text, payload?.message, payload?.body].find((t) => typeof t === "string") ?? JSON.stringify(payload);
+  const dismiss = el("button", { type: "button", className: "secondary", textContent: "Dismiss", "aria-label": "Dismiss notice" });
+  const item = el("li", { dataset: { event } }, el("span", { className: "text", textContent: text }), dismiss);
+  dismiss.addEventListener("click", () => item.remove());
+  const list = $("notices");
+  list.append(item);
+  while (list.childElementCount > 5) list.firstElementChild.remove();
+}
 
 function announce(text) {
   const node = $("announcer");

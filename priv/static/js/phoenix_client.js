@@ -276,7 +276,10 @@ export class Channel {
     this.firstJoin = null;
   }
 
-  /** Server events by name, plus `join` (ok reply's response), `join_error` and `state`. */
+  /**
+   * Server events by name, plus `join` (ok reply's response), `join_error`, `state`, and `*`,
+   * which gets every server event as `(event, payload)`.
+   */
   on(event, fn) {
     return this.listeners.on(event, fn);
   }
@@ -383,6 +386,7 @@ export class Channel {
       return;
     }
     this.listeners.emit(event, payload);
+    this.listeners.emit("*", event, payload);
   }
 
   /**
@@ -465,9 +469,13 @@ export class Inbox {
       this.onOffset(offset);
       this.listeners.emit("message", message);
     });
-    for (const event of ["receipt", "signal", "invite.request", "invite.accept", "invite.reject", "presence_state", "presence_diff"]) {
-      this.channel.on(event, (payload) => this.listeners.emit(event, payload));
-    }
+    const known = ["receipt", "signal", "invite.request", "invite.accept", "invite.reject", "presence_state", "presence_diff"];
+    for (const event of known) this.channel.on(event, (payload) => this.listeners.emit(event, payload));
+    // Only the server publishes on a user's topic (a client's pushes there are requests), so
+    // any other event is something the server or its operator says: `broadcast` hands it on.
+    this.channel.on("*", (event, payload) => {
+      if (event !== "message" && !known.includes(event)) this.listeners.emit("broadcast", event, payload);
+    });
     this.channel.on("state", (state) => this.listeners.emit("state", state));
   }
 
