@@ -316,6 +316,27 @@ describe("the chat page", () => {
     await ticksSay(p.alice.tab, "while carol waits", "read");
   });
 
+  test("a stored session the server refuses leads back to the sign-in form", async () => {
+    const stale = await person(browser, server);
+    people.push(stale);
+    // A token that was never issued: the handshake is refused with 403, which a page cannot
+    // see, so after a few failed connects it offers to sign in again.
+    await stale.context.addInitScript(() => {
+      if (!sessionStorage.getItem("seeded")) {
+        sessionStorage.setItem("seeded", "1");
+        localStorage.setItem("courier.session", JSON.stringify({ token: "not-a-session-token", username: "ghost" }));
+      }
+    });
+    const page = await stale.open();
+    const again = page.getByRole("button", { name: "Sign in again" });
+    await again.waitFor();
+    await page.locator("#connection", { hasText: "Cannot connect" }).waitFor();
+    await screenshot(page, "15-refused-session");
+    await again.click();
+    await page.locator("#auth").waitFor();
+    assert.equal(await page.evaluate(() => localStorage.getItem("courier.session")), null);
+  });
+
   test("nothing left 127.0.0.1 and no page had a script error", () => {
     for (const { foreign, errors } of people) {
       assert.deepEqual(foreign, []);

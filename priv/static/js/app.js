@@ -27,8 +27,9 @@ const TYPING_IDLE_MS = 3_000;
 const TYPING_SHOW_MS = 12_000;
 const RECEIPT_DEBOUNCE_MS = 150;
 const RETRY_BUSY_MS = 2_000;
-// Connect attempts that fail before the socket ever opened; then the token may be the reason.
-const FAILED_CONNECTS_BEFORE_HINT = 3;
+// Closes in a row without an open in between: the drop itself, then attempts that failed. A
+// browser hides why a handshake failed, so by then the token may as well be the reason.
+const FAILED_CONNECTS_BEFORE_HINT = 4;
 // MessagePeerAckSignal.method
 const DELIVERED = 2;
 const READ = 3;
@@ -364,7 +365,7 @@ function start(session) {
         return;
       }
       for (const p of app.peers.values()) setTyping(p, false);
-      if (!socket.everOpened) app.failedConnects += 1;
+      app.failedConnects += 1;
       if (app.failedConnects >= FAILED_CONNECTS_BEFORE_HINT) {
         const again = el("button", { type: "button", className: "secondary", textContent: "Sign in again" });
         again.addEventListener("click", () => sessionEnded(""));

@@ -84,7 +84,6 @@ export class Socket {
     this.replies = new Map();
     this.channels = new Set();
     this.listeners = new Listeners();
-    this.everOpened = false;
   }
 
   /** "open", "connecting" or "closed". */
@@ -120,7 +119,6 @@ export class Socket {
     ws.onopen = () => {
       if (this.ws !== ws) return;
       this.tries = 0;
-      this.everOpened = true;
       this.startHeartbeat();
       this.listeners.emit("open");
       this.listeners.emit("state", this.state);
