@@ -45,7 +45,12 @@ const p = {};
 
 async function stopAll() {
   // Closing Chromium is bounded too: a hung browser must not keep the suite from ending.
-  await Promise.race([browser?.close(), sleep(10_000)]).catch(() => {});
+  let timer;
+  const bound = new Promise((resolve) => {
+    timer = setTimeout(resolve, 10_000);
+  });
+  await Promise.race([browser?.close(), bound]).catch(() => {});
+  clearTimeout(timer);
   await server?.stop();
 }
 
