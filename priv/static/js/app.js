@@ -422,6 +422,8 @@ function start(session) {
 function onJoined(reply) {
   const rejoin = app.joinedOnce;
   app.joinedOnce = true;
+  // Clears an "Inbox unavailable" left by a refused join before this one.
+  if (app.socket?.isConnected()) setConnection("open", "Connected");
   app.invites = new Map((reply.invites ?? []).map((i) => [i.from, i.at]));
   renderInvites();
   refreshContacts();
