@@ -27,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/signup", web::post().to(signup))
             .route("/signin", web::post().to(signin))
             .route("/signout", web::post().to(signout))
+            .route("/session", web::get().to(session))
             .route("/protocol", web::get().to(protocol))
             .service(
                 web::scope("/keys")
@@ -108,6 +109,18 @@ async fn signout(accounts: web::Data<Accounts>, req: HttpRequest, body: web::Byt
     };
     accounts.signout(&token).await?;
     Ok(HttpResponse::Ok().json(json!({ "signed_out": true })))
+}
+
+/// `GET /api/session` (`Authorization: Bearer <session>`): whether the token is live, and whose,
+/// so a page can tell a refused session from a server that is down before it opens a socket.
+async fn session(accounts: web::Data<Accounts>, req: HttpRequest) -> Result<HttpResponse, Error> {
+    let token = bearer(&req).ok_or(AccountError::BadToken)?;
+    let info = accounts.verify_session(&token).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "username": info.username,
+        "device": info.device_id,
+        "expires_at": info.expires_at,
+    })))
 }
 
 async fn protocol(accounts: web::Data<Accounts>) -> HttpResponse {

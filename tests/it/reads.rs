@@ -2,6 +2,7 @@
 //! of `Message`/`Signal` string fields; on both backends where storage is involved.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -28,11 +29,17 @@ fn numbers(messages: &[Value], field: &str) -> Vec<i64> {
     messages.iter().map(|m| m[field].as_i64().unwrap_or_else(|| panic!("{field} in {m}"))).collect()
 }
 
-/// Sends `from` -> `to` messages in windows of pipelined pushes until `stop`; returns how many
-/// were acked.
-async fn keep_sending(mut device: Device, from: &str, to: &str, stop: tokio::time::Instant) -> usize {
+/// Sends `from` -> `to` messages in windows of pipelined pushes until `stop` is set, counting
+/// the acked ones into `acked`; returns how many it sent.
+async fn keep_sending(
+    mut device: Device,
+    from: &str,
+    to: &str,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> usize {
     let mut sent = 0;
-    while tokio::time::Instant::now() < stop {
+    while !stop.load(Ordering::Relaxed) {
         let mut refs = Vec::new();
         for _ in 0..8 {
             sent += 1;
@@ -41,6 +48,7 @@ async fn keep_sending(mut device: Device, from: &str, to: &str, stop: tokio::tim
         for r in refs {
             let reply = device.reply(&r).await;
             assert_eq!(reply["status"], "ok", "{reply}");
+            acked.fetch_add(1, Ordering::Relaxed);
         }
     }
     sent
@@ -57,15 +65,18 @@ async fn torn_reads(db: Arc<TestDb>) {
 
     // Alice both sends and receives, so her log interleaves both kinds of rows, and the writer's
     // batches hold both directions at once.
-    let stop = tokio::time::Instant::now() + Duration::from_secs(3);
+    // Runs until enough happened to show something, however slow the machine is today; the
+    // deadline only bounds a server that stopped answering.
+    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let senders = [
-        tokio::spawn(keep_sending(a_phone, "alice", "bob", stop)),
-        tokio::spawn(keep_sending(b_phone, "bob", "alice", stop)),
+        tokio::spawn(keep_sending(a_phone, "alice", "bob", Arc::clone(&stop), Arc::clone(&acked))),
+        tokio::spawn(keep_sending(b_phone, "bob", "alice", Arc::clone(&stop), Arc::clone(&acked))),
     ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let (mut pages, mut holes, mut inconsistent) = (0usize, 0usize, 0usize);
     let mut first_bad = None::<String>;
     let mut last_offset = 0;
-    while tokio::time::Instant::now() < stop {
+    while (pages < 300 || acked.load(Ordering::Relaxed) < 300) && tokio::time::Instant::now() < deadline {
         // Read near the end of the log, where the writes land.
         let after = (last_offset - 10).max(0);
         let page = reader.call_ok("pull", json!({"after": after, "limit": 40})).await;
@@ -93,10 +104,11 @@ async fn torn_reads(db: Arc<TestDb>) {
             first_bad.get_or_insert_with(|| format!("history: {user_offsets:?}"));
         }
     }
-    let mut acked = 0;
+    stop.store(true, Ordering::Relaxed);
     for sender in senders {
-        acked += sender.await.expect("sender task");
+        sender.await.expect("sender task");
     }
+    let acked = acked.load(Ordering::Relaxed);
     eprintln!(
         "{pages} pages read while {acked} messages were stored: {holes} with a hole, {inconsistent} not matching last_offset"
     );

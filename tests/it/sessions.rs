@@ -59,9 +59,21 @@ async fn sign_out(db: Arc<TestDb>) {
     join_inbox(&mut laptop, "user:alice").await;
 
     let bearer = format!("Bearer {token}");
+    let (status, live) = http(server.addr, "GET", "/api/session", &[("Authorization", &bearer)], "").await;
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert_eq!(
+        (status, live["username"].as_str(), live["device"].as_str()),
+        (200, Some("alice"), Some("phone")),
+        "{live}"
+    );
     let (status, reply) = http(server.addr, "POST", "/api/signout", &[("Authorization", &bearer)], "").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
+    let (status, ended) = http(server.addr, "GET", "/api/session", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 401, "a signed-out session: {ended}");
+    assert!(ended.contains("session_revoked"), "{ended}");
+    let (status, _) = http(server.addr, "GET", "/api/session", &[], "").await;
+    assert_eq!(status, 401);
     assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
     // The same user's other session is untouched.
     heartbeat_ok(&mut laptop).await;

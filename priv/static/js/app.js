@@ -273,6 +273,19 @@ async function signOut() {
 }
 
 /** Forgets a session the server no longer takes (signed out elsewhere, revoked, expired). */
+// A refused handshake and a server that is down look the same to a page; the session route
+// tells them apart. Asked once per run of failures, and only the token still in use counts.
+async function checkSession(token) {
+  if (app.failedConnects !== 1) return;
+  let res;
+  try {
+    res = await fetch("/api/session", { headers: { authorization: `Bearer ${token}` } });
+  } catch {
+    return; // unreachable: the session may well be fine
+  }
+  if (res.status === 401 && app.token === token) sessionEnded("Your session has ended; sign in again.");
+}
+
 function sessionEnded(why) {
   stop();
   localStorage.removeItem(SESSION_KEY);
@@ -366,6 +379,7 @@ function start(session) {
       }
       for (const p of app.peers.values()) setTyping(p, false);
       app.failedConnects += 1;
+      checkSession(session.token);
       if (app.failedConnects >= FAILED_CONNECTS_BEFORE_HINT) {
         const again = el("button", { type: "button", className: "secondary", textContent: "Sign in again" });
         again.addEventListener("click", () => sessionEnded(""));
