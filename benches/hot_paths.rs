@@ -7,9 +7,16 @@
 //! - `presence`: `TopicPresence` tracking a window of joins and taking the diff, an update
 //!   (join + leave) and its diff, and the `presence_state` payload of 100 and 10,000 keys;
 //! - `log_writer`: the group commit of 1, 64 and 512 messages (`Store::write` +
-//!   `messaging::log::apply`, as the writer task does it) on a SQLite file in a temp dir.
+//!   `messaging::log::apply`, as the writer task does it) on a SQLite file in a temp dir;
+//! - `signal`: decoding the `/signal/websocket` envelope (`pb::signal::Message`) of an
+//!   `outboundMessage` with a 1 KiB sealed body, an `authResponse` and a `register` with 100
+//!   one-time prekeys, as the endpoint decodes a binary frame (that decode is private to
+//!   `transport::signal_socket`, so this calls the same prost `Message::decode` on the frame's
+//!   `Bytes`; throughput in frame bytes); and one `requestPreKeys` claim through
+//!   `Keys::claim_bundles` for a one-device user on a SQLite file in a temp dir, its prekeys
+//!   topped up by `Keys::register` outside the timed claims.
 //!
-//! Run everything (about a minute and a half): `cargo bench --bench hot_paths`; one group:
+//! Run everything (about a minute and three quarters): `cargo bench --bench hot_paths`; one group:
 //! `cargo bench --bench hot_paths -- presence`; each benchmark once, as CI does:
 //! `cargo bench --bench hot_paths -- --test`.
 
@@ -23,12 +30,14 @@ use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, cri
 
 use courier::accounts::{Accounts, AccountsConfig, HashAlgorithm, MessagePolicy};
 use courier::clock::{Clock, SystemClock};
+use courier::keys::{Address, Keys, KeysConfig, UserId};
 use courier::messaging::log::{self, Append, Write, Written};
 use courier::messaging::wire::{self, Encoding, SIGNAL_REQUEST_PUSH};
 use courier::pb;
+use courier::pb::signal::message::Payload as SignalPayload;
 use courier::presence::{Meta, TopicPresence};
 use courier::protocol::{Outgoing, Payload, Serializer, WireFrame};
-use courier::pubsub::{ConnectionId, NodeId};
+use courier::pubsub::{ConnectionId, LocalBroker, NodeId, PubSub};
 use courier::store::messages::MessageRow;
 use courier::store::{Store, StoreOptions};
 
@@ -300,18 +309,23 @@ struct LogDb {
     _dir: tempfile::TempDir,
 }
 
+/// A store on a new SQLite file in `dir`, opened as tests/storage open theirs (opening runs the
+/// migrations).
+fn temp_store(dir: &tempfile::TempDir) -> Store {
+    let url = dir.path().join("courier-bench.db").to_string_lossy().into_owned();
+    Store::open_with(&StoreOptions {
+        url,
+        pool_size: 2,
+        connect_timeout: Duration::from_secs(10),
+        busy_timeout: Duration::from_secs(10),
+    })
+    .expect("open bench store")
+}
+
 impl LogDb {
     fn new(rt: &tokio::runtime::Runtime, users: usize) -> LogDb {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = dir.path().join("courier-bench.db").to_string_lossy().into_owned();
-        // As tests/storage open theirs: opening runs the migrations.
-        let store = Store::open_with(&StoreOptions {
-            url,
-            pool_size: 2,
-            connect_timeout: Duration::from_secs(10),
-            busy_timeout: Duration::from_secs(10),
-        })
-        .expect("open bench store");
+        let store = temp_store(&dir);
         // A cheap argon2 cost, as the storage tests use: signup speed is not measured here.
         let config = AccountsConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..AccountsConfig::default() };
         let accounts = Accounts::new(store.clone(), config).expect("valid accounts config");
@@ -396,10 +410,141 @@ fn bench_log_writer(c: &mut Criterion) {
     group.finish();
 }
 
+/// The sealed body of the benchmark's `outboundMessage`: 1 KiB, a short text once sealed and
+/// padded.
+const SEALED_BODY_BYTES: usize = 1024;
+/// One-time prekeys in the benchmark's `register`.
+const REGISTER_PRE_KEYS: usize = 100;
+
+/// The userID of a key user: the type byte, then a 32-byte public key (filler here: decoding
+/// and claiming never check the key).
+fn signal_user_id(fill: u8) -> Vec<u8> {
+    let mut id = vec![fill; courier::keys::address::USER_ID_BYTES];
+    id[0] = courier::keys::address::USER_ID_TYPE;
+    id
+}
+
+/// The client envelopes the `decode` benchmarks read, each as the binary frame the endpoint
+/// receives. Sizes are the protocol's: 33-byte userIDs and prekeys (type byte + curve25519
+/// key), a 32-byte nonce, 64-byte signatures.
+fn signal_frames() -> Vec<(&'static str, pb::signal::Message)> {
+    use pb::signal as s;
+    let to = s::Address { user_id: signal_user_id(0x11), device_id: 1 };
+    let login =
+        s::Login { address: Some(s::Address { user_id: signal_user_id(0x22), device_id: 3 }), nonce: vec![0x3c; 32] };
+    let outbound = s::OutboundMessage { to: Some(to), unidentified_sender_message: vec![0xa5; SEALED_BODY_BYTES] };
+    let auth = s::AuthResponse { login: prost::Message::encode_to_vec(&login), signature: vec![0x5a; 64] };
+    // A signed prekey as clients upload it: the key and its 64-byte signature.
+    let register = s::Register {
+        registration_id: 4_242,
+        signed_pre_key: [signal_user_id(0x33), vec![0x44; 64]].concat(),
+        one_time_pre_keys: (0..REGISTER_PRE_KEYS).map(|i| signal_user_id(i as u8)).collect(),
+    };
+    let envelope = |sequence, payload| s::Message { sequence, payload: Some(payload) };
+    vec![
+        ("outbound_message_1k", envelope(7, SignalPayload::OutboundMessage(outbound))),
+        ("auth_response", envelope(1, SignalPayload::AuthResponse(auth))),
+        ("register_100_prekeys", envelope(2, SignalPayload::Register(register))),
+    ]
+}
+
+/// One-time prekeys a refill registers: the endpoint's default most per `register`.
+const REFILL_PRE_KEYS: usize = 1_000;
+
+/// A key user with one registered device on a SQLite file, and the directory over it.
+struct SignalDb {
+    keys: Keys,
+    pubsub: PubSub,
+    address: Address,
+    /// One-time prekeys left on file, tracked here so refills stay out of the timed claims.
+    left: usize,
+    refills: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl SignalDb {
+    fn new(sys: &actix::SystemRunner) -> SignalDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = temp_store(&dir);
+        // The registry's arbiters need the actix system; the claim publishes `prekeys_low` on it
+        // once per refill, as the server does when a device runs low.
+        let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("courier-bench")));
+        let keys = Keys::new(store, pubsub.clone(), KeysConfig::default(), Arc::new(SystemClock));
+        let user = UserId::parse(&signal_user_id(0x77)).expect("a well-formed userID");
+        let address = Address { user, device: 1 };
+        sys.block_on(keys.signed_in(&address)).expect("the key user is made");
+        let mut db = SignalDb { keys, pubsub, address, left: 0, refills: 0, _dir: dir };
+        db.refill(sys);
+        db
+    }
+
+    /// Appends `REFILL_PRE_KEYS` new prekeys to the device's registration (same ids: appended).
+    fn refill(&mut self, sys: &actix::SystemRunner) {
+        let batch = self.refills;
+        self.refills += 1;
+        let pre_keys = (0..REFILL_PRE_KEYS).map(|i| format!("prekey-{batch:06}-{i:04}").into_bytes()).collect();
+        let on_file = sys
+            .block_on(self.keys.register(&self.address, 4_242, b"signed-pre-key".to_vec(), pre_keys))
+            .expect("refill");
+        self.left = usize::try_from(on_file).expect("a count");
+    }
+
+    /// One `requestPreKeys` claim, as the endpoint makes it for an anonymous sender.
+    fn claim(&mut self, sys: &actix::SystemRunner) -> Vec<courier::keys::Bundle> {
+        let bundles = sys.block_on(self.keys.claim_bundles(&self.address.user, &[])).expect("claim");
+        self.left -= 1;
+        bundles
+    }
+}
+
+fn bench_signal(c: &mut Criterion) {
+    let mut group = c.benchmark_group("signal");
+    for (name, message) in signal_frames() {
+        let frame = Bytes::from(prost::Message::encode_to_vec(&message));
+        // A frame that failed to decode would time the error path instead.
+        let decoded: pb::signal::Message = prost::Message::decode(frame.clone()).expect("the frame decodes");
+        assert_eq!(decoded, message);
+        group.throughput(Throughput::Bytes(frame.len() as u64));
+        // The endpoint is handed each frame as `Bytes`, so the clone is a reference count.
+        group.bench_function(format!("decode/{name}"), |b| {
+            b.iter(|| <pb::signal::Message as prost::Message>::decode(black_box(frame.clone())))
+        });
+    }
+
+    let sys = actix::System::new();
+    let mut db = SignalDb::new(&sys);
+    let bundles = db.claim(&sys);
+    assert!(
+        matches!(bundles.as_slice(), [b] if b.device == 1 && b.registration_id == 4_242 && b.one_time_pre_key.is_some()),
+        "a sanity claim did not hand out one key: {bundles:?}"
+    );
+    // Each claim is a write transaction with an fsync: few, long samples, as for `log_writer`.
+    group.sampling_mode(SamplingMode::Flat).sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("claim_bundles/one_device", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                if db.left == 0 {
+                    db.refill(&sys);
+                }
+                let start = Instant::now();
+                let bundles = db.claim(&sys);
+                timed += start.elapsed();
+                // Checked outside the timing: a claim that found no key would time less work.
+                assert!(bundles.first().is_some_and(|b| b.one_time_pre_key.is_some()), "no key claimed");
+            }
+            timed
+        })
+    });
+    group.finish();
+    db.pubsub.stop();
+}
+
 criterion_group! {
     name = hot_paths;
     // Short windows: these are regression checks, and the whole run should stay under two minutes.
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = bench_frames, bench_message_json, bench_presence, bench_log_writer
+    targets = bench_frames, bench_message_json, bench_presence, bench_log_writer, bench_signal
 }
 criterion_main!(hot_paths);

@@ -11,6 +11,7 @@ mod auth_limits;
 mod held_writer;
 mod http_api;
 mod invites;
+mod keys;
 mod log_full;
 mod log_writer;
 mod reads;
