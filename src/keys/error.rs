@@ -30,6 +30,9 @@ pub enum KeysError {
     /// An anonymous-only request (prekeys, sealed messages) on an authenticated connection.
     #[error("this request needs an anonymous connection")]
     AnonymousOnly,
+    /// The key user's account was deleted by an operator.
+    #[error("this user was deleted")]
+    UserDeleted,
     /// The userID has no registered device.
     #[error("no device of this user is registered")]
     UnknownUser,
@@ -56,6 +59,7 @@ impl KeysError {
             KeysError::Unauthorized => Code::Unauthorized,
             KeysError::AnonymousOnly => Code::AttemptedAnonymousOpOnAuthenticatedConnection,
             KeysError::UnknownUser => Code::UnknownUser,
+            KeysError::UserDeleted => Code::NoSuchUser,
             KeysError::UnknownDevice => Code::UnknownDevice,
             KeysError::Storage(_) => Code::StorageUnavailable,
             KeysError::Messaging(e) => e.code(),
@@ -104,6 +108,7 @@ mod tests {
             (KeysError::Unauthorized, "unauthorized"),
             (KeysError::AnonymousOnly, "attempted_anonymous_op_on_authenticated_connection"),
             (KeysError::UnknownUser, "unknown_user"),
+            (KeysError::UserDeleted, "no_such_user"),
             (KeysError::UnknownDevice, "unknown_device"),
             (KeysError::from(MessagingError::UnknownDevice), "unknown_device"),
             (KeysError::from(MessagingError::Busy), "busy"),

@@ -106,11 +106,18 @@ impl Keys {
             created_at: self.clock.now_millis(),
             username_key: None,
         };
-        match self.store.write(move |conn| queries::ensure_user(conn, &row)).await {
+        let eid = row.username.clone();
+        let made = match self.store.write(move |conn| queries::ensure_user(conn, &row)).await {
+            Ok(made) => made,
             // Two first logins of one user at once: the other made the account.
-            Ok(_) | Err(StoreError::AlreadyExists) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(StoreError::AlreadyExists) => false,
+            Err(e) => return Err(e.into()),
+        };
+        // An account an operator deleted stays a tombstone: its key signs in no more.
+        if !made && !self.store.run(move |conn| crate::store::users::exists(conn, &eid)).await? {
+            return Err(KeysError::UserDeleted);
         }
+        Ok(())
     }
 
     /// A fresh sign-in challenge for `user`, good for one signed login within

@@ -47,7 +47,7 @@ pub struct RegistrationRow {
     pub registration_id: i64,
     /// The device's signed prekey.
     pub signed_pre_key: Vec<u8>,
-    /// When it was (last) registered.
+    /// When these keys were registered (an append of prekeys leaves it).
     pub registered_at: Millis,
 }
 
@@ -80,6 +80,17 @@ pub fn ensure_user(conn: &mut DbConnection, row: &UserRow) -> Result<bool, Store
     }
     super::users::insert(conn, row)?;
     Ok(true)
+}
+
+/// Forgets a deleted user's key material and sealed mail, in the caller's write transaction:
+/// registrations (their prekeys go with them), outstanding sign-in challenges, and the sealed
+/// messages of its log, which only it could ever open.
+pub fn forget_user(conn: &mut DbConnection, username: &str) -> Result<(), StoreError> {
+    diesel::delete(one_time_prekeys::table.filter(one_time_prekeys::username.eq(username))).execute(conn)?;
+    diesel::delete(key_registrations::table.filter(key_registrations::username.eq(username))).execute(conn)?;
+    diesel::delete(key_challenges::table.filter(key_challenges::username.eq(username))).execute(conn)?;
+    diesel::delete(sealed_messages::table.filter(sealed_messages::receiver.eq(username))).execute(conn)?;
+    Ok(())
 }
 
 /// The registration of `(username, device)`, if any.

@@ -7,7 +7,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{contacts, devices, invites, pending_messages, users};
+use super::schema::{contacts, device_cursors, devices, invites, pending_messages, users};
 use super::{DbConnection, Millis, StoreError};
 
 /// A stored account.
@@ -192,5 +192,8 @@ pub fn delete(conn: &mut DbConnection, user_id: &str, now: Millis) -> Result<Opt
     diesel::delete(invites::table.filter(invites::from_user.eq(user_id).or(invites::to_user.eq(user_id))))
         .execute(conn)?;
     diesel::delete(pending_messages::table.filter(pending_messages::user_id.eq(user_id))).execute(conn)?;
+    let username: String = users::table.find(user_id).select(users::username).get_result(conn)?;
+    diesel::delete(device_cursors::table.filter(device_cursors::username.eq(&username))).execute(conn)?;
+    super::keys::forget_user(conn, &username)?;
     Ok(Some(revoked))
 }

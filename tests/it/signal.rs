@@ -620,3 +620,29 @@ async fn a_sealed_sender_leaves_no_trace_in_the_log_or_the_store() {
         assert!(!bytes.windows(9).any(|w| w == b"127.0.0.2"), "{} holds the sender's address", path.display());
     }
 }
+
+on_both_backends!(a_deleted_key_user_signs_in_no_more_and_takes_no_sealed_mail, deleted_key_user);
+async fn deleted_key_user(db: Arc<TestDb>) {
+    use crate::support::http;
+
+    let mut config = test_config();
+    config.admin.token = Some("admin-secret".into());
+    let server = TestServer::start_on(db, config, |c| c);
+    let bob = KeyUser::random();
+    let mut phone = SignalClient::logged_in(&server, &bob, 1).await;
+    phone.register(1, b"spk", &keys("k", 3)).await;
+    let mut sender = SignalClient::connect(&server).await;
+    assert!(matches!(sender.send_sealed(bob.address(1), b"before").await, Body::Ack(_)));
+
+    let path = format!("/admin/api/users/{}", bob.eid());
+    let (status, reply) = http(server.addr, "DELETE", &path, &[("Authorization", "Bearer admin-secret")], "").await;
+    assert_eq!(status, 200, "{reply}");
+    // Its registrations went with it: nothing more can be sent to it, nor its keys fetched.
+    assert_eq!(error_name(&sender.send_sealed(bob.address(1), b"after").await), "unknown_device");
+    let gone = sender.request_pre_keys(&bob.user_id, &[]).await.expect_err("no device left");
+    assert_eq!(gone.name, "unknown_user");
+    // And its key signs in no more.
+    let mut again = SignalClient::connect(&server).await;
+    let answer = again.login(&bob, 1).await;
+    assert!(matches!(&answer.payload, Some(Body::Error(e)) if e.name == "no_such_user"), "{answer:?}");
+}

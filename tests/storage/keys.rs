@@ -2,7 +2,8 @@
 //! registration with the same keys and replaces one with other keys, claims hand out the oldest
 //! prekey and count down exactly (also when many claim one device at once), an unregister takes
 //! the prekeys with it but leaves the sealed messages, key users are made once, and sealed
-//! messages take their offsets from the same per-user log as every other message.
+//! messages take their offsets from the same per-user log as every other message; sign-in
+//! challenges are used once, by their own user, before they expire, and purged after.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -27,6 +28,7 @@ backend_tests!(
     ensure_user_makes_a_key_user_once,
     sealed_messages_share_the_receivers_log,
     concurrent_claims_never_hand_out_a_key_twice,
+    sign_in_challenges_are_used_once_by_their_own_user_until_they_expire,
 );
 
 /// The eid of the key user whose public key is `seed` repeated, as `keys::Address::eid` names it.
@@ -428,4 +430,31 @@ async fn concurrent_claims_never_hand_out_a_key_twice(db: &TestDb) {
         let left = store.run(move |conn| keys::remaining(conn, &user, 1)).await.expect("store");
         assert_eq!(left, last_count, "what is left on file");
     }
+}
+
+async fn sign_in_challenges_are_used_once_by_their_own_user_until_they_expire(db: &TestDb) {
+    let store = db.open();
+    let (bob, carol) = (eid(7), eid(8));
+    let taken = store
+        .write(move |conn| {
+            keys::put_challenge(conn, &bob, b"nonce-1", T0 + 60_000)?;
+            keys::put_challenge(conn, &bob, b"nonce-2", T0 + 60_000)?;
+            keys::put_challenge(conn, &bob, b"stale", T0 + 10)?;
+            Ok([
+                keys::take_challenge(conn, &carol, b"nonce-1", T0)?, // another user's nonce
+                keys::take_challenge(conn, &bob, b"nonce-1", T0)?,   // its own: once ...
+                keys::take_challenge(conn, &bob, b"nonce-1", T0)?,   // ... and no more
+                keys::take_challenge(conn, &bob, b"stale", T0 + 10)?, // expired at its deadline
+                keys::take_challenge(conn, &bob, b"never", T0)?,
+            ])
+        })
+        .await
+        .expect("challenges");
+    assert_eq!(taken, [false, true, false, false, false]);
+    // nonce-2 is live, "stale" expired (a failed take leaves it for the purge).
+    let purged = store.write(|conn| keys::purge_challenges(conn, T0 + 30_000)).await.expect("purge");
+    assert_eq!(purged, 1);
+    let bob = eid(7);
+    let left = store.write(move |conn| keys::take_challenge(conn, &bob, b"nonce-2", T0 + 30_000)).await.expect("take");
+    assert!(left, "a purge keeps live challenges");
 }
