@@ -111,6 +111,9 @@ pub struct SocketConfig {
     pub rate_burst: u32,
     /// How long shutdown waits for sockets to finish in-flight work and close.
     pub shutdown_grace_ms: u64,
+    /// Which web pages may open a socket (`true`: this server's own, `false`: any, or a list
+    /// of origins; see `transport::origin`).
+    pub check_origin: crate::transport::origin::OriginPolicy,
 }
 
 impl Default for SocketConfig {
@@ -126,6 +129,7 @@ impl Default for SocketConfig {
             rate_per_sec: 200,
             rate_burst: 400,
             shutdown_grace_ms: 10_000,
+            check_origin: crate::transport::origin::OriginPolicy::default(),
         }
     }
 }

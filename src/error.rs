@@ -118,6 +118,8 @@ pub enum Code {
     /// A WebSocket connect whose credentials are refused (403, as Phoenix refuses a connect); a
     /// join of another user's topic.
     Forbidden,
+    /// A browser page from an origin `[socket] check_origin` does not allow.
+    OriginNotAllowed,
     /// A WebSocket connect whose query string is not form encoding.
     BadQuery,
     /// A Phoenix connect with a `vsn` other than 1.0.0 and 2.0.0.
@@ -160,7 +162,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 48] = [
+    pub const ALL: [Code; 49] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -190,6 +192,7 @@ impl Code {
         Code::Unauthorized,
         Code::BadHandshake,
         Code::Forbidden,
+        Code::OriginNotAllowed,
         Code::BadQuery,
         Code::UnsupportedVsn,
         Code::UnsupportedSubprotocol,
@@ -260,6 +263,7 @@ impl Code {
             Unauthorized => ("unauthorized", 401, RespCode::BadToken),
             BadHandshake => ("bad_handshake", 400, RespCode::InvalidInput),
             Forbidden => ("forbidden", 403, RespCode::Forbidden),
+            OriginNotAllowed => ("origin_not_allowed", 403, RespCode::Forbidden),
             BadQuery => ("bad_query", 400, RespCode::InvalidInput),
             UnsupportedVsn => ("unsupported_vsn", 403, RespCode::InvalidInput),
             UnsupportedSubprotocol => ("unsupported_subprotocol", 403, RespCode::InvalidInput),

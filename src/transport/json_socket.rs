@@ -47,7 +47,7 @@ impl Endpoint for JsonEndpoint {
 /// Checks a seed-002 JSON client's handshake; the connection starts once the `101` is out (see
 /// [`super::upgrade`]). Authentication happens later, in the protocol's own frames.
 fn accept(req: &Request, state: Arc<JsonEndpoint>) -> Result<Accepted, Error> {
-    super::upgrade::verify_handshake(req)?;
+    super::upgrade::verify_handshake(req, &state.settings.check_origin)?;
     let response = super::upgrade::switching_protocols(req);
     let peer = req.peer_addr();
     Ok(Accepted {

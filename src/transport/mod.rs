@@ -11,6 +11,7 @@
 pub mod connection;
 pub mod edge;
 pub mod json_socket;
+pub mod origin;
 pub mod signal_socket;
 pub mod socket;
 pub mod upgrade;

@@ -69,7 +69,7 @@ impl Endpoint for SignalEndpoint {
 }
 
 fn accept(req: &Request, state: Arc<SignalEndpoint>) -> Result<Accepted, Error> {
-    super::upgrade::verify_handshake(req)?;
+    super::upgrade::verify_handshake(req, &state.settings.check_origin)?;
     let response = super::upgrade::switching_protocols(req);
     Ok(Accepted {
         response,

@@ -20,6 +20,7 @@ use futures_util::SinkExt;
 use futures_util::future::LocalBoxFuture;
 
 use super::edge::Conn;
+use super::origin::OriginPolicy;
 use super::ws_io::{WsReader, WsWriter};
 use crate::error::{Code, Error};
 
@@ -103,9 +104,15 @@ impl Upgrades {
     }
 }
 
-/// Checks `req` as a WebSocket handshake, refusing a bad one the same way on every endpoint.
-pub fn verify_handshake(req: &Request) -> Result<(), Error> {
-    actix_http::ws::verify_handshake(req.head()).map_err(|e| Error::new(Code::BadHandshake, e.to_string()))
+/// Checks `req` as a WebSocket handshake and its Origin against `origins`, refusing a bad one
+/// the same way on every endpoint.
+pub fn verify_handshake(req: &Request, origins: &OriginPolicy) -> Result<(), Error> {
+    actix_http::ws::verify_handshake(req.head()).map_err(|e| Error::new(Code::BadHandshake, e.to_string()))?;
+    let header = |name| req.head().headers.get(name).and_then(|v| v.to_str().ok());
+    if !origins.allows(header(header::ORIGIN), header(header::HOST)) {
+        return Err(Error::new(Code::OriginNotAllowed, "this page's origin may not open a socket here"));
+    }
+    Ok(())
 }
 
 /// The `101 Switching Protocols` answering `req`'s (verified) handshake.

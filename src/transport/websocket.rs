@@ -33,7 +33,7 @@ impl Endpoint for TransportState {
 /// Checks a Phoenix client's handshake and authenticates it; the socket starts once the `101`
 /// is out (see [`super::upgrade`]).
 async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, Error> {
-    super::upgrade::verify_handshake(req)?;
+    super::upgrade::verify_handshake(req, &state.settings.check_origin)?;
     let params = web::Query::<HashMap<String, String>>::from_query(req.uri().query().unwrap_or_default())
         .map_err(|_| Error::new(Code::BadQuery, "the query string is not valid form encoding"))?
         .into_inner();

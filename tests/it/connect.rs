@@ -202,3 +202,61 @@ async fn a_frame_written_together_with_the_handshake_is_answered() {
     .expect("a reply to the heartbeat sent with the handshake");
     assert_eq!(reply, json!([null, "7", "phoenix", "phx_reply", {"status": "ok", "response": {}}]));
 }
+
+/// The Origin matrix on a real upgrade: the server's own host, an allowed list with a wildcard,
+/// a foreign page, none at all, and the check turned off; the signal and JSON endpoints too.
+#[tokio::test]
+async fn upgrades_follow_the_origin_policy() {
+    async fn status(server: &TestServer, path: &str, origin: Option<&str>) -> u16 {
+        let url = format!("ws://{}{path}", server.addr);
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        match Client::try_connect(&url, &headers).await {
+            Ok(_) => 101,
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+                assert!(body.contains("origin_not_allowed"), "a refusal says why: {body}");
+                response.status().as_u16()
+            }
+            Err(other) => panic!("{path} with {origin:?}: {other}"),
+        }
+    }
+    let phoenix = "/socket/websocket?vsn=2.0.0";
+
+    let same_host = TestServer::start();
+    let own = format!("http://{}", same_host.addr);
+    let own_host_other_port = format!("https://{}:1", same_host.addr.ip());
+    for (origin, expected) in [
+        (None, 101),
+        (Some(own.as_str()), 101),
+        (Some(own_host_other_port.as_str()), 101),
+        (Some("http://evil.example"), 403),
+        (Some("null"), 403),
+    ] {
+        assert_eq!(status(&same_host, phoenix, origin).await, expected, "{origin:?}");
+    }
+    for path in ["/signal/websocket", "/json/websocket"] {
+        assert_eq!(status(&same_host, path, Some("http://evil.example")).await, 403, "{path}");
+        assert_eq!(status(&same_host, path, None).await, 101, "{path}");
+    }
+
+    let mut config = test_config();
+    config.socket.check_origin = toml::Value::Array(vec!["https://app.example.com".into(), "//*.example.org".into()])
+        .try_into()
+        .expect("a valid list");
+    let listed = TestServer::start_with(config, |c| c);
+    for (origin, expected) in [
+        (Some("https://app.example.com"), 101),
+        (Some("http://app.example.com"), 403),
+        (Some("https://example.org"), 101),
+        (Some("http://chat.eu.example.org:8080"), 101),
+        (Some(own.as_str()), 403),
+        (None, 101),
+    ] {
+        assert_eq!(status(&listed, phoenix, origin).await, expected, "{origin:?}");
+    }
+
+    let mut config = test_config();
+    config.socket.check_origin = courier::transport::origin::OriginPolicy::Any;
+    let open = TestServer::start_with(config, |c| c);
+    assert_eq!(status(&open, phoenix, Some("http://evil.example")).await, 101);
+}
