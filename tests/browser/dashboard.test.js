@@ -161,6 +161,40 @@ describe("the admin dashboard", () => {
     await screenshot(page, "dashboard-03-user-devices");
   });
 
+  test("the user lookup pages through more users than fit on one page", async () => {
+    const { page } = p.admin;
+    // One more than a page (50), made through the API itself.
+    const prefix = `page${stamp}`;
+    const names = Array.from({ length: 51 }, (_, i) => `${prefix}${String(i).padStart(2, "0")}`);
+    for (const username of names) {
+      const response = await fetch(`http://${server.addr}/admin/api/users`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ username, password: "browser-test-password" }),
+        signal: AbortSignal.timeout(WAIT_MS),
+      });
+      assert.equal(response.status, 201, username);
+    }
+    const rows = page.locator("#user-list li");
+    const shown = () => rows.evaluateAll((items) => items.map((li) => li.dataset.user));
+    await page.getByLabel("Username prefix").fill(prefix);
+    await page.getByRole("button", { name: "Find users" }).click();
+    await page.locator("#users-status", { hasText: `50 users starting with ${prefix} on this page.` }).waitFor();
+    assert.deepEqual(await shown(), names.slice(0, 50));
+    await page.getByRole("button", { name: "Next page" }).and(page.locator("#users-next")).click();
+    await page.locator("#users-status", { hasText: `1 user starting with ${prefix}.` }).waitFor();
+    assert.deepEqual(await shown(), names.slice(50));
+    assert.equal(await page.locator("#users-next").isVisible(), false);
+    await page.locator("#users-first").click();
+    await page.locator("#users-status", { hasText: "on this page" }).waitFor();
+    assert.deepEqual(await shown(), names.slice(0, 50));
+
+    // Back to the person on the chat page, whose devices the next tests use.
+    await page.getByLabel("Username prefix").fill(U);
+    await page.getByRole("button", { name: "Find users" }).click();
+    await page.locator(`#user-list li[data-user="${U}"]`).waitFor();
+  });
+
   test("live topics page by prefix and show a topic's presence", async () => {
     const { page } = p.admin;
     await page.getByLabel("Topic prefix").fill(`user:${U}`);
