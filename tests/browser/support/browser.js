@@ -43,7 +43,7 @@ export async function person(browser, server, { viewport = { width: 1100, height
     return route.abort();
   });
   const errors = [];
-  const open = async () => {
+  const open = async (where = "/") => {
     const page = await context.newPage();
     page.on("pageerror", (err) => errors.push(err.message));
     page.on("console", (msg) => {
@@ -51,7 +51,7 @@ export async function person(browser, server, { viewport = { width: 1100, height
       // the network's, not the page's.
       if (msg.type() === "error" && !/^Failed to load resource|^WebSocket connection to .* failed/.test(msg.text())) errors.push(msg.text());
     });
-    await page.goto("/");
+    await page.goto(where);
     return page;
   };
   return { context, foreign, errors, open };
