@@ -290,17 +290,19 @@ impl PubSub {
         Ok(self.fanout.shard(topic).send(SubscriberCount { topic: topic.to_owned() }).await?)
     }
 
-    /// This node's topics starting with `prefix` and sorting after `after`, the first `limit`
-    /// in order, each with its live subscriber count (an operator's listing, not a hot path).
+    /// This node's topics starting with `prefix` and sorting after `after`, but none starting
+    /// with one of `hidden`, the first `limit` in order, each with its live subscriber count
+    /// (an operator's listing, not a hot path).
     pub async fn topics(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        hidden: &'static [&'static str],
     ) -> Result<Vec<(String, usize)>, PubSubError> {
         let mut all = Vec::new();
         for shard in self.fanout.shards.iter() {
-            let page = TopicPage { prefix: prefix.to_owned(), after: after.map(str::to_owned), limit };
+            let page = TopicPage { prefix: prefix.to_owned(), after: after.map(str::to_owned), limit, hidden };
             all.extend(shard.send(page).await?);
         }
         all.sort_unstable();

@@ -72,6 +72,8 @@ pub(super) struct TopicPage {
     pub prefix: String,
     pub after: Option<String>,
     pub limit: usize,
+    /// Families left out of the page (topics starting with any of these).
+    pub hidden: &'static [&'static str],
 }
 
 impl Handler<TopicPage> for RegistryShard {
@@ -82,7 +84,9 @@ impl Handler<TopicPage> for RegistryShard {
             .topics
             .iter()
             .filter(|(topic, _)| {
-                topic.starts_with(&msg.prefix) && msg.after.as_ref().is_none_or(|a| topic.as_str() > a.as_str())
+                topic.starts_with(&msg.prefix)
+                    && msg.after.as_ref().is_none_or(|a| topic.as_str() > a.as_str())
+                    && !msg.hidden.iter().any(|h| topic.starts_with(h))
             })
             .map(|(topic, subscribers)| (topic.clone(), subscribers.values().filter(|r| r.connected()).count()))
             .collect();

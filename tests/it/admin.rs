@@ -137,7 +137,21 @@ async fn users_and_logs(db: Arc<TestDb>) {
         assert!(refused["error"].is_string(), "{refused}");
     }
 
+    // Sockets' control topics stay out of the topic list unless asked for by prefix.
+    let (_, all) = admin(&server, "GET", "/admin/api/topics", None).await;
+    let listed: Vec<&str> = all["topics"].as_array().unwrap().iter().map(|t| t["topic"].as_str().unwrap()).collect();
+    assert!(listed.contains(&"user:alice"), "{listed:?}");
+    assert!(!listed.iter().any(|t| t.starts_with("session:") || t.starts_with("users_socket:")), "{listed:?}");
+    let (_, control) = admin(&server, "GET", "/admin/api/topics?prefix=users_socket:", None).await;
+    assert_eq!(
+        control["topics"],
+        json!([{"topic": "users_socket:alice", "subscribers": 2}, {"topic": "users_socket:bob", "subscribers": 1}])
+    );
+
     // Disconnect one device, then the rest; both close with 1001 and may reconnect.
+    let (status, refused) =
+        admin(&server, "POST", "/admin/api/users/alice/disconnect", Some(json!({"device": "tablet"}))).await;
+    assert_eq!((status, refused["error"].as_str()), (404, Some("unknown_device")), "{refused}");
     let (status, sent) =
         admin(&server, "POST", "/admin/api/users/alice/disconnect", Some(json!({"device": "laptop"}))).await;
     assert_eq!((status, sent["device"].as_str()), (202, Some("laptop")), "{sent}");

@@ -26,6 +26,10 @@ const RESERVED_EVENTS: [&str; 9] = [
     DISCONNECT_EVENT,
 ];
 
+/// The families of the topics each socket listens on for its own sake (a session's end, a
+/// disconnect by socket id), left out of the topic list unless its prefix names them.
+const CONTROL_FAMILIES: [&str; 2] = ["session:", "users_socket:"];
+
 /// One live topic.
 #[derive(Serialize, ToSchema)]
 pub struct TopicInfo {
@@ -62,7 +66,8 @@ fn empty_object() -> serde_json::Value {
     json!({})
 }
 
-/// The live topics with their subscriber counts, paged.
+/// The live topics with their subscriber counts, paged; sockets' control topics (`session:`,
+/// `users_socket:`) only when the prefix names them.
 #[utoipa::path(
     get, path = "/admin/api/topics", tag = "topics", params(PageQuery),
     responses(
@@ -74,9 +79,12 @@ fn empty_object() -> serde_json::Value {
 )]
 pub(super) async fn list(state: web::Data<AdminState>, query: web::Query<PageQuery>) -> Result<HttpResponse, Error> {
     let limit = query.limit()?;
+    // A socket's own control topics are noise in an operator's list, unless asked for by name.
+    let hidden =
+        if CONTROL_FAMILIES.iter().any(|f| query.prefix.starts_with(f)) { &[][..] } else { &CONTROL_FAMILIES[..] };
     let rows = state
         .pubsub
-        .topics(&query.prefix, query.after.as_deref(), usize::try_from(limit).unwrap_or(usize::MAX))
+        .topics(&query.prefix, query.after.as_deref(), usize::try_from(limit).unwrap_or(usize::MAX), hidden)
         .await
         .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|(t, _)| t.clone())).flatten();

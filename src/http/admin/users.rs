@@ -244,7 +244,7 @@ pub(super) async fn devices(
         (status = 202, description = "The disconnect went out", body = Object),
         (status = 400, description = "A body that is not a DisconnectTarget", body = ErrorBody),
         (status = 401, description = "No or a wrong admin token", body = ErrorBody),
-        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 404, description = "No such user, or no such device of the user", body = ErrorBody),
     ),
     security(("admin_token" = []))
 )]
@@ -263,6 +263,11 @@ pub(super) async fn disconnect(
         return Err(Error::new(Code::InvalidInput, "device must not be empty"));
     }
     existing(&accounts, &eid).await?;
+    if let Some(device) = &target.device
+        && !accounts.device_rows(&eid).await?.iter().any(|d| d.device_id == *device)
+    {
+        return Err(Error::new(Code::UnknownDevice, format!("{eid} has no device {device}")));
+    }
     let payload = match &target.device {
         Some(device) => Payload::json(&json!({ "device": device })),
         None => Payload::empty(),
