@@ -169,6 +169,8 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     /// `courier_log_writer_batch_writes`: writes committed per log-writer transaction.
     pub batch_size: Histogram,
+    /// `courier_channels`: channels joined on Phoenix sockets now.
+    pub channels: Gauge,
     /// `courier_presence_topics`: topics with presences on this node.
     pub presence_topics: Gauge,
     /// `courier_outbound_queue_overflows_total`: items refused by a full outbound queue.
@@ -238,6 +240,8 @@ pub struct MetricsSnapshot {
     pub acks: u64,
     /// The mean ack latency in seconds (0 before the first ack).
     pub ack_seconds_mean: f64,
+    /// Channels joined on Phoenix sockets.
+    pub channels: i64,
     /// Topics with presences.
     pub presence_topics: i64,
     /// Items refused by a full outbound queue.
@@ -291,6 +295,8 @@ impl Metrics {
         // 1 to 1024 writes: max_batch is 512 by default.
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         registry.register("log_writer_batch_writes", "Writes committed per log-writer transaction", batch_size.clone());
+        let channels = Gauge::default();
+        registry.register("channels", "Channels joined on Phoenix sockets now", channels.clone());
         let presence_topics = Gauge::default();
         registry.register("presence_topics", "Topics with presences on this node", presence_topics.clone());
         let outbound_overflows = Counter::default();
@@ -322,6 +328,7 @@ impl Metrics {
             messages_delivered,
             ack_latency,
             batch_size,
+            channels,
             presence_topics,
             outbound_overflows,
             slow_consumer_closes,
@@ -448,6 +455,7 @@ impl Metrics {
             log_writer_batch_writes: self.batch_writes.get(),
             acks,
             ack_seconds_mean: if acks == 0 { 0.0 } else { self.ack_seconds.get() / acks as f64 },
+            channels: self.channels.get(),
             presence_topics: self.presence_topics.get(),
             outbound_queue_overflows: self.outbound_overflows.get(),
             slow_consumer_closes: self.slow_consumer_closes.get(),
@@ -512,6 +520,7 @@ mod tests {
         metrics.acked(Duration::from_millis(3));
         metrics.batch_committed(4, 3);
         metrics.presence_topics.inc();
+        metrics.channels.inc();
         metrics.overflowed(true);
         metrics.rate_limited_frames.inc();
         let text = metrics.encode();
@@ -523,6 +532,7 @@ mod tests {
             "courier_messages_delivered_total",
             "courier_message_ack_seconds_count",
             "courier_presence_topics",
+            "courier_channels",
             "courier_outbound_queue_overflows_total",
             "courier_slow_consumer_closes_total",
             "courier_rate_limited_frames_total",

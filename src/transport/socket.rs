@@ -409,6 +409,7 @@ impl SocketSession {
         // A duplicate join replaces the old channel first; its phx_close goes out after the new
         // join's reply, so the client (which already tracks the new join_ref) ignores it.
         let replaced = self.channels.remove(&topic).map(|mut old| {
+            metrics::global().channels.dec();
             self.terminate(&topic, &mut old, LeaveReason::Replaced);
             old.join_ref
         });
@@ -439,6 +440,7 @@ impl SocketSession {
                     tracing::info!(conn = act.conn(), topic, join_ref = channel_join_ref, "joined");
                     act.channels
                         .insert(topic.clone(), JoinedChannel { join_ref: channel_join_ref, channel: joined.channel });
+                    metrics::global().channels.inc();
                     act.reply(ctx, jr, mr, &topic, &Reply::ok(joined.response));
                     if let Some(old) = replaced {
                         act.lifecycle(ctx, &old, &topic, PHX_CLOSE);
@@ -495,6 +497,7 @@ impl SocketSession {
     /// Removes a channel and tells the client with `phx_close` (graceful) or `phx_error` (crash).
     fn end_channel(&mut self, ctx: &mut Ctx<Self>, topic: &str, reason: LeaveReason, event: &str) {
         let Some(mut joined) = self.channels.remove(topic) else { return };
+        metrics::global().channels.dec();
         self.terminate(topic, &mut joined, reason);
         self.pubsub.unsubscribe(topic, self.conn());
         tracing::info!(conn = self.conn(), topic, reason = ?reason, event, "channel ended");
@@ -568,6 +571,7 @@ impl Session for SocketSession {
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
             if let Some(mut joined) = self.channels.remove(&topic) {
+                metrics::global().channels.dec();
                 self.terminate(&topic, &mut joined, LeaveReason::SocketClosed);
                 self.pubsub.unsubscribe(&topic, self.conn());
             }

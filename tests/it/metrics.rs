@@ -83,6 +83,7 @@ async fn probes_answer_and_metrics_move_with_traffic() {
     // Gauges: other tests' sockets come and go, but ours are open and tracked.
     assert!(get(&after, "courier_connections{transport=\"phoenix\"}") >= 3.0, "{after:?}");
     assert!(get(&after, "courier_presence_topics") >= 1.0, "{after:?}");
+    assert!(get(&after, "courier_channels") >= 3.0, "{after:?}");
     assert!(after.keys().all(|series| !series.contains("made-up")), "a client's event is no label");
     for series in [
         "courier_connections{transport=\"json\"}",
@@ -116,10 +117,12 @@ async fn frames_past_the_rate_limit_are_counted() {
     server.shutdown().await;
 }
 
-/// Polls `/readyz` until it answers `status`, for at most `within`.
-async fn ready_turns(server: &TestServer, status: u16, within: Duration) -> Value {
+/// Polls `/readyz` until it answers `status`, for at most `within`, running `between` before
+/// each poll.
+async fn ready_turns(server: &TestServer, status: u16, within: Duration, mut between: impl FnMut()) -> Value {
     let deadline = Instant::now() + within;
     loop {
+        between();
         let (got, body) = get_json(server, "/readyz").await;
         if got == status {
             return body;
@@ -140,20 +143,21 @@ async fn readyz_fails_while_the_database_refuses_connections_and_recovers() {
     assert_eq!(get_json(&server, "/readyz").await.1["database"], "postgres");
 
     let mut admin = db.pg_admin().expect("PostgreSQL");
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .expect("refuse and cut the test database's connections");
-    let refused = ready_turns(&server, 503, Duration::from_secs(15)).await;
+    admin.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).expect("refuse connections");
+    // Cut again before every poll: a connection the pool opened just before the ALTER can
+    // register after one pass of pg_terminate_backend and live on.
+    let terminate = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'");
+    let refused = ready_turns(&server, 503, Duration::from_secs(15), || {
+        admin.batch_execute(&terminate).expect("cut the test database's connections");
+    })
+    .await;
     assert_eq!(refused["error"], "storage_unavailable", "{refused}");
     assert_eq!(refused["resp_code"], 12, "{refused}");
     assert_eq!(refused["reason"], "the postgres database is not answering queries");
     assert_eq!(get_json(&server, "/healthz").await.0, 200, "the process still serves");
 
     admin.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).expect("allow connections again");
-    let ready = ready_turns(&server, 200, Duration::from_secs(30)).await;
+    let ready = ready_turns(&server, 200, Duration::from_secs(30), || {}).await;
     assert_eq!(ready["status"], "ready");
     server.shutdown().await;
 }
