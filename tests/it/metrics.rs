@@ -117,6 +117,33 @@ async fn frames_past_the_rate_limit_are_counted() {
     server.shutdown().await;
 }
 
+/// A socket that stops reading is closed as a slow consumer: its queue's overflow and the close
+/// are both counted (400 broadcasts of 64 KiB, past the default 1 MiB byte bound and whatever
+/// the kernel's buffers hold).
+#[tokio::test]
+async fn a_slow_consumer_close_is_counted() {
+    let mut config = test_config();
+    config.socket.rate_per_sec = 10_000;
+    config.socket.rate_burst = 10_000;
+    let server = TestServer::start_with(config, |c| c);
+    let before = scrape(&server).await;
+    let mut slow = server.client().await;
+    let mut sender = server.client().await;
+    slow.join_ok("room:slow", "1").await;
+    sender.join_ok("room:slow", "1").await;
+    let chunk = "s".repeat(64 * 1024);
+    for n in 0..400 {
+        sender.send(json!(["1", format!("{n}"), "room:slow", "blob", {"n": n, "data": chunk}])).await;
+        assert_eq!(sender.recv_json().await[4]["status"], "ok");
+    }
+    slow.drain_until_close(Duration::from_secs(15)).await.expect("the slow socket is closed");
+    let after = scrape(&server).await;
+    for series in ["courier_slow_consumer_closes_total", "courier_outbound_queue_overflows_total"] {
+        assert!(get(&after, series) >= get(&before, series) + 1.0, "{series}: {before:?} -> {after:?}");
+    }
+    server.shutdown().await;
+}
+
 /// Polls `/readyz` until it answers `status`, for at most `within`, running `between` before
 /// each poll.
 async fn ready_turns(server: &TestServer, status: u16, within: Duration, mut between: impl FnMut()) -> Value {
