@@ -10,7 +10,7 @@
 //! `transport::edge` admits every TCP connection before HTTP parsing; `logging` keeps what
 //! clients get wrong out of the error log; `error` is the one table of error codes every
 //! module's error enum maps into; `clock` is the one source of wall-clock time; `task` the
-//! queue workers shutdown drains and stops.
+//! queue workers shutdown drains and stops; `metrics` the counters `/metrics` serves.
 
 pub mod accounts;
 pub mod channels;
@@ -21,6 +21,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod messaging;
+pub mod metrics;
 pub mod pb;
 pub mod presence;
 pub mod protocol;

@@ -24,6 +24,7 @@ use crate::channels::{ChannelFactory, Router, SocketAuthenticator};
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::http::admin::{self, AdminState};
+use crate::http::health::HealthState;
 use crate::keys::Keys;
 use crate::messaging::Messaging;
 use crate::messaging::signals::Signals;
@@ -125,6 +126,7 @@ impl Courier {
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
         let store_handle = store.clone();
+        let health = web::Data::new(HealthState { store: store.clone(), node: config.node.clone() });
         let policy = accounts.message_policy();
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
         let keys = Keys::new(store.clone(), pubsub.clone(), config.keys.clone(), Arc::clone(&clock));
@@ -180,6 +182,7 @@ impl Courier {
             settings: Arc::new(config.socket.clone()),
         });
         let purge = spawn_session_purge(&accounts, &keys, &config.accounts);
+        let sampler = crate::metrics::spawn_sampler();
         let accounts = web::Data::new(accounts);
         let keys = web::Data::new(keys);
         let workers = match config.workers {
@@ -213,10 +216,12 @@ impl Courier {
                     .fold(App::new(), |app, path| app.route(path, web::get().to(upgrade::not_upgraded)));
                 let app = app
                     .app_data(admin.clone())
+                    .app_data(health.clone())
                     .app_data(accounts.clone())
                     .app_data(keys.clone())
                     .app_data(crate::http::json_config())
                     .configure(admin::configure)
+                    .configure(crate::http::health::configure)
                     .configure(crate::http::api::configure);
                 let app = match &static_dir {
                     Some(dir) => app.service(
@@ -246,7 +251,16 @@ impl Courier {
         let handle = server.handle();
         let task = actix_web::rt::spawn(server);
         tracing::info!(%addr, workers, max_connections, node = config.node, "listening on {addr}");
-        Ok(RunningServer { addr, handle, task, sockets, background, purge, grace: config.socket.shutdown_grace() })
+        Ok(RunningServer {
+            addr,
+            handle,
+            task,
+            sockets,
+            background,
+            purge,
+            sampler,
+            grace: config.socket.shutdown_grace(),
+        })
     }
 }
 
@@ -373,6 +387,8 @@ pub struct RunningServer {
     background: Background,
     /// The scheduled session purge, stopped at shutdown.
     purge: Option<actix_web::rt::task::JoinHandle<()>>,
+    /// The metrics' once-a-second sampler, stopped at shutdown.
+    sampler: actix_web::rt::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -412,6 +428,8 @@ impl RunningServer {
             // An abort lands at the task's next await; waiting makes sure no purge outlives us.
             let _ = purge.await;
         }
+        self.sampler.abort();
+        let _ = self.sampler.await;
         self.handle.pause().await;
         self.sockets.shut_down();
         let deadline = Instant::now() + self.grace;

@@ -1,9 +1,10 @@
-//! HTTP endpoints that are not the WebSocket transport: operator routes and health (`admin`)
-//! and the browser-facing accounts API (`api`). Handlers only translate between HTTP and the
+//! HTTP endpoints that are not the WebSocket transport: operator routes (`admin`), the public
+//! probes and metrics (`health`) and the browser-facing accounts API (`api`). Handlers only translate between HTTP and the
 //! domain services; rules live in those services.
 
 pub mod admin;
 pub mod api;
+pub mod health;
 mod keys;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};

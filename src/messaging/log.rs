@@ -119,6 +119,17 @@ pub enum Written {
     Sealed(SealedStored),
 }
 
+impl Written {
+    /// Whether this write stored a message that was not stored before.
+    pub fn is_new_message(&self) -> bool {
+        match self {
+            Written::Appended(appended) => !appended.duplicate,
+            Written::Sealed(_) => true,
+            Written::Receipt(_) => false,
+        }
+    }
+}
+
 /// Applies a batch on a connection that is inside a write transaction. Results are in the
 /// order of `writes`.
 pub fn apply(

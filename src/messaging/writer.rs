@@ -54,6 +54,8 @@ async fn run(store: Store, pubsub: PubSub, max_batch: usize, clock: Arc<dyn Cloc
         let writes = Arc::new(writes);
         let now = clock.now_millis();
         let results = commit(&mut store, &writes, now).await;
+        let stored = results.iter().filter(|r| matches!(r, Ok(w) if w.is_new_message())).count();
+        crate::metrics::global().batch_committed(writes.len(), stored);
         let mut broadcasts = Vec::new();
         for ((write, (origin, reply)), result) in writes.iter().zip(waiting).zip(results) {
             // Built before the reply takes the result, published after every reply: a sender

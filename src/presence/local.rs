@@ -113,10 +113,18 @@ impl Shard {
                 let broadcast = Broadcast::new(&*topic, Event::PresenceDiff { diff: diff.payload, occupancy });
                 self.pubsub.publish(broadcast, None);
             }
-            if presence.is_idle() {
-                self.topics.remove(&topic);
+            if presence.is_idle() && self.topics.remove(&topic).is_some() {
+                crate::metrics::global().presence_topics.dec();
             }
         }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        // A stopped shard's topics are gone with it, however it stopped.
+        let topics = i64::try_from(self.topics.len()).unwrap_or(i64::MAX);
+        crate::metrics::global().presence_topics.dec_by(topics);
     }
 }
 
@@ -126,7 +134,10 @@ impl Handler<Command> for Shard {
     fn handle(&mut self, command: Command, ctx: &mut Context<Self>) {
         match command {
             Command::Track { topic, key, owner, meta, answer } => {
-                let topic = self.known(&topic).unwrap_or_else(|| Arc::from(topic));
+                let topic = self.known(&topic).unwrap_or_else(|| {
+                    crate::metrics::global().presence_topics.inc();
+                    Arc::from(topic)
+                });
                 let result = self.topics.entry(Arc::clone(&topic)).or_default().track(&key, &owner, meta);
                 if result.is_ok() {
                     self.changed(&topic, ctx);

@@ -160,6 +160,22 @@ impl Store {
         .map_err(|e| StoreError::TaskFailed(e.to_string()))?
     }
 
+    /// Checks that the database answers a trivial query: at most `timeout` waiting for a pooled
+    /// connection (a server that refuses connections fails then), at most twice that in all.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get_timeout(timeout)?;
+            conn.ping().map_err(StoreError::from)
+        });
+        // The query itself has no timeout of its own: a hung server must not hang the caller.
+        match tokio::time::timeout(timeout * 2, probe).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(StoreError::TaskFailed(e.to_string())),
+            Err(_) => Err(StoreError::TaskFailed(format!("no answer within {} ms", (timeout * 2).as_millis()))),
+        }
+    }
+
     /// Runs `f` inside a write transaction on the blocking pool; commits on `Ok`, rolls back on `Err`.
     pub async fn write<F, T>(&self, f: F) -> Result<T, StoreError>
     where

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use super::writer::{Outbound, QueueError};
 use super::ws_io::{self, WsWriter};
 use crate::config::SocketConfig;
+use crate::metrics;
 use crate::protocol::WireFrame;
 use crate::pubsub::{ConnectionId, Deliver, NodeId};
 
@@ -163,20 +164,23 @@ impl Link {
         self.outbound.room_bytes()
     }
 
-    /// Queues a frame; a client too slow to take it is closed (what it has not read is dropped).
-    pub fn send<S: Session>(&mut self, ctx: &mut Ctx<S>, frame: WireFrame) {
+    /// Queues a frame, telling whether it was; a client too slow to take it is closed (what it
+    /// has not read is dropped).
+    pub fn send<S: Session>(&mut self, ctx: &mut Ctx<S>, frame: WireFrame) -> bool {
         if self.is_closing() {
-            return;
+            return false;
         }
         match self.outbound.send(frame) {
-            Ok(()) => {}
+            Ok(()) => return true,
             Err(QueueError::Full) => {
                 let queued_bytes = self.outbound.queued_bytes();
                 tracing::info!(conn = self.id, endpoint = self.endpoint, queued_bytes, "closing slow socket");
+                metrics::global().overflowed(true);
                 self.end(ctx, CloseCode::Away, "slow consumer: outbound queue full", true);
             }
             Err(QueueError::Closed) => ctx.stop(),
         }
+        false
     }
 
     /// Queues a close frame after everything already queued, then stops shortly after.
@@ -251,9 +255,9 @@ pub trait Session: Sized + Unpin + 'static {
     /// Runs once the actor has stopped, before the socket stops counting as live.
     fn stopped(&mut self) {}
 
-    /// Queues a frame for the client (see [`Link::send`]).
-    fn enqueue(&mut self, ctx: &mut Ctx<Self>, frame: WireFrame) {
-        self.link().send(ctx, frame);
+    /// Queues a frame for the client, telling whether it was (see [`Link::send`]).
+    fn enqueue(&mut self, ctx: &mut Ctx<Self>, frame: WireFrame) -> bool {
+        self.link().send(ctx, frame)
     }
 
     /// Closes the socket with `code` after what is queued (see [`Link::close`]).
@@ -316,6 +320,7 @@ impl<S: Session> Actor for Connection<S> {
     fn started(&mut self, ctx: &mut Ctx<S>) {
         let link = self.0.link();
         link.sockets.opened();
+        metrics::global().connection_opened(link.endpoint);
         let shutdown = link.sockets.shutdown_requested();
         ctx.run_interval(idle_check_interval(link.idle), |act, ctx| act.0.link().close_if_idle(ctx));
         self.0.started(ctx);
@@ -326,6 +331,7 @@ impl<S: Session> Actor for Connection<S> {
         self.0.stopped();
         let link = self.0.link();
         link.sockets.closed();
+        metrics::global().connection_closed(link.endpoint);
         tracing::info!(conn = link.id, endpoint = link.endpoint, reason = link.close_reason, "socket closed");
     }
 }
@@ -349,7 +355,9 @@ impl<S: Session> StreamHandler<Result<AggregatedMessage, ProtocolError>> for Con
             // Draining or closing: messages that start new work are no longer taken.
             AggregatedMessage::Text(_) | AggregatedMessage::Binary(_) => {}
             AggregatedMessage::Ping(data) => {
-                let _ = link.outbound.pong(data);
+                if link.outbound.pong(data) == Err(QueueError::Full) {
+                    metrics::global().overflowed(false);
+                }
             }
             AggregatedMessage::Pong(_) => {}
             AggregatedMessage::Close(reason) => {

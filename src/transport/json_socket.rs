@@ -202,8 +202,11 @@ impl Session for JsonSession {
             }
             return;
         }
-        if let Some(text) = broadcast.payload().as_json_str() {
-            self.send(ctx, text.to_owned());
+        if let Some(text) = broadcast.payload().as_json_str()
+            && self.enqueue(ctx, WireFrame::Text(ByteString::from(text.to_owned())))
+            && broadcast.name() == "message"
+        {
+            crate::metrics::global().messages_delivered.inc();
         }
     }
 

@@ -143,9 +143,10 @@ impl SignalSession {
         self.next_sequence
     }
 
-    fn send(&mut self, ctx: &mut Ctx<Self>, sequence: u32, payload: Body) {
+    /// Queues one envelope, telling whether it was.
+    fn send(&mut self, ctx: &mut Ctx<Self>, sequence: u32, payload: Body) -> bool {
         let frame = wire::Message { sequence, payload: Some(payload) }.encode_to_vec();
-        self.enqueue(ctx, WireFrame::Binary(Bytes::from(frame)));
+        self.enqueue(ctx, WireFrame::Binary(Bytes::from(frame)))
     }
 
     fn ack(&mut self, ctx: &mut Ctx<Self>, sequence: u32) {
@@ -396,7 +397,9 @@ impl SignalSession {
         self.delivery.sent_up_to = offset;
         self.delivery.unacked.insert(offset, sequence);
         self.delivery.by_sequence.insert(sequence, offset);
-        self.send(ctx, sequence, Body::InboundMessage(body));
+        if self.send(ctx, sequence, Body::InboundMessage(body)) {
+            crate::metrics::global().messages_delivered.inc();
+        }
     }
 
     fn live(&mut self, ctx: &mut Ctx<Self>, offset: i64, body: Vec<u8>) {

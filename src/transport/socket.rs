@@ -33,11 +33,21 @@ use crate::channels::{
 };
 use crate::config::SocketConfig;
 use crate::error::Code;
+use crate::metrics;
 use crate::protocol::{
-    DecodeError, HEARTBEAT, Message, Outgoing, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE, Payload,
-    Serializer, is_reserved_event,
+    DecodeError, HEARTBEAT, Message, Outgoing, PHOENIX_TOPIC, PHX_CLOSE, PHX_ERROR, PHX_JOIN, PHX_LEAVE, PHX_REPLY,
+    Payload, Serializer, WireFrame, is_reserved_event,
 };
-use crate::pubsub::{Broadcast, Deliver, PubSub};
+use crate::pubsub::event::MESSAGE;
+use crate::pubsub::{Broadcast, Deliver, Event, PubSub};
+
+/// The event name a frame carries, for the metrics.
+fn outgoing_event<'a>(frame: &Outgoing<'a>) -> &'a str {
+    match frame {
+        Outgoing::Reply { .. } => PHX_REPLY,
+        Outgoing::Push { event, .. } | Outgoing::Broadcast { event, .. } | Outgoing::Lifecycle { event, .. } => event,
+    }
+}
 
 struct JoinedChannel {
     join_ref: String,
@@ -94,14 +104,32 @@ impl SocketSession {
     /// Sends a broadcast's shared frame, if this socket's serializer can carry it.
     fn forward(&mut self, ctx: &mut Ctx<Self>, broadcast: &Broadcast) {
         if let Some(frame) = broadcast.encoded(self.serializer) {
-            self.enqueue(ctx, frame.clone());
+            let message = matches!(broadcast.event, Event::Message { .. });
+            self.enqueue_counted(ctx, frame.clone(), broadcast.name(), message);
         }
     }
 
     fn send(&mut self, ctx: &mut Ctx<Self>, frame: Outgoing<'_>) {
         match self.serializer.encode(&frame) {
-            Ok(wire) => self.enqueue(ctx, wire),
+            Ok(wire) => {
+                // Only user channels push `message` events themselves (catch-up, protobuf
+                // devices); a room's `message` is a client's broadcast, which `forward` sends.
+                let message = matches!(frame, Outgoing::Push { event: MESSAGE, .. });
+                self.enqueue_counted(ctx, wire, outgoing_event(&frame), message);
+            }
             Err(e) => tracing::debug!(conn = self.conn(), error = %e, "frame not sent"),
+        }
+    }
+
+    /// Queues an encoded frame and, if it was queued, counts it as sent under `event` (and as
+    /// a delivered message when it is one).
+    fn enqueue_counted(&mut self, ctx: &mut Ctx<Self>, wire: WireFrame, event: &str, message: bool) {
+        if self.enqueue(ctx, wire) {
+            let metrics = metrics::global();
+            metrics.push_sent(event);
+            if message {
+                metrics.messages_delivered.inc();
+            }
         }
     }
 
@@ -115,7 +143,7 @@ impl SocketSession {
     ) {
         let frame = Outgoing::Reply { join_ref, msg_ref, topic, status: reply.status(), response: reply.response() };
         match self.serializer.encode(&frame) {
-            Ok(wire) => self.enqueue(ctx, wire),
+            Ok(wire) => self.enqueue_counted(ctx, wire, PHX_REPLY, false),
             Err(e) => {
                 // The client still gets an answer it can read instead of a timeout.
                 let fallback = Reply::error(Code::Internal, &e.to_string());
@@ -260,6 +288,7 @@ impl SocketSession {
             return self.close(ctx, CloseCode::Away, "session expired");
         }
         if self.limiter.check().is_err() {
+            metrics::global().rate_limited_frames.inc();
             let reply = Reply::error(Code::RateLimited, "rate limited");
             return self.reply(ctx, msg.join_ref.as_deref(), msg.msg_ref.as_deref(), &msg.topic, &reply);
         }
@@ -268,6 +297,7 @@ impl SocketSession {
 
     fn handle_message(&mut self, ctx: &mut Ctx<Self>, msg: Message) {
         let Message { join_ref, msg_ref, topic, event, payload } = msg;
+        metrics::global().push_received(&event);
         if topic == PHOENIX_TOPIC && event == HEARTBEAT {
             return self.reply(ctx, None, msg_ref.as_deref(), &topic, &Reply::ok_empty());
         }
@@ -359,6 +389,7 @@ impl SocketSession {
             return self.reply(ctx, None, None, &topic, &Reply::error(Code::BadRequest, "join needs a ref"));
         };
         if topic.len() > self.settings.max_topic_bytes {
+            metrics::global().join(&topic, false);
             let reply = Reply::error(Code::InvalidTopic, "topic too long");
             return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &reply);
         }
@@ -366,16 +397,19 @@ impl SocketSession {
             if let Some(suppressed) = crate::logging::client_mistake() {
                 tracing::info!(conn = self.conn(), topic, suppressed, "join refused: unmatched topic");
             }
+            metrics::global().join(&topic, false);
             let reply = Reply::error(Code::UnmatchedTopic, "unmatched topic");
             return self.reply(ctx, None, msg_ref.as_deref(), &topic, &reply);
         };
         if !self.channels.contains_key(&topic) && self.channels.len() >= self.settings.max_channels {
+            metrics::global().join(&topic, false);
             let reply = Reply::error(Code::TooManyChannels, "too many channels joined");
             return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &reply);
         }
         // A duplicate join replaces the old channel first; its phx_close goes out after the new
         // join's reply, so the client (which already tracks the new join_ref) ignores it.
         let replaced = self.channels.remove(&topic).map(|mut old| {
+            metrics::global().channels.dec();
             self.terminate(&topic, &mut old, LeaveReason::Replaced);
             old.join_ref
         });
@@ -400,11 +434,13 @@ impl SocketSession {
         // broadcasts that arrive meanwhile are written after the join reply.
         ctx.wait(joined.into_connection(self).map(move |result, act, ctx| {
             let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
+            metrics::global().join(&topic, result.is_ok());
             match result {
                 Ok(joined) => {
                     tracing::info!(conn = act.conn(), topic, join_ref = channel_join_ref, "joined");
                     act.channels
                         .insert(topic.clone(), JoinedChannel { join_ref: channel_join_ref, channel: joined.channel });
+                    metrics::global().channels.inc();
                     act.reply(ctx, jr, mr, &topic, &Reply::ok(joined.response));
                     if let Some(old) = replaced {
                         act.lifecycle(ctx, &old, &topic, PHX_CLOSE);
@@ -461,6 +497,7 @@ impl SocketSession {
     /// Removes a channel and tells the client with `phx_close` (graceful) or `phx_error` (crash).
     fn end_channel(&mut self, ctx: &mut Ctx<Self>, topic: &str, reason: LeaveReason, event: &str) {
         let Some(mut joined) = self.channels.remove(topic) else { return };
+        metrics::global().channels.dec();
         self.terminate(topic, &mut joined, reason);
         self.pubsub.unsubscribe(topic, self.conn());
         tracing::info!(conn = self.conn(), topic, reason = ?reason, event, "channel ended");
@@ -534,6 +571,7 @@ impl Session for SocketSession {
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
             if let Some(mut joined) = self.channels.remove(&topic) {
+                metrics::global().channels.dec();
                 self.terminate(&topic, &mut joined, LeaveReason::SocketClosed);
                 self.pubsub.unsubscribe(&topic, self.conn());
             }

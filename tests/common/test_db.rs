@@ -31,6 +31,8 @@ struct PgSchema {
     admin_url: String,
     /// The statement that drops it: a schema, or a whole database.
     drop: String,
+    /// The database's name, when the test has a whole database of its own.
+    database: Option<String>,
 }
 
 impl TestDb {
@@ -52,22 +54,32 @@ impl TestDb {
         let sep = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
         let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, drop }) })
+        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, drop, database: None }) })
+    }
+
+    /// A fresh database of its own on the `COURIER_TEST_PG` server, for a test that does to a
+    /// whole database what others must not see (refusing its connections); or `None` (with a
+    /// notice) when unset.
+    pub fn postgres_database(test: &str) -> Option<TestDb> {
+        Self::postgres_database_with(test, "")
     }
 
     /// A fresh database on the `COURIER_TEST_PG` server whose default collation is ICU's
     /// `en-US` (as on many production servers), not the byte order of the `test` database; or
     /// `None` (with a notice) when unset.
     pub fn postgres_icu(test: &str) -> Option<TestDb> {
+        Self::postgres_database_with(
+            test,
+            " TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+        )
+    }
+
+    /// A fresh database made with `CREATE DATABASE <name><options>`.
+    fn postgres_database_with(test: &str, options: &str) -> Option<TestDb> {
         let admin_url = admin_url(test)?;
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::establish(&admin_url).expect("connect to COURIER_TEST_PG");
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
-                 LOCALE 'C.UTF-8'"
-            ))
-            .expect("create an ICU test database");
+        admin.batch_execute(&format!("CREATE DATABASE {name}{options}")).expect("create a test database");
         let (base, query) = admin_url.split_once('?').map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
         let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
         let url = match query {
@@ -75,7 +87,7 @@ impl TestDb {
             None => format!("{server}/{name}"),
         };
         let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, drop }) })
+        Some(TestDb { url, _dir: None, pg: Some(PgSchema { admin_url, drop, database: Some(name) }) })
     }
 
     /// The options [`open`](Self::open) uses.
@@ -96,6 +108,11 @@ impl TestDb {
     /// A connection to the PostgreSQL server as the tests' administrator, or `None` for SQLite.
     pub fn pg_admin(&self) -> Option<PgConnection> {
         self.pg.as_ref().map(|pg| PgConnection::establish(&pg.admin_url).expect("connect to COURIER_TEST_PG"))
+    }
+
+    /// The name of the database of a [`postgres_database`](Self::postgres_database) (or ICU) test.
+    pub fn pg_database(&self) -> Option<&str> {
+        self.pg.as_ref().and_then(|pg| pg.database.as_deref())
     }
 
     /// The SQLite file's path, or `None` for PostgreSQL.

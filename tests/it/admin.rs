@@ -102,6 +102,16 @@ async fn users_and_logs(db: Arc<TestDb>) {
     phone.event("message").await;
     phone.call_ok("receipt", json!({"up_to": 1, "state": "read"})).await;
 
+    // The process's metrics in the stats: at least what this test did (other tests share them).
+    let (_, stats) = admin(&server, "GET", "/admin/api/stats", None).await;
+    assert!(stats["messages"]["stored_total"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["messages"]["delivered_total"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["messages"]["acks"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["storage"]["batches"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["connections"]["phoenix"].as_i64() >= Some(3), "{stats}");
+    assert!(stats["messages"]["stored_last_minute"].is_array(), "{stats}");
+    assert_eq!(stats["users_online"], 2, "alice and bob are signed in here: {stats}");
+
     let (status, devices) = admin(&server, "GET", "/admin/api/users/alice/devices", None).await;
     assert_eq!(status, 200, "{devices}");
     assert_eq!(devices["last_offset"], 1);

@@ -14,6 +14,7 @@ mod limits;
 mod load;
 mod messaging;
 mod messaging_durability;
+mod metrics;
 mod offset_limit;
 mod presence;
 mod reads;

@@ -104,6 +104,7 @@ fn best_effort_id(payload: &Payload) -> String {
 
 impl UserChannel {
     pub(super) fn send_message(&self, payload: Payload) -> HandleIn {
+        let arrived = std::time::Instant::now();
         let encoding = Encoding::of(&payload);
         let clock = Arc::clone(self.messaging.clock());
         let message: pb::Message = match wire::decode(&payload) {
@@ -119,7 +120,10 @@ impl UserChannel {
         let stored = self.messaging.send(&self.origin, message);
         HandleIn::LaterThen(Box::pin(async move {
             match stored.await {
-                Ok(sent) => (Reply::ok(encoding.encode(&sent.ack)), Box::new(OwnSent(sent.sender_offset)) as _),
+                Ok(sent) => {
+                    crate::metrics::global().acked(arrived.elapsed());
+                    (Reply::ok(encoding.encode(&sent.ack)), Box::new(OwnSent(sent.sender_offset)) as _)
+                }
                 Err(e) => (send_error(encoding, &id, &e, clock.now_millis()), Box::new(()) as _),
             }
         }))

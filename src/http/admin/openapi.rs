@@ -30,6 +30,8 @@ use super::{ErrorBody, stats, topics, users};
         ErrorBody,
         stats::Stats,
         stats::FamilyCounts,
+        stats::MessageStats,
+        stats::StorageStats,
         users::UserSummary,
         users::UserPage,
         users::NewUser,

@@ -1,4 +1,6 @@
-//! `GET /admin/api/stats`: what this node is doing now.
+//! `GET /admin/api/stats`: what this node is doing now. Sockets, channels and topics are this
+//! server's; the message, storage and queue figures are the process's metrics
+//! (`crate::metrics`), the same a Prometheus scrape of `/metrics` reads.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +18,38 @@ pub struct FamilyCounts {
     pub topics: usize,
     /// Live subscriptions to them.
     pub subscriptions: usize,
+}
+
+/// Messages through this process: totals, and per-second figures over the last minute.
+#[derive(Serialize, ToSchema)]
+pub struct MessageStats {
+    /// Messages committed to logs since start.
+    pub stored_total: u64,
+    /// Message events queued to sockets since start.
+    pub delivered_total: u64,
+    /// Mean messages stored per second over the last minute.
+    pub stored_per_sec: f64,
+    /// Mean messages delivered per second over the last minute.
+    pub delivered_per_sec: f64,
+    /// Messages stored in each of the last (up to 60) seconds, oldest first.
+    pub stored_last_minute: Vec<u64>,
+    /// Messages delivered in each of the last (up to 60) seconds, oldest first.
+    pub delivered_last_minute: Vec<u64>,
+    /// Message pushes acknowledged, and their mean time from push to ack.
+    pub acks: u64,
+    /// Mean seconds from a message push to its ack.
+    pub ack_seconds_mean: f64,
+}
+
+/// The log writer's group commits.
+#[derive(Serialize, ToSchema)]
+pub struct StorageStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Writes (messages, receipts) in them.
+    pub batch_writes: u64,
+    /// Mean writes per transaction.
+    pub mean_batch: f64,
 }
 
 /// This node's figures.
@@ -37,6 +71,20 @@ pub struct Stats {
     pub users_online: usize,
     /// Topics and subscriptions per family (`user:`, `room:`, `session:`, ...).
     pub families: BTreeMap<String, FamilyCounts>,
+    /// Open connections by transport (`phoenix`, `json`, `signal`).
+    pub connections: BTreeMap<String, i64>,
+    /// Messages stored and delivered.
+    pub messages: MessageStats,
+    /// The log writer's batches.
+    pub storage: StorageStats,
+    /// Topics with presences.
+    pub presence_topics: i64,
+    /// Frames refused by a full outbound queue.
+    pub outbound_queue_overflows: u64,
+    /// Sockets closed as too slow to read what they were sent.
+    pub slow_consumer_closes: u64,
+    /// Frames refused by the per-socket rate limit.
+    pub rate_limited_frames: u64,
 }
 
 /// Families whose subscriptions are channel joins (the others are a socket's own control topics).
@@ -56,6 +104,9 @@ const USER_SOCKETS: &str = "users_socket:";
 pub(super) async fn stats(state: web::Data<AdminState>) -> Result<HttpResponse, Error> {
     let census = state.pubsub.census().await.map_err(|e| Error::new(Code::Internal, e.to_string()))?;
     let count = |family: &str| census.get(family).copied().unwrap_or_default();
+    let m = crate::metrics::global().snapshot();
+    let mean_batch =
+        if m.log_writer_batches == 0 { 0.0 } else { m.log_writer_batch_writes as f64 / m.log_writer_batches as f64 };
     let stats = Stats {
         node: state.node.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -68,6 +119,22 @@ pub(super) async fn stats(state: web::Data<AdminState>) -> Result<HttpResponse, 
             .iter()
             .map(|(family, &(topics, subscriptions))| (family.clone(), FamilyCounts { topics, subscriptions }))
             .collect(),
+        connections: m.connections.iter().map(|(transport, &n)| ((*transport).to_owned(), n)).collect(),
+        messages: MessageStats {
+            stored_total: m.messages_stored,
+            delivered_total: m.messages_delivered,
+            stored_per_sec: m.messages_stored_rate,
+            delivered_per_sec: m.messages_delivered_rate,
+            stored_last_minute: m.messages_stored_per_second,
+            delivered_last_minute: m.messages_delivered_per_second,
+            acks: m.acks,
+            ack_seconds_mean: m.ack_seconds_mean,
+        },
+        storage: StorageStats { batches: m.log_writer_batches, batch_writes: m.log_writer_batch_writes, mean_batch },
+        presence_topics: m.presence_topics,
+        outbound_queue_overflows: m.outbound_queue_overflows,
+        slow_consumer_closes: m.slow_consumer_closes,
+        rate_limited_frames: m.rate_limited_frames,
     };
     Ok(HttpResponse::Ok().json(stats))
 }
