@@ -24,7 +24,9 @@ pub struct HealthState {
 
 /// Mounts `/healthz`, `/readyz` and `/metrics`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // `/health` is the path earlier versions served; probes already pointed at it keep working.
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/health", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
 }

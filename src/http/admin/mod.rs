@@ -2,8 +2,7 @@
 //! `Authorization: Bearer <admin token>` (checked by [`require_token`] before any handler or
 //! body extractor runs, so an unauthenticated caller learns nothing from the parser and cannot
 //! make the server buffer a body), described by an OpenAPI 3 document generated from the
-//! handlers' own types ([`openapi`], public at `/admin/api/openapi.json`). Also the public
-//! `/health` check.
+//! handlers' own types ([`openapi`], public at `/admin/api/openapi.json`).
 //!
 //! Handlers only translate between HTTP and the services (accounts, messaging, pub/sub,
 //! presence); the rules live there. Each submodule owns one group of routes.
@@ -20,9 +19,8 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, ResponseError, web};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
@@ -62,40 +60,34 @@ pub const MAX_PAGE: i64 = 500;
 /// The page size when none is asked for.
 pub const DEFAULT_PAGE: i64 = 50;
 
-/// Mounts `/health`, the public OpenAPI document and the guarded `/admin/api/` routes.
+/// Mounts the public OpenAPI document and the guarded `/admin/api/` routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        // Registered ahead of the guarded scope, which would otherwise claim the path.
-        .route("/admin/api/openapi.json", web::get().to(openapi::document))
-        .service(
-            web::scope("/admin/api")
-                .wrap(from_fn(require_token))
-                .app_data(web::QueryConfig::default().error_handler(|err, _| invalid_input("query string", err)))
-                .app_data(web::PathConfig::default().error_handler(|err, _| invalid_input("path", err)))
-                .route("/stats", web::get().to(stats::stats))
-                .route("/users", web::get().to(users::list))
-                .route("/users", web::post().to(users::create))
-                .route("/users/{eid}", web::delete().to(users::delete))
-                .route("/users/{eid}/sessions/revoke", web::post().to(users::revoke_sessions))
-                .route("/users/{eid}/devices", web::get().to(users::devices))
-                .route("/users/{eid}/disconnect", web::post().to(users::disconnect))
-                .route("/users/{eid}/log", web::get().to(users::log))
-                .route("/users/{eid}/conversations/{peer}", web::get().to(users::conversation))
-                .route("/topics", web::get().to(topics::list))
-                .route("/topics/{topic}/presence", web::get().to(topics::presence))
-                .route("/broadcast", web::post().to(topics::broadcast))
-                .default_service(web::to(crate::http::not_found)),
-        );
+    // Registered ahead of the guarded scope, which would otherwise claim the path.
+    cfg.route("/admin/api/openapi.json", web::get().to(openapi::document)).service(
+        web::scope("/admin/api")
+            .wrap(from_fn(require_token))
+            .app_data(web::QueryConfig::default().error_handler(|err, _| invalid_input("query string", err)))
+            .app_data(web::PathConfig::default().error_handler(|err, _| invalid_input("path", err)))
+            .route("/stats", web::get().to(stats::stats))
+            .route("/users", web::get().to(users::list))
+            .route("/users", web::post().to(users::create))
+            .route("/users/{eid}", web::delete().to(users::delete))
+            .route("/users/{eid}/sessions/revoke", web::post().to(users::revoke_sessions))
+            .route("/users/{eid}/devices", web::get().to(users::devices))
+            .route("/users/{eid}/disconnect", web::post().to(users::disconnect))
+            .route("/users/{eid}/log", web::get().to(users::log))
+            .route("/users/{eid}/conversations/{peer}", web::get().to(users::conversation))
+            .route("/topics", web::get().to(topics::list))
+            .route("/topics/{topic}/presence", web::get().to(topics::presence))
+            .route("/broadcast", web::post().to(topics::broadcast))
+            .default_service(web::to(crate::http::not_found)),
+    );
 }
 
 /// A query string or path that does not parse, as the JSON 400 every refusal is.
 fn invalid_input(part: &str, err: impl std::fmt::Display + std::fmt::Debug + 'static) -> actix_web::Error {
     let refused = Error::new(Code::InvalidInput, format!("{part}: {err}"));
     actix_web::error::InternalError::from_response(err, refused.error_response()).into()
-}
-
-async fn health(state: web::Data<AdminState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok", "node": state.node }))
 }
 
 /// Refuses any request without the admin token, before its handler (and its body) is touched.
