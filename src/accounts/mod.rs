@@ -212,7 +212,7 @@ impl Accounts {
     }
 
     /// Creates an account with no session (an operator's action); resolves to the stored name.
-    /// The signup rules apply, the sign-in rate limits do not.
+    /// The signup rules and the per-username limit apply; there is no client address to limit.
     pub async fn create_user(&self, username: &str, password: &str) -> Result<String, AccountError> {
         Ok(self.create(None, username, password, HashAlgorithm::Argon2id, false).await?.0)
     }
@@ -235,6 +235,8 @@ impl Accounts {
         self.with_user_id(username, store::devices::list).await
     }
 
+    /// Checks and stores a new account, with a session when `with_session`; resolves to the
+    /// stored name and that session's token.
     async fn create(
         &self,
         client: Option<IpAddr>,
@@ -268,13 +270,7 @@ impl Accounts {
             created_at: now,
             username_key: Some(key),
         };
-        let (token, session) = match with_session {
-            true => {
-                let (token, session) = self.new_session(&user.id, now);
-                (Some(token), Some(session))
-            }
-            false => (None, None),
-        };
+        let (token, session) = with_session.then(|| self.new_session(&user.id, now)).unzip();
         let result = self
             .store()
             .write(move |conn| {
