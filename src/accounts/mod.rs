@@ -229,7 +229,8 @@ impl Accounts {
         Ok(self.store().run(move |conn| store::users::page(conn, &prefix, after.as_deref(), limit)).await?)
     }
 
-    /// A user's devices with when each was first and last seen, oldest first.
+    /// A user's devices with when each was first and last seen, oldest first; `NoSuchUser` for
+    /// an unknown (or deleted) user.
     pub async fn device_rows(&self, username: &str) -> Result<Vec<store::devices::DeviceRow>, AccountError> {
         let username = validate::username(username)?;
         self.with_user_id(username, store::devices::list).await
@@ -496,9 +497,7 @@ impl Accounts {
 
     /// The device ids registered for `username`, oldest first.
     pub async fn devices(&self, username: &str) -> Result<Vec<String>, AccountError> {
-        let username = validate::username(username)?;
-        let rows = self.with_user_id(username, store::devices::list).await?;
-        Ok(rows.into_iter().map(|d| d.device_id).collect())
+        Ok(self.device_rows(username).await?.into_iter().map(|d| d.device_id).collect())
     }
 
     /// When `username` was last online: the latest time one of its devices connected or left

@@ -122,18 +122,16 @@ impl OriginPolicy {
     pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         // No Origin: not a page in a browser (see the module doc).
         let Some(origin) = origin else { return true };
-        if *self == OriginPolicy::Any {
-            return true;
-        }
-        // `null` (a sandboxed frame, a file:// page) and anything unparsable name no origin we
-        // could allow.
-        let Some(origin) = Origin::parse(origin) else { return false };
+        // `null` (a sandboxed frame, a file:// page) and anything unparsable name no origin a
+        // check could allow.
+        let parsed = || Origin::parse(origin);
         match self {
             OriginPolicy::Any => true,
-            OriginPolicy::SameHost => host
-                .and_then(|h| h.parse::<Authority>().ok())
-                .is_some_and(|h| h.host().eq_ignore_ascii_case(&origin.host)),
-            OriginPolicy::List(allowed) => allowed.iter().any(|a| a.matches(&origin)),
+            OriginPolicy::SameHost => parsed().is_some_and(|origin| {
+                host.and_then(|h| h.parse::<Authority>().ok())
+                    .is_some_and(|h| h.host().eq_ignore_ascii_case(&origin.host))
+            }),
+            OriginPolicy::List(allowed) => parsed().is_some_and(|origin| allowed.iter().any(|a| a.matches(&origin))),
         }
     }
 }

@@ -43,10 +43,6 @@ async fn heartbeat_ok(client: &mut Client) {
     }
 }
 
-async fn closed_with(client: &mut Client) -> u16 {
-    client.drain_until_close(Duration::from_secs(5)).await.expect("the socket closes").0.0
-}
-
 on_both_backends!(the_admin_api_manages_users_and_reads_what_devices_see, users_and_logs);
 async fn users_and_logs(db: Arc<TestDb>) {
     let server = admin_server(db);
@@ -165,7 +161,7 @@ async fn users_and_logs(db: Arc<TestDb>) {
     let (status, sent) =
         admin(&server, "POST", "/admin/api/users/alice/disconnect", Some(json!({"device": "laptop"}))).await;
     assert_eq!((status, sent["device"].as_str()), (202, Some("laptop")), "{sent}");
-    assert_eq!(closed_with(&mut laptop.client).await, 1001);
+    assert_eq!(laptop.client.closed().await.0, 1001);
     heartbeat_ok(&mut phone.client).await;
     let (status, refused) =
         admin(&server, "POST", "/admin/api/users/alice/disconnect", Some(json!({"device": ""}))).await;
@@ -175,7 +171,7 @@ async fn users_and_logs(db: Arc<TestDb>) {
     assert_eq!(status, 400, "{refused}");
     let (status, _) = admin(&server, "POST", "/admin/api/users/alice/disconnect", None).await;
     assert_eq!(status, 202);
-    assert_eq!(closed_with(&mut phone.client).await, 1001);
+    assert_eq!(phone.client.closed().await.0, 1001);
     heartbeat_ok(&mut bobs.client).await;
     let (status, _) = admin(&server, "POST", "/admin/api/users/nobody/disconnect", None).await;
     assert_eq!(status, 404);
@@ -185,7 +181,7 @@ async fn users_and_logs(db: Arc<TestDb>) {
     assert_eq!((status, revoked["revoked"].as_u64()), (200, Some(1)), "{revoked}");
     let (status, deleted) = admin(&server, "DELETE", "/admin/api/users/bob", None).await;
     assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)), "{deleted}");
-    assert_eq!(closed_with(&mut bobs.client).await, 1001);
+    assert_eq!(bobs.client.closed().await.0, 1001);
     let (_, page) = admin(&server, "GET", "/admin/api/users?prefix=bob", None).await;
     assert_eq!(page["users"], json!([]), "a deleted user is not listed");
 }

@@ -26,11 +26,6 @@ async fn json_subscribed(server: &TestServer, token: &str) -> Client {
     c
 }
 
-/// The close that ends `c` (skipping the pushes before it), within a few seconds.
-async fn closed(c: &mut Client) -> (u16, String) {
-    c.drain_until_close(Duration::from_secs(5)).await.expect("the socket is closed").0
-}
-
 async fn join_inbox(c: &mut Client, topic: &str) {
     let reply = c.join(topic, "1").await;
     assert_eq!(reply[4]["status"], "ok", "{reply}");
@@ -68,13 +63,13 @@ async fn sign_out(db: Arc<TestDb>) {
     );
     let (status, reply) = http(server.addr, "POST", "/api/signout", &[("Authorization", &bearer)], "").await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
+    assert_eq!(phone.closed().await, (1001, "session ended".into()));
     let (status, ended) = http(server.addr, "GET", "/api/session", &[("Authorization", &bearer)], "").await;
     assert_eq!(status, 401, "a signed-out session: {ended}");
     assert!(ended.contains("session_revoked"), "{ended}");
     let (status, _) = http(server.addr, "GET", "/api/session", &[], "").await;
     assert_eq!(status, 401);
-    assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
+    assert_eq!(json_socket.closed().await, (1001, "session ended".into()));
     // The same user's other session is untouched.
     heartbeat_ok(&mut laptop).await;
     laptop.send(json!(["1", "2", "user:alice", "message", message("m1", "bob", "still here")])).await;
@@ -98,8 +93,8 @@ async fn revoke(db: Arc<TestDb>) {
     let (status, reply) = http(server.addr, "POST", "/admin/api/users/carol/sessions/revoke", &headers, "").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(serde_json::from_str::<Value>(&reply).unwrap()["revoked"], 1);
-    assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
-    assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
+    assert_eq!(phone.closed().await, (1001, "session ended".into()));
+    assert_eq!(json_socket.closed().await, (1001, "session ended".into()));
     heartbeat_ok(&mut bystander).await;
     match Client::try_connect(&server.url(&format!("vsn=2.0.0&token={token}")), &[]).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 403),
@@ -120,8 +115,8 @@ async fn an_expired_session_closes_its_sockets_and_its_pushes_are_refused() {
     join_inbox(&mut phone, "user:erin").await;
     let mut json_socket = json_subscribed(&server, &token).await;
     let started = std::time::Instant::now();
-    assert_eq!(closed(&mut phone).await, (1001, "session expired".into()));
-    assert_eq!(closed(&mut json_socket).await, (1001, "session expired".into()));
+    assert_eq!(phone.closed().await, (1001, "session expired".into()));
+    assert_eq!(json_socket.closed().await, (1001, "session expired".into()));
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // A socket that connected just before expiry and pushes just after is refused, whatever
@@ -190,8 +185,8 @@ async fn delete_user(db: Arc<TestDb>) {
     assert_eq!(status, 200, "{reply}");
     let reply: Value = serde_json::from_str(&reply).unwrap();
     assert_eq!((reply["deleted"].as_bool(), reply["revoked"].as_u64()), (Some(true), Some(1)), "{reply}");
-    assert_eq!(closed(&mut phone).await, (1001, "session ended".into()));
-    assert_eq!(closed(&mut json_socket).await, (1001, "session ended".into()));
+    assert_eq!(phone.closed().await, (1001, "session ended".into()));
+    assert_eq!(json_socket.closed().await, (1001, "session ended".into()));
     heartbeat_ok(&mut bystander).await;
 
     match Client::try_connect(&server.url(&format!("vsn=2.0.0&token={token}")), &[]).await {
@@ -236,7 +231,7 @@ impl SocketAuthenticator for EndedBeforeListening {
 async fn a_session_that_ended_between_the_handshake_and_the_subscription_still_closes_its_socket() {
     let server = TestServer::start_with(test_config(), |c| c.authenticator(EndedBeforeListening));
     let mut c = server.client().await;
-    assert_eq!(closed(&mut c).await, (1001, "session ended".into()));
+    assert_eq!(c.closed().await, (1001, "session ended".into()));
 }
 
 on_both_backends!(ended_sessions_are_deleted_on_schedule_and_live_ones_kept, scheduled_purge);

@@ -278,6 +278,11 @@ impl Client {
         }
     }
 
+    /// The close that ends this socket (skipping the frames before it), within a few seconds.
+    pub async fn closed(&mut self) -> (u16, String) {
+        self.drain_until_close(Duration::from_secs(5)).await.expect("the socket is closed").0
+    }
+
     /// Asserts that nothing arrives for `ms` milliseconds.
     pub async fn expect_silence(&mut self, ms: u64) {
         if let Some(frame) = self.recv_within(Duration::from_millis(ms)).await {
