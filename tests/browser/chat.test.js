@@ -22,6 +22,7 @@ import {
   signIn,
   signUp,
   sleep,
+  stopAll,
   ticksNow,
   ticksSay,
 } from "./support/browser.js";
@@ -43,17 +44,6 @@ let browser;
 const people = [];
 const p = {};
 
-async function stopAll() {
-  // Closing Chromium is bounded too: a hung browser must not keep the suite from ending.
-  let timer;
-  const bound = new Promise((resolve) => {
-    timer = setTimeout(resolve, 10_000);
-  });
-  await Promise.race([browser?.close(), bound]).catch(() => {});
-  clearTimeout(timer);
-  await server?.stop();
-}
-
 before(async () => {
   server = await startServer({ config: CONFIG });
   browser = await launch();
@@ -62,7 +52,7 @@ before(async () => {
   people.push(p.alice, p.bob);
 });
 
-after(stopAll);
+after(() => stopAll(browser, server));
 
 describe("the chat page", () => {
   test("two people sign up; one invites the other, who accepts", async () => {

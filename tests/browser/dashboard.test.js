@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { startServer } from "../js/support/server.js";
-import { STATIC_DIR, launch, online, person, screenshot, signUp, sleep, WAIT_MS } from "./support/browser.js";
+import { STATIC_DIR, launch, online, person, screenshot, signUp, sleep, stopAll, WAIT_MS } from "./support/browser.js";
 
 const stamp = Math.random().toString(36).slice(2, 7);
 const TOKEN = `dashboard-token-${stamp}`;
@@ -22,16 +22,6 @@ let server;
 let browser;
 const people = [];
 const p = {};
-
-async function stopAll() {
-  let timer;
-  const bound = new Promise((resolve) => {
-    timer = setTimeout(resolve, 10_000);
-  });
-  await Promise.race([browser?.close(), bound]).catch(() => {});
-  clearTimeout(timer);
-  await server?.stop();
-}
 
 /** What the API says, straight from Node, to compare the page with. */
 async function adminGet(path) {
@@ -58,7 +48,7 @@ before(async () => {
   people.push(p.chat, p.admin);
 });
 
-after(stopAll);
+after(() => stopAll(browser, server));
 
 describe("the admin dashboard", () => {
   test("GET /admin and /admin/ both serve it", async () => {

@@ -5,6 +5,7 @@
 // are kept per conversation by user_offset (the conversation's own sequence), so what the
 // inbox pushes, what `history` returns and what our own sends were acked with all land in one
 // place whatever order they arrive in.
+import { $, el } from "./dom.js";
 import { Inbox, PushError, Socket } from "./phoenix_client.js";
 
 const SESSION_KEY = "courier.session";
@@ -34,18 +35,6 @@ const FAILED_CONNECTS_BEFORE_HINT = 4;
 const DELIVERED = 2;
 const READ = 3;
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...children) => {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("aria-") || key === "role") node.setAttribute(key, value);
-    else node[key] = value;
-  }
-  for (const child of children) if (child !== null && child !== undefined) node.append(child);
-  return node;
-};
 
 // ---- storage -------------------------------------------------------------------------------
 
@@ -180,29 +169,34 @@ class Peer {
 
 const RANK = { failed: -1, pending: 0, sent: 1, delivered: 2, read: 3 };
 
-const app = {
-  me: null,
-  token: null,
-  socket: null,
-  inbox: null,
-  peers: new Map(),
-  invites: new Map(),
-  sentInvites: new Set(),
-  open: null,
-  failedConnects: 0,
-  receivedSent: 0,
-  readSent: 0,
-  // Offsets read on screen but not yet acknowledged as read: the server keeps one read mark per
-  // log, so a read receipt may only cover offsets below the first message still unread anywhere.
-  readPending: new Set(),
-  receiptTimer: null,
-  typingSentAt: 0,
-  typingTo: null,
-  typingIdle: null,
-  tabs: null,
-  joinedOnce: false,
-  listeners: [],
-};
+/** Everything the page holds for a signed-in user, as it is before anyone signs in. */
+function signedOut() {
+  return {
+    me: null,
+    token: null,
+    socket: null,
+    inbox: null,
+    peers: new Map(),
+    invites: new Map(),
+    sentInvites: new Set(),
+    open: null,
+    failedConnects: 0,
+    receivedSent: 0,
+    readSent: 0,
+    // Offsets read on screen but not yet acknowledged as read: the server keeps one read mark per
+    // log, so a read receipt may only cover offsets below the first message still unread anywhere.
+    readPending: new Set(),
+    receiptTimer: null,
+    typingSentAt: 0,
+    typingTo: null,
+    typingIdle: null,
+    tabs: null,
+    joinedOnce: false,
+    listeners: [],
+  };
+}
+
+const app = signedOut();
 
 function peer(eid) {
   let p = app.peers.get(eid);
@@ -303,30 +297,12 @@ function showAuth(message) {
 
 function stop() {
   for (const off of app.listeners) off();
-  app.listeners = [];
   app.socket?.disconnect();
   app.tabs?.close();
   for (const p of app.peers.values()) clearTimeout(p.typingTimer);
   clearTimeout(app.receiptTimer);
   clearTimeout(app.typingIdle);
-  Object.assign(app, {
-    me: null,
-    token: null,
-    socket: null,
-    inbox: null,
-    peers: new Map(),
-    invites: new Map(),
-    sentInvites: new Set(),
-    open: null,
-    failedConnects: 0,
-    receivedSent: 0,
-    readSent: 0,
-    readPending: new Set(),
-    typingSentAt: 0,
-    typingTo: null,
-    tabs: null,
-    joinedOnce: false,
-  });
+  Object.assign(app, signedOut());
   $("messages").replaceChildren();
   $("notices").replaceChildren();
   $("contacts").replaceChildren();

@@ -112,3 +112,15 @@ export async function ticksNow(page, text) {
 }
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Closes Chromium, then stops the server. Closing Chromium is bounded too: a hung browser must
+ * not keep the suite from ending. */
+export async function stopAll(browser, server) {
+  let timer;
+  const bound = new Promise((resolve) => {
+    timer = setTimeout(resolve, 10_000);
+  });
+  await Promise.race([browser?.close(), bound]).catch(() => {});
+  clearTimeout(timer);
+  await server?.stop();
+}

@@ -5,6 +5,7 @@
 // asks again, since a token the server refuses once will not start working later. Stats are
 // polled every 2 s and kept for the last minutes to draw the charts; the server keeps no
 // history of its own.
+import { $, el } from "/js/dom.js";
 
 const TOKEN_KEY = "courier.admin.token";
 const POLL_MS = 2_000;
@@ -14,18 +15,6 @@ const PAGE = 50;
 // reconnects at once is seen back online rather than caught in between.
 const REFRESH_AFTER_ACTION_MS = 700;
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, props = {}, ...children) => {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("aria-") || key === "role") node.setAttribute(key, value);
-    else node[key] = value;
-  }
-  for (const child of children) if (child !== null && child !== undefined) node.append(child);
-  return node;
-};
 const button = (text, label, onClick, className = "") => {
   const node = el("button", { type: "button", textContent: text, className }, null);
   if (label) node.setAttribute("aria-label", label);
