@@ -32,6 +32,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// WebSocket and channel limits.
     pub socket: SocketConfig,
+    /// The long-poll transport (`/socket/longpoll`).
+    pub longpoll: LongPollConfig,
     /// Pub/sub registry settings.
     pub pubsub: PubSubConfig,
     /// Admin HTTP routes.
@@ -57,6 +59,7 @@ impl Default for Config {
             static_dir: "priv/static".into(),
             http: HttpConfig::default(),
             socket: SocketConfig::default(),
+            longpoll: LongPollConfig::default(),
             pubsub: PubSubConfig::default(),
             admin: AdminConfig::default(),
             accounts: AccountsConfig::default(),
@@ -148,6 +151,72 @@ impl SocketConfig {
     /// The shutdown grace period as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// The long-poll transport: Phoenix's timings, and the secret its session tokens are signed with.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LongPollConfig {
+    /// How long a poll is held open waiting for frames (Phoenix: 10 s).
+    pub window_ms: u64,
+    /// A session not polled for this long is closed and its channels end (Phoenix: 1.5 windows).
+    pub idle_timeout_ms: u64,
+    /// Frames one POST may carry (Phoenix: 100); more is a 413 `too_many_frames`.
+    pub max_frames_per_post: usize,
+    /// Bytes one POST body may hold; more is a 413 `body_too_large`.
+    pub max_post_bytes: usize,
+    /// Signs session tokens (at least 32 bytes; env `COURIER_LONGPOLL_SECRET`). Unset: a random
+    /// one is made at start, which is enough, since sessions live in this process only.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for LongPollConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongPollConfig")
+            .field("window_ms", &self.window_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_frames_per_post", &self.max_frames_per_post)
+            .field("max_post_bytes", &self.max_post_bytes)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            window_ms: 10_000,
+            idle_timeout_ms: 15_000,
+            max_frames_per_post: 100,
+            max_post_bytes: 8 * 1024 * 1024,
+            secret: None,
+        }
+    }
+}
+
+impl LongPollConfig {
+    /// The poll window as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.window_ms < 50 || self.idle_timeout_ms < 100 {
+            return Err("window_ms must be at least 50 and idle_timeout_ms at least 100".into());
+        }
+        if self.max_frames_per_post == 0 || self.max_post_bytes < 1024 {
+            return Err("max_frames_per_post must be at least 1 and max_post_bytes at least 1024".into());
+        }
+        if self.secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err("secret must be at least 32 bytes (leave it out to get a random one)".into());
+        }
+        Ok(())
     }
 }
 
@@ -256,6 +325,7 @@ impl Config {
         if self.database_url.is_empty() || self.database_pool == 0 {
             return Err(ConfigError::Invalid("database_url", "needs a URL or path and a pool of at least 1".into()));
         }
+        self.longpoll.validate().map_err(|e| ConfigError::Invalid("longpoll", e))?;
         self.messaging.validate().map_err(|e| ConfigError::Invalid("messaging", e))?;
         self.presence.validate().map_err(|e| ConfigError::Invalid("presence", e))?;
         self.accounts.validate().map_err(|e| ConfigError::Invalid("accounts", e.to_string()))

@@ -140,6 +140,8 @@ pub enum Code {
     InvalidEvent,
     /// A join past `socket.max_channels` on one socket.
     TooManyChannels,
+    /// A long-poll POST with more frames than `longpoll.max_frames_per_post`.
+    TooManyFrames,
     /// A log or conversation is at the largest offset the wire carries (2^31 - 1); nothing was stored.
     LogFull,
     /// A signal-endpoint frame that is not a valid envelope.
@@ -162,7 +164,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 49] = [
+    pub const ALL: [Code; 50] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -203,6 +205,7 @@ impl Code {
         Code::InvalidTopic,
         Code::InvalidEvent,
         Code::TooManyChannels,
+        Code::TooManyFrames,
         Code::LogFull,
         Code::InvalidMessage,
         Code::InvalidSignature,
@@ -274,6 +277,7 @@ impl Code {
             InvalidTopic => ("invalid_topic", 400, RespCode::InvalidInput),
             InvalidEvent => ("invalid_event", 400, RespCode::InvalidInput),
             TooManyChannels => ("too_many_channels", 429, RespCode::LimitExceeded),
+            TooManyFrames => ("too_many_frames", 413, RespCode::LimitExceeded),
             LogFull => ("log_full", 507, RespCode::LimitExceeded),
             InvalidMessage => ("invalid_message", 400, RespCode::InvalidInput),
             InvalidSignature => ("invalid_signature", 401, RespCode::BadToken),

@@ -46,6 +46,9 @@ fn main() -> anyhow::Result<()> {
     if let Ok(token) = std::env::var("COURIER_ADMIN_TOKEN") {
         config.admin.token = Some(token);
     }
+    if let Ok(secret) = std::env::var("COURIER_LONGPOLL_SECRET") {
+        config.longpoll.secret = Some(secret);
+    }
     config.validate()?;
     courier::logging::init(std::io::stderr().is_terminal());
     actix_web::rt::System::new().block_on(async move {

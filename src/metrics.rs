@@ -28,7 +28,7 @@ use serde::Serialize;
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The transports a connection can use, as the `transport` label gives them.
-pub const TRANSPORTS: [&str; 3] = ["phoenix", "json", "signal"];
+pub const TRANSPORTS: [&str; 4] = ["phoenix", "longpoll", "json", "signal"];
 
 /// Phoenix events counted under their own name; every other event counts as `other`.
 pub const EVENTS: [&str; 25] = [

@@ -33,6 +33,8 @@ use crate::pubsub::{Broker, LocalBroker, PubSub, TopicKind};
 use crate::store::{Store, StoreOptions};
 use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
+use crate::transport::longpoll::LongPollEndpoint;
+use crate::transport::longpoll::token::TokenKey;
 use crate::transport::signal_socket::SignalEndpoint;
 use crate::transport::upgrade::{self, Upgrades};
 use crate::transport::{Sockets, TransportState};
@@ -153,6 +155,20 @@ impl Courier {
             settings: Arc::new(config.socket.clone()),
             sockets: Arc::clone(&sockets),
         });
+        let longpoll_secret = config.longpoll.secret.clone().map_or_else(
+            || {
+                tracing::info!(
+                    "long-poll tokens are signed with a secret made at start (set longpoll.secret to choose one)"
+                );
+                rand::random::<[u8; 32]>().to_vec()
+            },
+            String::into_bytes,
+        );
+        let longpoll = web::Data::new(LongPollEndpoint::new(
+            Arc::clone(&transport),
+            config.longpoll.clone(),
+            TokenKey::new(&longpoll_secret, &config.node),
+        ));
         let admin_token = config.admin.token.clone().unwrap_or_else(|| {
             let token = admin::generate_token();
             // Straight to stderr, once, and not through tracing: log pipelines keep no copy.
@@ -219,10 +235,12 @@ impl Courier {
                     .app_data(health.clone())
                     .app_data(accounts.clone())
                     .app_data(keys.clone())
+                    .app_data(longpoll.clone())
                     .app_data(crate::http::json_config())
                     .configure(admin::configure)
                     .configure(crate::http::health::configure)
-                    .configure(crate::http::api::configure);
+                    .configure(crate::http::api::configure)
+                    .configure(crate::transport::longpoll::configure);
                 let app = match &static_dir {
                     Some(dir) => app.service(
                         actix_files::Files::new("/", dir)

@@ -20,8 +20,9 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::Stream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
+use super::longpoll::buffer::{PollAnswer, PollBuffer};
 use super::writer::{Outbound, QueueError};
 use super::ws_io::{self, WsWriter};
 use crate::config::SocketConfig;
@@ -71,6 +72,11 @@ impl Sockets {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Whether shutdown has begun: new sockets are refused from then on.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Tells every socket, current and future, to drain and close.
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
@@ -107,6 +113,57 @@ enum Phase {
     Closing,
 }
 
+/// Where a socket's frames go: a WebSocket's writer task, or a long-poll session's buffer
+/// that the client's polls empty.
+enum Out {
+    Socket(Outbound),
+    Poll(PollBuffer),
+}
+
+impl Out {
+    fn send(&mut self, frame: WireFrame) -> Result<(), QueueError> {
+        match self {
+            Out::Socket(outbound) => outbound.send(frame),
+            Out::Poll(buffer) => buffer.send(frame),
+        }
+    }
+
+    fn room(&self) -> usize {
+        match self {
+            Out::Socket(outbound) => outbound.room(),
+            Out::Poll(buffer) => buffer.room(),
+        }
+    }
+
+    fn room_bytes(&self) -> usize {
+        match self {
+            Out::Socket(outbound) => outbound.room_bytes(),
+            Out::Poll(buffer) => buffer.room_bytes(),
+        }
+    }
+
+    fn queued_bytes(&self) -> usize {
+        match self {
+            Out::Socket(outbound) => outbound.queued_bytes(),
+            Out::Poll(buffer) => buffer.queued_bytes(),
+        }
+    }
+
+    /// Whether a closing long-poll session has handed its client everything.
+    fn drained(&self) -> bool {
+        matches!(self, Out::Poll(buffer) if buffer.drained())
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str, drop_queued: bool) {
+        match self {
+            Out::Socket(outbound) if drop_queued => outbound.abort(code, reason),
+            Out::Socket(outbound) => outbound.close(code, reason),
+            Out::Poll(buffer) if drop_queued => buffer.abort(),
+            Out::Poll(buffer) => buffer.close(),
+        }
+    }
+}
+
 /// A socket's side of the lifecycle: its outbound queue and where it stands in closing.
 ///
 /// Owned by the session rather than by [`Connection`], so session code that sends or closes
@@ -115,7 +172,7 @@ pub struct Link {
     /// Which endpoint, for the logs.
     endpoint: &'static str,
     id: u64,
-    outbound: Outbound,
+    out: Out,
     last_received: Instant,
     idle: Duration,
     sockets: Arc<Sockets>,
@@ -132,12 +189,23 @@ impl Link {
         settings: &SocketConfig,
         sockets: Arc<Sockets>,
     ) -> Self {
+        let outbound = Outbound::start(writer, settings.queue_limits());
+        Link::with_out(endpoint, id, Out::Socket(outbound), settings.idle_timeout(), sockets)
+    }
+
+    /// The link of long-poll session `id` of `endpoint`, whose frames wait in `buffer` for the
+    /// client's polls; it closes when not polled for `idle`.
+    pub fn polled(endpoint: &'static str, id: u64, buffer: PollBuffer, idle: Duration, sockets: Arc<Sockets>) -> Self {
+        Link::with_out(endpoint, id, Out::Poll(buffer), idle, sockets)
+    }
+
+    fn with_out(endpoint: &'static str, id: u64, out: Out, idle: Duration, sockets: Arc<Sockets>) -> Self {
         Link {
             endpoint,
             id,
-            outbound: Outbound::start(writer, settings.queue_limits()),
+            out,
             last_received: Instant::now(),
-            idle: settings.idle_timeout(),
+            idle,
             sockets,
             phase: Phase::Open,
             close_reason: "connection closed",
@@ -156,12 +224,12 @@ impl Link {
 
     /// How many more frames the outbound queue can take right now.
     pub fn room(&self) -> usize {
-        self.outbound.room()
+        self.out.room()
     }
 
     /// How many more bytes the outbound queue can take right now.
     pub fn room_bytes(&self) -> usize {
-        self.outbound.room_bytes()
+        self.out.room_bytes()
     }
 
     /// Queues a frame, telling whether it was; a client too slow to take it is closed (what it
@@ -170,10 +238,20 @@ impl Link {
         if self.is_closing() {
             return false;
         }
-        match self.outbound.send(frame) {
-            Ok(()) => return true,
+        match self.out.send(frame) {
+            Ok(()) => {
+                if let Out::Poll(buffer) = &mut self.out
+                    && buffer.wants_flush()
+                {
+                    // At the end of this turn, so every frame this turn queues goes in one answer.
+                    ctx.spawn(
+                        actix::fut::ready(()).map(|(), act: &mut Connection<S>, ctx| act.0.link().flush_poll(ctx)),
+                    );
+                }
+                return true;
+            }
             Err(QueueError::Full) => {
-                let queued_bytes = self.outbound.queued_bytes();
+                let queued_bytes = self.out.queued_bytes();
                 tracing::info!(conn = self.id, endpoint = self.endpoint, queued_bytes, "closing slow socket");
                 metrics::global().overflowed(true);
                 self.end(ctx, CloseCode::Away, "slow consumer: outbound queue full", true);
@@ -194,12 +272,13 @@ impl Link {
         }
         self.phase = Phase::Closing;
         self.close_reason = reason;
-        if drop_queued {
-            self.outbound.abort(code, reason);
-        } else {
-            self.outbound.close(code, reason);
+        self.out.close(code, reason, drop_queued);
+        if self.out.drained() {
+            // A long-poll session with nothing left for its client has no close handshake to wait for.
+            return ctx.stop();
         }
-        // A client that never answers the close frame must not hold the socket open.
+        // A client that never answers the close frame (or never polls for the rest) must not
+        // hold the socket open.
         ctx.run_later(CLOSE_HANDSHAKE_GRACE, |_, ctx| ctx.stop());
     }
 
@@ -208,14 +287,53 @@ impl Link {
         if !self.is_closing() {
             self.phase = Phase::Closing;
             self.close_reason = "client closed";
-            self.outbound.close(reason.map_or(CloseCode::Normal, |r| r.code), "");
+            self.out.close(reason.map_or(CloseCode::Normal, |r| r.code), "", false);
         }
     }
 
     fn close_if_idle<S: Session>(&mut self, ctx: &mut Ctx<S>) {
-        if !self.is_closing() && self.last_received.elapsed() >= self.idle {
+        // A long-poll client whose poll is waiting is there, however long ago it sent anything.
+        let polled = matches!(&self.out, Out::Poll(buffer) if buffer.polled());
+        if !self.is_closing() && !polled && self.last_received.elapsed() >= self.idle {
             tracing::info!(conn = self.id, endpoint = self.endpoint, "closing idle socket");
             self.close(ctx, CloseCode::Away, "idle timeout");
+        }
+    }
+
+    /// Answers the waiting poll with what is buffered (scheduled by [`send`](Self::send)).
+    fn flush_poll<S: Session>(&mut self, ctx: &mut Ctx<S>) {
+        if let Out::Poll(buffer) = &mut self.out {
+            buffer.flush();
+            self.last_received = Instant::now();
+        }
+        self.stop_if_drained(ctx);
+    }
+
+    fn stop_if_drained<S: Session>(&mut self, ctx: &mut Ctx<S>) {
+        if self.out.drained() {
+            ctx.stop();
+        }
+    }
+
+    /// Takes a client's poll; a waiting one is answered empty when its window is over.
+    fn poll<S: Session>(&mut self, ctx: &mut Ctx<S>, answer: oneshot::Sender<PollAnswer>) {
+        self.last_received = Instant::now();
+        let Out::Poll(buffer) = &mut self.out else {
+            let _ = answer.send(PollAnswer::Gone);
+            return;
+        };
+        let waits = buffer.poll(answer);
+        self.stop_if_drained(ctx);
+        let Out::Poll(buffer) = &mut self.out else { return };
+        if let Some(generation) = waits {
+            ctx.run_later(buffer.window(), move |act, _| {
+                let link = act.0.link();
+                if let Out::Poll(buffer) = &mut link.out
+                    && buffer.window_over(generation)
+                {
+                    link.last_received = Instant::now();
+                }
+            });
         }
     }
 
@@ -281,14 +399,14 @@ pub struct Connection<S>(S);
 
 impl<S: Session> Connection<S> {
     /// Starts the actor for `session`, reading client messages from `reader`.
-    pub fn start<R>(session: S, reader: R)
+    pub fn start<R>(session: S, reader: R) -> actix::Addr<Self>
     where
         R: Stream<Item = Result<AggregatedMessage, ProtocolError>> + 'static,
     {
         Connection::create(move |ctx| {
             ctx.add_stream(reader);
             Connection(session)
-        });
+        })
     }
 
     fn begin_drain(&mut self, ctx: &mut Ctx<S>) {
@@ -355,7 +473,9 @@ impl<S: Session> StreamHandler<Result<AggregatedMessage, ProtocolError>> for Con
             // Draining or closing: messages that start new work are no longer taken.
             AggregatedMessage::Text(_) | AggregatedMessage::Binary(_) => {}
             AggregatedMessage::Ping(data) => {
-                if link.outbound.pong(data) == Err(QueueError::Full) {
+                if let Out::Socket(outbound) = &link.out
+                    && outbound.pong(data) == Err(QueueError::Full)
+                {
                     metrics::global().overflowed(false);
                 }
             }
@@ -375,6 +495,20 @@ impl<S: Session> Handler<Deliver> for Connection<S> {
         if !self.0.link().is_closing() {
             self.0.deliver(msg, ctx);
         }
+    }
+}
+
+/// A long-poll client's poll: answered with the frames buffered for it, at once or when some
+/// arrive within the window; empty when the window ends; `Gone` once the session has ended.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Poll(pub oneshot::Sender<PollAnswer>);
+
+impl<S: Session> Handler<Poll> for Connection<S> {
+    type Result = ();
+
+    fn handle(&mut self, Poll(answer): Poll, ctx: &mut Ctx<S>) {
+        self.0.link().poll(ctx, answer);
     }
 }
 

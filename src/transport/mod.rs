@@ -5,12 +5,14 @@
 //! [`connection::Connection`] actor over [`ws_io`]'s framing and [`writer`]'s queue; the endpoint
 //! supplies its [`connection::Session`]: the Phoenix one ([`websocket`] accepts,
 //! [`socket::SocketSession`] speaks it) the seed-002 JSON one ([`json_socket`]) or the
-//! seed-001 key-directory one ([`signal_socket`]). No SQL and
+//! seed-001 key-directory one ([`signal_socket`]). [`longpoll`] runs the Phoenix session over
+//! HTTP polls instead of a WebSocket, on the same actor. No SQL and
 //! no channel rules live here.
 
 pub mod connection;
 pub mod edge;
 pub mod json_socket;
+pub mod longpoll;
 pub mod origin;
 pub mod signal_socket;
 pub mod socket;

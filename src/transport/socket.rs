@@ -75,11 +75,18 @@ pub struct SocketSession {
 impl SocketSession {
     /// Prepares the session for an upgraded connection, writing to `writer`.
     pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, writer: WsWriter) -> Self {
+        let link =
+            Link::new("phoenix", info.connection_id.subscriber(), writer, &state.settings, Arc::clone(&state.sockets));
+        SocketSession::with_link(info, serializer, state, link)
+    }
+
+    /// Prepares the session for a client reached through `link` (a long-poll session's).
+    pub fn with_link(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, link: Link) -> Self {
         let settings = Arc::clone(&state.settings);
         let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_burst).unwrap_or(NonZeroU32::MIN);
         SocketSession {
-            link: Link::new("phoenix", info.connection_id.subscriber(), writer, &settings, Arc::clone(&state.sockets)),
+            link,
             info,
             serializer,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),

@@ -16,7 +16,7 @@ use super::TransportState;
 use super::connection::Connection;
 use super::socket::SocketSession;
 use super::upgrade::{Accepted, Endpoint};
-use crate::channels::{ConnectError, ConnectRequest, SocketInfo};
+use crate::channels::{ConnectError, ConnectRequest, SocketIdentity, SocketInfo};
 use crate::error::{Code, Error};
 use crate::protocol::Serializer;
 
@@ -59,19 +59,7 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
     }
 
     let request = ConnectRequest { params, auth_token, peer: req.peer_addr() };
-    let identity = match state.authenticator.connect(&request).await {
-        Ok(identity) => identity,
-        Err(e @ ConnectError::Refused(_)) => {
-            if let Some(suppressed) = crate::logging::client_mistake() {
-                tracing::info!(peer = ?request.peer, reason = %e, suppressed, "socket refused");
-            }
-            return Err(Error::new(Code::Forbidden, e.to_string()));
-        }
-        Err(e @ ConnectError::Unavailable(_)) => {
-            tracing::warn!(peer = ?request.peer, reason = %e, "socket refused");
-            return Err(Error::new(Code::Unavailable, e.to_string()));
-        }
-    };
+    let identity = authenticate(&state, &request).await?;
 
     let mut response = super::upgrade::switching_protocols(req);
     if !offered.is_empty() {
@@ -95,6 +83,23 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
             Connection::start(SocketSession::new(Rc::new(info), serializer, &state, writer), reader);
         }),
     })
+}
+
+/// Runs the connect of `request` (Phoenix's `connect/3`): the identity, or the refusal to send.
+pub(super) async fn authenticate(state: &TransportState, request: &ConnectRequest) -> Result<SocketIdentity, Error> {
+    match state.authenticator.connect(request).await {
+        Ok(identity) => Ok(identity),
+        Err(e @ ConnectError::Refused(_)) => {
+            if let Some(suppressed) = crate::logging::client_mistake() {
+                tracing::info!(peer = ?request.peer, reason = %e, suppressed, "socket refused");
+            }
+            Err(Error::new(Code::Forbidden, e.to_string()))
+        }
+        Err(e @ ConnectError::Unavailable(_)) => {
+            tracing::warn!(peer = ?request.peer, reason = %e, "socket refused");
+            Err(Error::new(Code::Unavailable, e.to_string()))
+        }
+    }
 }
 
 fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {

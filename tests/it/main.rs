@@ -12,6 +12,7 @@ mod edge;
 mod error_codes;
 mod limits;
 mod load;
+mod longpoll;
 mod messaging;
 mod messaging_durability;
 mod metrics;
