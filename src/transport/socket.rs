@@ -24,6 +24,7 @@ use futures_util::future::LocalBoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::TransportState;
+use super::admission::Admission;
 pub use super::connection::DISCONNECT_EVENT;
 use super::connection::{Ctx, IntoConnection, Link, Session};
 use super::ws_io::WsWriter;
@@ -73,13 +74,20 @@ pub struct SocketSession {
 }
 
 impl SocketSession {
-    /// Prepares the session for an upgraded connection, writing to `writer`.
-    pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, writer: WsWriter) -> Self {
+    /// Prepares the session for an upgraded connection, writing to `writer` and holding its
+    /// `admission`.
+    pub fn new(
+        info: Rc<SocketInfo>,
+        serializer: Serializer,
+        state: &TransportState,
+        writer: WsWriter,
+        admission: Admission,
+    ) -> Self {
         let settings = Arc::clone(&state.settings);
         let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_burst).unwrap_or(NonZeroU32::MIN);
         SocketSession {
-            link: Link::new("phoenix", info.connection_id.subscriber(), writer, &settings, Arc::clone(&state.sockets)),
+            link: Link::new("phoenix", info.connection_id.subscriber(), writer, &settings, admission),
             info,
             serializer,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
@@ -346,6 +354,12 @@ impl SocketSession {
         event: String,
         payload: Payload,
     ) {
+        if self.in_flight >= self.settings.max_pending_replies {
+            // Refused before the channel sees it: the work would only queue behind the rest.
+            metrics::global().pending_reply_refusals.inc();
+            let reply = Reply::error(Code::TooManyPendingReplies, "too many pending replies");
+            return self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
+        }
         let Some(outcome) = self.run_callback(ctx, &topic, |channel, cctx| channel.handle_in(&event, payload, cctx))
         else {
             return;

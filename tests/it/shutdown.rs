@@ -1,4 +1,5 @@
-//! Graceful shutdown: in-process and for the real binary on SIGTERM.
+//! Graceful shutdown: in-process (in-flight work, the batched drain) and for the real binary
+//! on SIGTERM.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -27,6 +28,56 @@ async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
     assert_eq!(c.recv_close().await, (1001, "server shutting down".into()));
     assert_eq!(idle.recv_close().await, (1001, "server shutting down".into()));
     server.shutdown().await;
+}
+
+/// Seven sockets, batches of three 300 ms apart: they close oldest first, three, three, then
+/// one, each batch after the one before, and shutdown ends well within its grace. Timings are
+/// checked only from below (a batch is never released early), the machine may be slow.
+#[tokio::test]
+async fn shutdown_closes_sockets_in_batches_oldest_first() {
+    const SOCKETS: usize = 7;
+    let mut config = test_config();
+    config.socket.shutdown_drain_batch = 3;
+    config.socket.shutdown_drain_interval_ms = 300;
+    config.socket.shutdown_grace_ms = 8_000;
+    let grace = Duration::from_millis(config.socket.shutdown_grace_ms);
+    let mut server = TestServer::start_with(config, |c| c);
+    let (closes, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..SOCKETS {
+        // Connected one after another: connection order is admission order.
+        let mut client = server.client().await;
+        client.join_ok("room:drain", "1").await;
+        let closes = closes.clone();
+        tokio::spawn(async move {
+            let close = client.recv_close().await;
+            let _ = closes.send((n, tokio::time::Instant::now(), close));
+        });
+    }
+    drop(closes);
+    let started = tokio::time::Instant::now();
+    server.begin_shutdown();
+    let mut order = Vec::new();
+    while let Some((n, at, close)) = closed.recv().await {
+        assert_eq!(close, (1001, "server shutting down".into()), "socket {n}");
+        order.push((at, n));
+    }
+    assert_eq!(order.len(), SOCKETS, "every socket was closed");
+    order.sort();
+    let batches: Vec<Vec<usize>> = order
+        .chunks(3)
+        .map(|batch| {
+            let mut members: Vec<usize> = batch.iter().map(|(_, n)| *n).collect();
+            members.sort_unstable();
+            members
+        })
+        .collect();
+    assert_eq!(batches, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]], "closes by time: {order:?}");
+    // The second batch is released an interval after the first, the third two.
+    let first_close_of = |batch: usize| order[batch * 3].0 - started;
+    assert!(first_close_of(1) >= Duration::from_millis(300), "{:?}", first_close_of(1));
+    assert!(first_close_of(2) >= Duration::from_millis(600), "{:?}", first_close_of(2));
+    server.shutdown().await;
+    assert!(started.elapsed() < grace, "shutdown waited out its grace: {:?}", started.elapsed());
 }
 
 #[tokio::test]
