@@ -227,12 +227,16 @@ fn assert_closed_as_slow(closed: (u16, String)) {
 
 const ADMIN: &str = "limits-admin";
 
-/// The status and JSON body of a refused WebSocket connect; panics when it is accepted.
+/// The status and JSON body of a refused WebSocket connect (with its `Retry-After`, if any, as
+/// `body["retry_after_header"]`); panics when it is accepted.
 async fn refused(url: &str) -> (u16, Value) {
     match Client::try_connect(url, &[]).await {
         Err(tungstenite::Error::Http(response)) => {
             let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
-            let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("refusal body {body:?}: {e}"));
+            let mut body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("refusal body {body:?}: {e}"));
+            if let Some(retry_after) = response.headers().get("retry-after").and_then(|v| v.to_str().ok()) {
+                body["retry_after_header"] = retry_after.into();
+            }
             (response.status().as_u16(), body)
         }
         Err(e) => panic!("refused without an HTTP answer: {e}"),
@@ -294,6 +298,7 @@ async fn past_the_node_socket_limit_a_connect_gets_a_json_503_and_a_closed_socke
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "node_full", "{body}");
     assert_eq!(body["resp_code"], 13, "{body}");
+    assert_eq!(body["retry_after_header"], "1", "{body}");
     assert!(body["reason"].as_str().is_some_and(|r| r.contains('3')), "the reason names the limit: {body}");
     assert_eq!(refused(&json_url).await.0, 503);
     assert_eq!(refused(&format!("ws://{}/signal/websocket", server.addr)).await.0, 503);
@@ -336,6 +341,7 @@ async fn past_the_per_user_limit_a_connect_gets_a_json_429_while_other_users_sti
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"], "too_many_connections", "{body}");
     assert_eq!(body["resp_code"], 11, "{body}");
+    assert_eq!(body.get("retry_after_header"), None, "waiting does not help: {body}");
     // Another user, and anonymous sockets, are not held to alice's count.
     let mut bob = Client::connect(&server.url("vsn=2.0.0&user_id=bob")).await;
     let _bob2 = Client::connect(&server.url("vsn=2.0.0&user_id=bob")).await;

@@ -8,10 +8,12 @@ use std::time::Duration;
 use courier::accounts::{Accounts, AccountsConfig};
 use courier::clock::ManualClock;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::channels::CrashChannels;
 use crate::support::devices::{Device, signup};
-use crate::support::{Client, TestDb, TestServer, http, ok_reply, spawn_binary, test_config};
+use crate::support::{Client, RECV_TIMEOUT, TestDb, TestServer, http, ok_reply, spawn_binary, test_config};
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
@@ -78,6 +80,44 @@ async fn shutdown_closes_sockets_in_batches_oldest_first() {
     assert!(first_close_of(2) >= Duration::from_millis(600), "{:?}", first_close_of(2));
     server.shutdown().await;
     assert!(started.elapsed() < grace, "shutdown waited out its grace: {:?}", started.elapsed());
+}
+
+/// New listeners are paused at shutdown, but a kept-alive HTTP connection can still ask for an
+/// upgrade while sockets drain: it is refused with a JSON 503.
+#[tokio::test]
+async fn a_connect_during_the_drain_gets_a_json_503() {
+    let mut server = TestServer::start_with(test_config(), |c| c.channel("crash:*", CrashChannels));
+    let mut http = TcpStream::connect(server.addr).await.expect("connect");
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"}") {
+        let byte = tokio::time::timeout(RECV_TIMEOUT, http.read_u8()).await.expect("answer in time").expect("read");
+        head.push(byte);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // A pending reply holds the drain open; the idle socket's close says the drain has begun.
+    let mut busy = server.client().await;
+    let mut idle = server.client().await;
+    busy.send(json!(["1", "1", "crash:drain", "phx_join", {}])).await;
+    assert_eq!(busy.recv_json().await[4]["status"], "ok");
+    busy.recv_json().await;
+    busy.send(json!(["1", "2", "crash:drain", "slow", {}])).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.begin_shutdown();
+    assert_eq!(idle.recv_close().await, (1001, "server shutting down".into()));
+
+    let upgrade = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    http.write_all(upgrade.as_bytes()).await.expect("upgrade request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(RECV_TIMEOUT, http.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"error\":\"unavailable\"") && answer.contains("shutting down"), "{answer}");
+    assert_eq!(busy.recv_json().await, ok_reply(Some("1"), "2", "crash:drain", json!({})));
+    assert_eq!(busy.recv_close().await.0, 1001);
+    server.shutdown().await;
 }
 
 #[tokio::test]
