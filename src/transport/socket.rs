@@ -357,7 +357,10 @@ impl SocketSession {
         if self.in_flight >= self.settings.max_pending_replies {
             // Refused before the channel sees it: the work would only queue behind the rest.
             metrics::global().pending_reply_refusals.inc();
-            let reply = Reply::error(Code::TooManyPendingReplies, "too many pending replies");
+            // `status_code` too, where a message ack keeps its code (the table's HTTP column).
+            let code = Code::TooManyPendingReplies;
+            let status = serde_json::json!({ "status_code": code.http_status() });
+            let reply = Reply::error_with(code, "too many pending replies", status);
             return self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
         }
         let Some(outcome) = self.run_callback(ctx, &topic, |channel, cctx| channel.handle_in(&event, payload, cctx))

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
 use crate::support::channels::{CrashChannels, TestAuth};
-use crate::support::{Client, RECV_TIMEOUT, TestServer, error_reply, http, ok_reply, test_config};
+use crate::support::{Client, RECV_TIMEOUT, TestServer, error_reply, http, ok_reply, reply, test_config};
 
 #[tokio::test]
 async fn a_silent_socket_is_closed_with_1001_but_heartbeats_keep_it_open() {
@@ -372,8 +372,8 @@ async fn a_push_past_the_pending_replies_limit_gets_an_error_at_once_and_others_
     for r in ["s1", "s2", "s3"] {
         c.send(json!(["1", r, "crash:pending", "slow", {"r": r}])).await;
     }
-    let too_many =
-        error_reply(Some("1"), "s3", "crash:pending", "too many pending replies", "too_many_pending_replies");
+    let body = json!({"reason": "too many pending replies", "code": "too_many_pending_replies", "status_code": 429});
+    let too_many = reply(Some("1"), "s3", "crash:pending", "error", body);
     assert_eq!(c.recv_json().await, too_many, "refused before the pending ones are answered");
     let mut answered = [c.recv_json().await, c.recv_json().await];
     answered.sort_by_key(|reply| reply[1].as_str().map(str::to_owned));
