@@ -231,6 +231,20 @@ impl Admissions {
         Ok(Admission { shared: Arc::clone(self), seq, user, drain: Some(drain) })
     }
 
+    /// Refuses at once, as [`admit`](Self::admit) would, when shutdown has begun or the node is
+    /// full, so an endpoint skips authenticating (a database read) a connect with no place
+    /// anyway; `admit` still decides for the rest.
+    pub fn precheck(&self) -> Result<(), AdmitError> {
+        let max = self.limits.max_connections;
+        if self.closing.load(Ordering::Acquire) {
+            Err(self.refuse(AdmitError::ShuttingDown, None))
+        } else if self.live() >= max {
+            Err(self.refuse(AdmitError::NodeFull(max), None))
+        } else {
+            Ok(())
+        }
+    }
+
     fn refuse(&self, refusal: AdmitError, user: Option<&str>) -> AdmitError {
         self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
         metrics::global().socket_refused(refusal.index());
@@ -422,11 +436,13 @@ mod tests {
         let first = a.admit(None).expect("first");
         let _second = a.admit(Some("u")).expect("second");
         assert_eq!(a.admit(None).unwrap_err(), AdmitError::NodeFull(2));
+        assert_eq!(a.precheck().unwrap_err(), AdmitError::NodeFull(2));
         assert_eq!(a.live(), 2);
         drop(first);
         assert_eq!(a.live(), 1);
         a.admit(None).expect("a freed place is taken");
-        assert_eq!(a.stats().refused, [1, 0, 0]);
+        a.precheck().expect("room for one more");
+        assert_eq!(a.stats().refused, [2, 0, 0]);
     }
 
     #[test]

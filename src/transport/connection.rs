@@ -77,6 +77,12 @@ impl Sockets {
         self.admissions.admit(user)
     }
 
+    /// Refuses a connect at once when no socket could be admitted now (see
+    /// [`Admissions::precheck`]); endpoints call it before authenticating.
+    pub fn precheck(&self) -> Result<(), AdmitError> {
+        self.admissions.precheck()
+    }
+
     /// Sockets currently open (admitted and not yet closed).
     pub fn live(&self) -> usize {
         self.admissions.live()

@@ -58,6 +58,7 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
         return Err(Error::new(Code::Forbidden, "the query token and the authToken differ"));
     }
 
+    state.sockets.precheck()?;
     let request = ConnectRequest { params, auth_token, peer: req.peer_addr() };
     let identity = match state.authenticator.connect(&request).await {
         Ok(identity) => identity,
