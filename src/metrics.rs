@@ -575,8 +575,19 @@ mod tests {
         metrics.channels.inc();
         metrics.overflowed(true);
         metrics.rate_limited_frames.inc();
+        metrics.socket_admitted();
+        metrics.socket_admitted();
+        metrics.socket_released();
+        metrics.socket_limit.set(1);
+        metrics.socket_refused(0);
+        metrics.socket_refused(99);
+        metrics.pending_reply_refusals.inc();
         let text = metrics.encode();
         for series in [
+            "courier_sockets",
+            "courier_socket_limit",
+            "courier_socket_refusals_total{reason=\"node_full\"}",
+            "courier_pending_reply_refusals_total",
             "courier_connections{transport=\"phoenix\"}",
             "courier_channel_joins_total{topic=\"room\",outcome=\"ok\"}",
             "courier_pushes_received_total{event=\"heartbeat\"}",
@@ -591,6 +602,9 @@ mod tests {
         ] {
             assert_eq!(value(&text, series), Some(1.0), "{series} in\n{text}");
         }
+        assert_eq!(value(&text, "courier_socket_refusals_total{reason=\"shutting_down\"}"), Some(0.0));
+        let refusal_series = text.lines().filter(|l| l.starts_with("courier_socket_refusals_total{")).count();
+        assert_eq!(refusal_series, 3, "one series per reason, none for an unknown one");
         assert_eq!(value(&text, "courier_messages_stored_total"), Some(3.0));
         assert_eq!(value(&text, "courier_log_writer_batch_writes_sum"), Some(4.0));
         assert_eq!(value(&text, "courier_log_writer_batch_writes_bucket{le=\"4\"}"), Some(1.0));
