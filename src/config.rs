@@ -114,6 +114,19 @@ pub struct SocketConfig {
     pub rate_burst: u32,
     /// How long shutdown waits for sockets to finish in-flight work and close.
     pub shutdown_grace_ms: u64,
+    /// Sockets open at once on the node, all endpoints; past it a connect gets a 503
+    /// `node_full`. 0 derives it from the file-descriptor limit, below `http.max_connections`'s.
+    pub max_connections: usize,
+    /// Phoenix sockets one signed-in user may have open on the node; past it a 429
+    /// `too_many_connections`. 0 for no limit.
+    pub max_connections_per_user: usize,
+    /// Replies a Phoenix socket may have pending (pushes still being worked on); a push past it
+    /// gets an error reply `too_many_pending_replies` at once.
+    pub max_pending_replies: usize,
+    /// Sockets shutdown closes per batch, oldest first (Phoenix's drainer: 10,000).
+    pub shutdown_drain_batch: usize,
+    /// The time between two shutdown batches (Phoenix's drainer: 2 s).
+    pub shutdown_drain_interval_ms: u64,
     /// Which web pages may open a socket (`true`: this server's own, `false`: any, or a list
     /// of origins; see `transport::origin`).
     pub check_origin: crate::transport::origin::OriginPolicy,
@@ -132,6 +145,11 @@ impl Default for SocketConfig {
             rate_per_sec: 200,
             rate_burst: 400,
             shutdown_grace_ms: 10_000,
+            max_connections: 0,
+            max_connections_per_user: 100,
+            max_pending_replies: 100,
+            shutdown_drain_batch: 10_000,
+            shutdown_drain_interval_ms: 2_000,
             check_origin: crate::transport::origin::OriginPolicy::default(),
         }
     }
@@ -151,6 +169,24 @@ impl SocketConfig {
     /// The shutdown grace period as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// How shutdown releases the sockets.
+    pub fn drain_plan(&self) -> crate::transport::admission::DrainPlan {
+        crate::transport::admission::DrainPlan {
+            batch: self.shutdown_drain_batch,
+            interval: Duration::from_millis(self.shutdown_drain_interval_ms),
+        }
+    }
+
+    /// Sockets the drain can close one batch at a time within the grace (the batches released
+    /// while another interval still fits before it ends); the rest are released together.
+    pub fn drain_capacity(&self) -> usize {
+        let batches = match self.shutdown_drain_interval_ms {
+            0 => u64::MAX,
+            interval => self.shutdown_grace_ms / interval,
+        };
+        self.shutdown_drain_batch.saturating_mul(usize::try_from(batches).unwrap_or(usize::MAX))
     }
 }
 
@@ -277,7 +313,7 @@ impl Config {
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.socket;
-        let checks: [(&'static str, bool, &str); 11] = [
+        let checks: [(&'static str, bool, &str); 13] = [
             ("bind", self.bind.parse::<std::net::SocketAddr>().is_ok(), "must be an IP:port address"),
             (
                 "admin.token",
@@ -293,6 +329,8 @@ impl Config {
             ("socket.idle_timeout_ms", s.idle_timeout_ms >= 100, "must be at least 100"),
             ("socket.max_frame_bytes", s.max_frame_bytes >= 1024, "must be at least 1024"),
             ("socket.max_channels", s.max_channels >= 1, "must be at least 1"),
+            ("socket.max_pending_replies", s.max_pending_replies >= 1, "must be at least 1"),
+            ("socket.shutdown_drain_batch", s.shutdown_drain_batch >= 1, "must be at least 1"),
             (
                 "socket.max_topic_bytes",
                 (1..=255).contains(&s.max_topic_bytes),
@@ -354,6 +392,21 @@ mod tests {
         assert_eq!(c.socket.idle_timeout_ms, 60_000);
         let err = toml::from_str::<Config>("[socket]\nmax_chanels = 3\n").unwrap_err();
         assert!(err.to_string().contains("max_chanels"), "{err}");
+    }
+
+    #[test]
+    fn socket_limits_default_to_phoenix_drain_and_sensible_caps() {
+        let s = SocketConfig::default();
+        assert_eq!((s.shutdown_drain_batch, s.shutdown_drain_interval_ms), (10_000, 2_000));
+        assert_eq!((s.max_connections, s.max_connections_per_user, s.max_pending_replies), (0, 100, 100));
+        // 10 s of grace at 2 s apart: five batches of 10,000 drain in order.
+        assert_eq!(s.drain_capacity(), 50_000);
+        let mut c = Config::default();
+        c.socket.shutdown_drain_batch = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("shutdown_drain_batch"));
+        let mut c = Config::default();
+        c.socket.max_pending_replies = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("max_pending_replies"));
     }
 
     #[test]

@@ -142,6 +142,12 @@ pub enum Code {
     TooManyChannels,
     /// A long-poll POST with more frames than `longpoll.max_frames_per_post`.
     TooManyFrames,
+    /// A socket connect past `socket.max_connections` on this node.
+    NodeFull,
+    /// A socket connect past `socket.max_connections_per_user` for the signed-in user.
+    TooManyConnections,
+    /// A push while `socket.max_pending_replies` of the socket's replies are still pending.
+    TooManyPendingReplies,
     /// A log or conversation is at the largest offset the wire carries (2^31 - 1); nothing was stored.
     LogFull,
     /// A signal-endpoint frame that is not a valid envelope.
@@ -164,7 +170,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 50] = [
+    pub const ALL: [Code; 53] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -206,6 +212,9 @@ impl Code {
         Code::InvalidEvent,
         Code::TooManyChannels,
         Code::TooManyFrames,
+        Code::NodeFull,
+        Code::TooManyConnections,
+        Code::TooManyPendingReplies,
         Code::LogFull,
         Code::InvalidMessage,
         Code::InvalidSignature,
@@ -278,6 +287,9 @@ impl Code {
             InvalidEvent => ("invalid_event", 400, RespCode::InvalidInput),
             TooManyChannels => ("too_many_channels", 429, RespCode::LimitExceeded),
             TooManyFrames => ("too_many_frames", 413, RespCode::LimitExceeded),
+            NodeFull => ("node_full", 503, RespCode::Busy),
+            TooManyConnections => ("too_many_connections", 429, RespCode::LimitExceeded),
+            TooManyPendingReplies => ("too_many_pending_replies", 429, RespCode::LimitExceeded),
             LogFull => ("log_full", 507, RespCode::LimitExceeded),
             InvalidMessage => ("invalid_message", 400, RespCode::InvalidInput),
             InvalidSignature => ("invalid_signature", 401, RespCode::BadToken),

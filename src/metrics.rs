@@ -92,6 +92,11 @@ struct JoinLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
     event: &'static str,
 }
@@ -179,6 +184,15 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// `courier_rate_limited_frames_total`: Phoenix frames refused by the per-socket rate limit.
     pub rate_limited_frames: Counter,
+    /// `courier_sockets`: sockets admitted and open now, all endpoints.
+    pub sockets: Gauge,
+    /// `courier_socket_limit`: the node's socket limit (`socket.max_connections`, resolved).
+    pub socket_limit: Gauge,
+    /// `courier_pending_reply_refusals_total`: pushes refused at `socket.max_pending_replies`.
+    pub pending_reply_refusals: Counter,
+    /// `courier_socket_refusals_total{reason}`: socket connects refused, by
+    /// `transport::admission::REFUSAL_REASONS`.
+    socket_refusals: [Counter; crate::transport::admission::REFUSAL_REASONS.len()],
     // The labelled families' series, resolved once and indexed like the label lists above (the
     // families themselves live in the registry).
     /// `courier_connections{transport}`: WebSocket connections open now.
@@ -250,6 +264,8 @@ pub struct MetricsSnapshot {
     pub slow_consumer_closes: u64,
     /// Frames refused by the per-socket rate limit.
     pub rate_limited_frames: u64,
+    /// Pushes refused at `socket.max_pending_replies`.
+    pub pending_reply_refusals: u64,
 }
 
 /// The process's metrics.
@@ -317,6 +333,20 @@ impl Metrics {
             "Phoenix frames refused by the per-socket rate limit",
             rate_limited_frames.clone(),
         );
+        let sockets = Gauge::default();
+        registry.register("sockets", "Sockets admitted and open now, all endpoints", sockets.clone());
+        let socket_limit = Gauge::default();
+        registry.register("socket_limit", "Sockets the node admits at once", socket_limit.clone());
+        let pending_reply_refusals = Counter::default();
+        registry.register(
+            "pending_reply_refusals",
+            "Phoenix pushes refused because too many of the socket's replies were pending",
+            pending_reply_refusals.clone(),
+        );
+        let refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register("socket_refusals", "Socket connects refused, by reason", refusals.clone());
+        let socket_refusals = crate::transport::admission::REFUSAL_REASONS
+            .map(|reason| refusals.get_or_create_owned(&ReasonLabel { reason }));
         let by_transport = TRANSPORTS.map(|transport| connections.get_or_create_owned(&TransportLabel { transport }));
         let by_join = TOPIC_KINDS
             .map(|topic| JOIN_OUTCOMES.map(|outcome| joins.get_or_create_owned(&JoinLabels { topic, outcome })));
@@ -333,6 +363,10 @@ impl Metrics {
             outbound_overflows,
             slow_consumer_closes,
             rate_limited_frames,
+            sockets,
+            socket_limit,
+            pending_reply_refusals,
+            socket_refusals,
             by_transport,
             by_join,
             in_by_event,
@@ -362,6 +396,23 @@ impl Metrics {
     pub fn connection_closed(&self, transport: &str) {
         if let Some(gauge) = self.transport(transport) {
             gauge.dec();
+        }
+    }
+
+    /// A socket was admitted.
+    pub fn socket_admitted(&self) {
+        self.sockets.inc();
+    }
+
+    /// An admitted socket closed.
+    pub fn socket_released(&self) {
+        self.sockets.dec();
+    }
+
+    /// A socket connect was refused for `transport::admission::REFUSAL_REASONS[reason]`.
+    pub fn socket_refused(&self, reason: usize) {
+        if let Some(counter) = self.socket_refusals.get(reason) {
+            counter.inc();
         }
     }
 
@@ -460,6 +511,7 @@ impl Metrics {
             outbound_queue_overflows: self.outbound_overflows.get(),
             slow_consumer_closes: self.slow_consumer_closes.get(),
             rate_limited_frames: self.rate_limited_frames.get(),
+            pending_reply_refusals: self.pending_reply_refusals.get(),
         }
     }
 }
@@ -523,8 +575,19 @@ mod tests {
         metrics.channels.inc();
         metrics.overflowed(true);
         metrics.rate_limited_frames.inc();
+        metrics.socket_admitted();
+        metrics.socket_admitted();
+        metrics.socket_released();
+        metrics.socket_limit.set(1);
+        metrics.socket_refused(0);
+        metrics.socket_refused(99);
+        metrics.pending_reply_refusals.inc();
         let text = metrics.encode();
         for series in [
+            "courier_sockets",
+            "courier_socket_limit",
+            "courier_socket_refusals_total{reason=\"node_full\"}",
+            "courier_pending_reply_refusals_total",
             "courier_connections{transport=\"phoenix\"}",
             "courier_channel_joins_total{topic=\"room\",outcome=\"ok\"}",
             "courier_pushes_received_total{event=\"heartbeat\"}",
@@ -539,6 +602,9 @@ mod tests {
         ] {
             assert_eq!(value(&text, series), Some(1.0), "{series} in\n{text}");
         }
+        assert_eq!(value(&text, "courier_socket_refusals_total{reason=\"shutting_down\"}"), Some(0.0));
+        let refusal_series = text.lines().filter(|l| l.starts_with("courier_socket_refusals_total{")).count();
+        assert_eq!(refusal_series, 3, "one series per reason, none for an unknown one");
         assert_eq!(value(&text, "courier_messages_stored_total"), Some(3.0));
         assert_eq!(value(&text, "courier_log_writer_batch_writes_sum"), Some(4.0));
         assert_eq!(value(&text, "courier_log_writer_batch_writes_bucket{le=\"4\"}"), Some(1.0));

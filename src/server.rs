@@ -31,6 +31,7 @@ use crate::messaging::signals::Signals;
 use crate::presence::{LocalTracker, Tracker};
 use crate::pubsub::{Broker, LocalBroker, PubSub, TopicKind};
 use crate::store::{Store, StoreOptions};
+use crate::transport::admission::{self, AdmissionLimits, DrainPlan};
 use crate::transport::edge::{self, Edge, EdgeLimits};
 use crate::transport::json_socket::JsonEndpoint;
 use crate::transport::longpoll::LongPollEndpoint;
@@ -147,7 +148,11 @@ impl Courier {
             tracker: local_tracker,
             pubsub: pubsub.clone(),
         };
-        let sockets = Arc::new(Sockets::new(pubsub.node_id().clone()));
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let sockets = Arc::new(Sockets::with_limits(pubsub.node_id().clone(), socket_limits(&config, workers)));
         let transport = Arc::new(TransportState {
             router: Arc::new(router),
             pubsub: pubsub.clone(),
@@ -201,10 +206,6 @@ impl Courier {
         let sampler = crate::metrics::spawn_sampler();
         let accounts = web::Data::new(accounts);
         let keys = web::Data::new(keys);
-        let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
         let static_dir = std::path::Path::new(&config.static_dir).is_dir().then(|| config.static_dir.clone());
         let upgrades = Upgrades::new()
             .endpoint("/socket/websocket", transport)
@@ -278,8 +279,41 @@ impl Courier {
             purge,
             sampler,
             grace: config.socket.shutdown_grace(),
+            drain: config.socket.drain_plan(),
         })
     }
+}
+
+/// The socket limits from `[socket]`, the node's derived from the descriptor limit when 0; both
+/// are logged, with how many sockets the shutdown drain closes in batches within the grace.
+fn socket_limits(config: &Config, workers: usize) -> AdmissionLimits {
+    let s = &config.socket;
+    let max_connections = match s.max_connections {
+        0 => admission::socket_limit_from_connection_limit(edge::connection_limit_from_fd_limit(
+            config.database_pool,
+            workers,
+        )),
+        n => n,
+    };
+    let limits = AdmissionLimits { max_connections, max_connections_per_user: s.max_connections_per_user };
+    let drained_in_batches = s.drain_capacity();
+    tracing::info!(
+        max_connections,
+        max_connections_per_user = s.max_connections_per_user,
+        drained_in_batches,
+        "socket limits"
+    );
+    // Only for a limit an operator chose: the derived one is a ceiling few nodes ever reach.
+    if s.max_connections != 0 && max_connections > drained_in_batches {
+        tracing::warn!(
+            max_connections,
+            drained_in_batches,
+            "a full node would not drain in batches within socket.shutdown_grace_ms: the sockets past \
+             shutdown_drain_batch x (shutdown_grace_ms / shutdown_drain_interval_ms) close together at its end"
+        );
+    }
+    crate::metrics::global().socket_limit.set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+    limits
 }
 
 /// Deletes ended sessions every `session_purge_every_secs`, so the sessions table holds live
@@ -408,6 +442,7 @@ pub struct RunningServer {
     /// The metrics' once-a-second sampler, stopped at shutdown.
     sampler: actix_web::rt::task::JoinHandle<()>,
     grace: Duration,
+    drain: DrainPlan,
 }
 
 impl RunningServer {
@@ -438,8 +473,9 @@ impl RunningServer {
         self.shutdown().await
     }
 
-    /// Stops accepting, lets every socket finish its in-flight work and close with 1001, stops
-    /// the HTTP workers, then everything behind the sockets (see [`Background`]).
+    /// Stops accepting, releases the sockets in batches, oldest first, each to finish its
+    /// in-flight work and close with 1001 (see `transport::admission`), stops the HTTP workers,
+    /// then everything behind the sockets (see [`Background`]).
     pub async fn shutdown(self) -> io::Result<()> {
         if let Some(purge) = self.purge {
             purge.abort();
@@ -449,11 +485,8 @@ impl RunningServer {
         self.sampler.abort();
         let _ = self.sampler.await;
         self.handle.pause().await;
-        self.sockets.shut_down();
         let deadline = Instant::now() + self.grace;
-        while self.sockets.live() > 0 && Instant::now() < deadline {
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.sockets.drain(self.drain, deadline).await;
         if self.sockets.live() > 0 {
             tracing::warn!(remaining = self.sockets.live(), "shutdown grace period over; dropping sockets");
         }

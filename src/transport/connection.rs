@@ -3,15 +3,16 @@
 //!
 //! It owns, through the session's [`Link`], the bounded outbound queue, the idle timer, pong
 //! answers, the close handshake (echoing the client's close, or sending ours and waiting
-//! `CLOSE_HANDSHAKE_GRACE` for the answer), the slow-consumer abort, the drain at shutdown and
-//! the live count ([`Sockets`]). What a message means belongs to the endpoint: its [`Session`]
+//! `CLOSE_HANDSHAKE_GRACE` for the answer), the slow-consumer abort, and the drain at shutdown
+//! once the socket's [`Admission`] is released (see [`super::admission`], which also keeps the
+//! live count behind [`Sockets`]). What a message means belongs to the endpoint: its [`Session`]
 //! handles text and binary messages and pub/sub deliveries, and lets go of its subscriptions
 //! when the socket stops.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::fut::future::FutureWrap;
@@ -20,8 +21,9 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::Stream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
+use super::admission::{Admission, AdmissionLimits, AdmissionStats, Admissions, AdmitError, DrainPlan};
 use super::longpoll::buffer::{PollAnswer, PollBuffer};
 use super::writer::{Outbound, QueueError};
 use super::ws_io::{self, WsWriter};
@@ -51,56 +53,62 @@ fn read_error_close(error: &ProtocolError) -> (CloseCode, &'static str) {
     }
 }
 
-/// Live-socket bookkeeping shared by every worker and endpoint: counts, connection ids and
-/// the shutdown signal.
+/// Live-socket bookkeeping shared by every worker and endpoint: admission under the limits,
+/// connection ids and the drain at shutdown.
 #[derive(Debug)]
 pub struct Sockets {
-    live: AtomicUsize,
+    admissions: Arc<Admissions>,
     node: NodeId,
     next_id: AtomicU64,
-    shutdown: watch::Sender<bool>,
 }
 
 impl Sockets {
-    /// The bookkeeping of the sockets of the node process `node`.
+    /// The bookkeeping of the sockets of the node process `node`, without socket limits.
     pub fn new(node: NodeId) -> Self {
-        Sockets { live: AtomicUsize::new(0), node, next_id: AtomicU64::new(1), shutdown: watch::channel(false).0 }
+        Sockets::with_limits(node, AdmissionLimits::default())
     }
 
-    /// Sockets currently open.
+    /// The bookkeeping of the sockets of the node process `node`, admitting under `limits`.
+    pub fn with_limits(node: NodeId, limits: AdmissionLimits) -> Self {
+        Sockets { admissions: Arc::new(Admissions::new(limits)), node, next_id: AtomicU64::new(1) }
+    }
+
+    /// Takes a place for a new socket of `user` (`None` when not signed in), to hold for the
+    /// socket's lifetime; every transport calls it before it answers a handshake.
+    pub fn admit(&self, user: Option<&str>) -> Result<Admission, AdmitError> {
+        self.admissions.admit(user)
+    }
+
+    /// Refuses a connect at once when no socket could be admitted now (see
+    /// [`Admissions::precheck`]); endpoints call it before authenticating.
+    pub fn precheck(&self) -> Result<(), AdmitError> {
+        self.admissions.precheck()
+    }
+
+    /// Sockets currently open (admitted and not yet closed).
     pub fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.admissions.live()
     }
 
-    /// Whether shutdown has begun: new sockets are refused from then on.
-    pub fn shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+    /// The limits and refusal counts, for the admin stats.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.admissions.stats()
     }
 
-    /// Tells every socket, current and future, to drain and close.
+    /// Tells every socket, current and future, to drain and close, all at once.
     pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
+        self.admissions.release_all();
+    }
+
+    /// Refuses new sockets and drains the open ones in batches, oldest first (see
+    /// [`Admissions::drain`]); returns once all have closed or at `deadline`.
+    pub async fn drain(&self, plan: DrainPlan, deadline: Instant) {
+        self.admissions.drain(plan, deadline).await;
     }
 
     /// A connection id no other socket, on any node, has had.
     pub(super) fn next_connection_id(&self) -> ConnectionId {
         ConnectionId::new(self.node.clone(), self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn opened(&self) {
-        self.live.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn closed(&self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Resolves once shutdown is requested (at once if it already was).
-    fn shutdown_requested(&self) -> impl Future<Output = ()> + 'static {
-        let mut signal = self.shutdown.subscribe();
-        async move {
-            let _ = signal.wait_for(|down| *down).await;
-        }
     }
 }
 
@@ -175,38 +183,40 @@ pub struct Link {
     out: Out,
     last_received: Instant,
     idle: Duration,
-    sockets: Arc<Sockets>,
+    /// The socket's place under the limits, freed when the session (and so the link) drops.
+    admission: Admission,
     phase: Phase,
     close_reason: &'static str,
 }
 
 impl Link {
-    /// Starts the outbound writer of connection `id` of `endpoint` on `writer`, within `settings`.
+    /// Starts the outbound writer of connection `id` of `endpoint` on `writer`, within `settings`,
+    /// holding the socket's `admission`.
     pub fn new(
         endpoint: &'static str,
         id: u64,
         writer: WsWriter,
         settings: &SocketConfig,
-        sockets: Arc<Sockets>,
+        admission: Admission,
     ) -> Self {
         let outbound = Outbound::start(writer, settings.queue_limits());
-        Link::with_out(endpoint, id, Out::Socket(outbound), settings.idle_timeout(), sockets)
+        Link::with_out(endpoint, id, Out::Socket(outbound), settings.idle_timeout(), admission)
     }
 
     /// The link of long-poll session `id` of `endpoint`, whose frames wait in `buffer` for the
     /// client's polls; it closes when not polled for `idle`.
-    pub fn polled(endpoint: &'static str, id: u64, buffer: PollBuffer, idle: Duration, sockets: Arc<Sockets>) -> Self {
-        Link::with_out(endpoint, id, Out::Poll(buffer), idle, sockets)
+    pub fn polled(endpoint: &'static str, id: u64, buffer: PollBuffer, idle: Duration, admission: Admission) -> Self {
+        Link::with_out(endpoint, id, Out::Poll(buffer), idle, admission)
     }
 
-    fn with_out(endpoint: &'static str, id: u64, out: Out, idle: Duration, sockets: Arc<Sockets>) -> Self {
+    fn with_out(endpoint: &'static str, id: u64, out: Out, idle: Duration, admission: Admission) -> Self {
         Link {
             endpoint,
             id,
             out,
             last_received: Instant::now(),
             idle,
-            sockets,
+            admission,
             phase: Phase::Open,
             close_reason: "connection closed",
         }
@@ -370,7 +380,8 @@ pub trait Session: Sized + Unpin + 'static {
         false
     }
 
-    /// Runs once the actor has stopped, before the socket stops counting as live.
+    /// Runs once the actor has stopped, before the socket stops counting as live (its
+    /// admission drops with the session).
     fn stopped(&mut self) {}
 
     /// Queues a frame for the client, telling whether it was (see [`Link::send`]).
@@ -437,9 +448,8 @@ impl<S: Session> Actor for Connection<S> {
 
     fn started(&mut self, ctx: &mut Ctx<S>) {
         let link = self.0.link();
-        link.sockets.opened();
         metrics::global().connection_opened(link.endpoint);
-        let shutdown = link.sockets.shutdown_requested();
+        let shutdown = link.admission.drain_requested();
         ctx.run_interval(idle_check_interval(link.idle), |act, ctx| act.0.link().close_if_idle(ctx));
         self.0.started(ctx);
         ctx.spawn(shutdown.into_actor(self).map(|_, act, ctx| act.begin_drain(ctx)));
@@ -448,7 +458,6 @@ impl<S: Session> Actor for Connection<S> {
     fn stopped(&mut self, _ctx: &mut Ctx<S>) {
         self.0.stopped();
         let link = self.0.link();
-        link.sockets.closed();
         metrics::global().connection_closed(link.endpoint);
         tracing::info!(conn = link.id, endpoint = link.endpoint, reason = link.close_reason, "socket closed");
     }

@@ -48,6 +48,8 @@ impl Endpoint for JsonEndpoint {
 /// [`super::upgrade`]). Authentication happens later, in the protocol's own frames.
 fn accept(req: &Request, state: Arc<JsonEndpoint>) -> Result<Accepted, Error> {
     super::upgrade::verify_handshake(req, &state.settings.check_origin)?;
+    // Signed in only later, by its frames: the socket counts toward the node's limit alone.
+    let admission = state.sockets.admit(None)?;
     let response = super::upgrade::switching_protocols(req);
     let peer = req.peer_addr();
     Ok(Accepted {
@@ -56,7 +58,7 @@ fn accept(req: &Request, state: Arc<JsonEndpoint>) -> Result<Accepted, Error> {
         start: Box::new(move |reader, writer| {
             let id = state.sockets.next_connection_id().subscriber();
             let session = JsonSession {
-                link: Link::new("json", id, writer, &state.settings, Arc::clone(&state.sockets)),
+                link: Link::new("json", id, writer, &state.settings, admission),
                 protocol: Some(JsonProtocolSession::with_peer(state.accounts.clone(), peer.map(|p| p.ip()))),
                 accounts: state.accounts.clone(),
                 pubsub: state.pubsub.clone(),

@@ -1,5 +1,6 @@
 //! Transports: how frames reach channels. [`edge`] admits every TCP connection (the connection
-//! limit, the first request head) before actix-http parses it; [`upgrade`] takes upgraded
+//! limit, the first request head) before actix-http parses it; [`admission`] admits every
+//! socket (the node's and each user's socket limits) and drains them at shutdown; [`upgrade`] takes upgraded
 //! connections out of the HTTP server and hands each to the [`upgrade::Endpoint`] registered at
 //! its path. Every socket, whichever endpoint accepted it, runs as one
 //! [`connection::Connection`] actor over [`ws_io`]'s framing and [`writer`]'s queue; the endpoint
@@ -9,6 +10,7 @@
 //! HTTP polls instead of a WebSocket, on the same actor. No SQL and
 //! no channel rules live here.
 
+pub mod admission;
 pub mod connection;
 pub mod edge;
 pub mod json_socket;

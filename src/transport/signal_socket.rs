@@ -70,6 +70,8 @@ impl Endpoint for SignalEndpoint {
 
 fn accept(req: &Request, state: Arc<SignalEndpoint>) -> Result<Accepted, Error> {
     super::upgrade::verify_handshake(req, &state.settings.check_origin)?;
+    // A login binds an address later, by a frame: the socket counts toward the node's limit alone.
+    let admission = state.sockets.admit(None)?;
     let response = super::upgrade::switching_protocols(req);
     Ok(Accepted {
         response,
@@ -77,7 +79,7 @@ fn accept(req: &Request, state: Arc<SignalEndpoint>) -> Result<Accepted, Error> 
         start: Box::new(move |reader, writer| {
             let id = state.sockets.next_connection_id().subscriber();
             let session = SignalSession {
-                link: Link::new("signal", id, writer, &state.settings, Arc::clone(&state.sockets)),
+                link: Link::new("signal", id, writer, &state.settings, admission),
                 keys: state.keys.clone(),
                 messaging: state.messaging.clone(),
                 pubsub: state.pubsub.clone(),

@@ -24,6 +24,7 @@ use futures_util::future::LocalBoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::TransportState;
+use super::admission::Admission;
 pub use super::connection::DISCONNECT_EVENT;
 use super::connection::{Ctx, IntoConnection, Link, Session};
 use super::ws_io::WsWriter;
@@ -73,10 +74,16 @@ pub struct SocketSession {
 }
 
 impl SocketSession {
-    /// Prepares the session for an upgraded connection, writing to `writer`.
-    pub fn new(info: Rc<SocketInfo>, serializer: Serializer, state: &TransportState, writer: WsWriter) -> Self {
-        let link =
-            Link::new("phoenix", info.connection_id.subscriber(), writer, &state.settings, Arc::clone(&state.sockets));
+    /// Prepares the session for an upgraded connection, writing to `writer` and holding its
+    /// `admission`.
+    pub fn new(
+        info: Rc<SocketInfo>,
+        serializer: Serializer,
+        state: &TransportState,
+        writer: WsWriter,
+        admission: Admission,
+    ) -> Self {
+        let link = Link::new("phoenix", info.connection_id.subscriber(), writer, &state.settings, admission);
         SocketSession::with_link(info, serializer, state, link)
     }
 
@@ -353,6 +360,15 @@ impl SocketSession {
         event: String,
         payload: Payload,
     ) {
+        if self.in_flight >= self.settings.max_pending_replies {
+            // Refused before the channel sees it: the work would only queue behind the rest.
+            metrics::global().pending_reply_refusals.inc();
+            // `status_code` too, where a message ack keeps its code (the table's HTTP column).
+            let code = Code::TooManyPendingReplies;
+            let status = serde_json::json!({ "status_code": code.http_status() });
+            let reply = Reply::error_with(code, "too many pending replies", status);
+            return self.reply(ctx, Some(&join_ref), msg_ref.as_deref(), &topic, &reply);
+        }
         let Some(outcome) = self.run_callback(ctx, &topic, |channel, cctx| channel.handle_in(&event, payload, cctx))
         else {
             return;

@@ -125,6 +125,9 @@ async fn refuse(framed: &mut Framed<Conn, h1::Codec>, refusal: Error) -> io::Res
     let body = Bytes::from(refusal.body().to_string());
     let mut response = Response::with_body(refusal.code.status(), ());
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(secs) = refusal.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response.head_mut().set_connection_type(ConnectionType::Close);
     framed.feed(h1::Message::Item((response, BodySize::Sized(body.len() as u64)))).await?;
     framed.feed(h1::Message::Chunk(Some(body))).await?;

@@ -58,9 +58,12 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
         return Err(Error::new(Code::Forbidden, "the query token and the authToken differ"));
     }
 
+    state.sockets.precheck()?;
     let request = ConnectRequest { params, auth_token, peer: req.peer_addr() };
     let identity = authenticate(&state, &request).await?;
 
+    // After authentication, so the user's own limit applies; a refusal frees both places.
+    let admission = state.sockets.admit(identity.user.as_deref())?;
     let mut response = super::upgrade::switching_protocols(req);
     if !offered.is_empty() {
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PHOENIX_SUBPROTOCOL));
@@ -80,7 +83,8 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
                 ?peer,
                 "socket connected"
             );
-            Connection::start(SocketSession::new(Rc::new(info), serializer, &state, writer), reader);
+            let session = SocketSession::new(Rc::new(info), serializer, &state, writer, admission);
+            Connection::start(session, reader);
         }),
     })
 }

@@ -214,6 +214,9 @@ async fn at_the_descriptor_limit_connects_are_refused_at_once_and_logged_once() 
     let lines: Vec<String> = logs.try_iter().collect();
     let errors: Vec<&String> = lines.iter().filter(|l| l.contains(" ERROR ")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    let limit_lines = lines.iter().filter(|l| l.contains("at the connection limit")).count();
+    // The socket limit sits below the connection limit (room is kept for plain HTTP), so
+    // either may be the one that refuses; each logs once per interval.
+    let limit_lines =
+        lines.iter().filter(|l| l.contains("at the connection limit") || l.contains("at the socket limit")).count();
     assert!((1..=2).contains(&limit_lines), "{limit_lines} connection-limit lines: {lines:#?}");
 }

@@ -1,10 +1,14 @@
-//! Limits: idle timeout, frame size, malformed frames, rate limits, slow consumers.
+//! Limits: idle timeout, frame size, malformed frames, rate limits, slow consumers, the node's
+//! and each user's socket limits, and pending replies per socket.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
 
-use crate::support::{Client, TestServer, error_reply, ok_reply, test_config};
+use crate::support::channels::{CrashChannels, TestAuth};
+use crate::support::{Client, RECV_TIMEOUT, TestServer, error_reply, http, ok_reply, reply, test_config};
 
 #[tokio::test]
 async fn a_silent_socket_is_closed_with_1001_but_heartbeats_keep_it_open() {
@@ -219,4 +223,163 @@ fn assert_closed_as_slow(closed: (u16, String)) {
         (1006, _) => {}
         other => panic!("unexpected close {other:?}"),
     }
+}
+
+const ADMIN: &str = "limits-admin";
+
+/// The status and JSON body of a refused WebSocket connect (with its `Retry-After`, if any, as
+/// `body["retry_after_header"]`); panics when it is accepted.
+async fn refused(url: &str) -> (u16, Value) {
+    match Client::try_connect(url, &[]).await {
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+            let mut body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("refusal body {body:?}: {e}"));
+            if let Some(retry_after) = response.headers().get("retry-after").and_then(|v| v.to_str().ok()) {
+                body["retry_after_header"] = retry_after.into();
+            }
+            (response.status().as_u16(), body)
+        }
+        Err(e) => panic!("refused without an HTTP answer: {e}"),
+        Ok(_) => panic!("{url} was admitted"),
+    }
+}
+
+/// Connects to `url`, retrying while its place is still being freed.
+async fn connect_once_freed(url: &str) -> Client {
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    loop {
+        match Client::try_connect(url, &[]).await {
+            Ok((client, _)) => return client,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("the closed socket's place was not freed: {e}"),
+        }
+    }
+}
+
+async fn admin_stats(server: &TestServer) -> Value {
+    let bearer = format!("Bearer {ADMIN}");
+    let (status, body) = http(server.addr, "GET", "/admin/api/stats", &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("stats are JSON")
+}
+
+/// Every series of a `/metrics` scrape and its value.
+async fn scrape(server: &TestServer) -> HashMap<String, f64> {
+    let (status, body) = http(server.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn heartbeat_ok(client: &mut Client) {
+    client.send(json!([null, "hb", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(client.recv_json().await, ok_reply(None, "hb", "phoenix", json!({})));
+}
+
+#[tokio::test]
+async fn past_the_node_socket_limit_a_connect_gets_a_json_503_and_a_closed_socket_frees_its_place() {
+    let mut config = test_config();
+    config.socket.max_connections = 3;
+    config.admin.token = Some(ADMIN.into());
+    let server = TestServer::start_with(config, |c| c);
+    let before = scrape(&server).await;
+    // JSON sockets count toward the node's limit beside Phoenix ones.
+    let mut first = server.client().await;
+    let mut second = server.client().await;
+    let json_url = format!("ws://{}/json/websocket", server.addr);
+    let _json = Client::connect(&json_url).await;
+
+    let (status, body) = refused(&server.url("vsn=2.0.0")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "node_full", "{body}");
+    assert_eq!(body["resp_code"], 13, "{body}");
+    assert_eq!(body["retry_after_header"], "1", "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains('3')), "the reason names the limit: {body}");
+    assert_eq!(refused(&json_url).await.0, 503);
+    assert_eq!(refused(&format!("ws://{}/signal/websocket", server.addr)).await.0, 503);
+    // Plain HTTP still gets through a full node.
+    assert_eq!(http(server.addr, "GET", "/healthz", &[], "").await.0, 200);
+    // What is connected keeps working.
+    heartbeat_ok(&mut first).await;
+
+    let stats = admin_stats(&server).await;
+    assert_eq!(stats["sockets"], 3, "{stats}");
+    assert_eq!(stats["socket_limits"]["max_connections"], 3, "{stats}");
+    assert_eq!(stats["socket_limits"]["max_connections_per_user"], 100, "the default: {stats}");
+    assert_eq!(stats["socket_limits"]["refused_node_full"], 3, "{stats}");
+    assert_eq!(stats["socket_limits"]["refused_too_many_connections"], 0, "{stats}");
+    let after = scrape(&server).await;
+    let refusals = |m: &HashMap<String, f64>| m.get("courier_socket_refusals_total{reason=\"node_full\"}").copied();
+    assert!(refusals(&after) >= refusals(&before).map(|n| n + 3.0), "{after:?}");
+    assert!(after.contains_key("courier_socket_limit"), "{after:?}");
+    assert!(after.get("courier_sockets").is_some_and(|n| *n >= 3.0), "{after:?}");
+
+    second.close().await;
+    let mut again = connect_once_freed(&server.url("vsn=2.0.0")).await;
+    heartbeat_ok(&mut again).await;
+    assert_eq!(refused(&server.url("vsn=2.0.0")).await.0, 503, "full again");
+    let stats = admin_stats(&server).await;
+    assert_eq!((stats["sockets"].as_u64(), stats["socket_limits"]["refused_node_full"].as_u64()), (Some(3), Some(4)));
+}
+
+#[tokio::test]
+async fn past_the_per_user_limit_a_connect_gets_a_json_429_while_other_users_still_connect() {
+    let mut config = test_config();
+    config.socket.max_connections_per_user = 2;
+    config.admin.token = Some(ADMIN.into());
+    let server = TestServer::start_with(config, |c| c.authenticator(TestAuth));
+    let alice = server.url("vsn=2.0.0&user_id=alice");
+    let mut a1 = Client::connect(&alice).await;
+    let mut a2 = Client::connect(&alice).await;
+
+    let (status, body) = refused(&alice).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "too_many_connections", "{body}");
+    assert_eq!(body["resp_code"], 11, "{body}");
+    assert_eq!(body.get("retry_after_header"), None, "waiting does not help: {body}");
+    // Another user, and anonymous sockets, are not held to alice's count.
+    let mut bob = Client::connect(&server.url("vsn=2.0.0&user_id=bob")).await;
+    let _bob2 = Client::connect(&server.url("vsn=2.0.0&user_id=bob")).await;
+    let _anonymous = [server.client().await, server.client().await, server.client().await];
+    heartbeat_ok(&mut bob).await;
+    heartbeat_ok(&mut a2).await;
+    let stats = admin_stats(&server).await;
+    assert_eq!(stats["socket_limits"]["refused_too_many_connections"], 1, "{stats}");
+    assert_eq!(stats["socket_limits"]["refused_node_full"], 0, "{stats}");
+    assert_eq!(stats["sockets"], 7, "{stats}");
+
+    a1.close().await;
+    let mut a3 = connect_once_freed(&alice).await;
+    heartbeat_ok(&mut a3).await;
+    assert_eq!(refused(&alice).await.0, 429, "alice is at her limit again");
+}
+
+#[tokio::test]
+async fn a_push_past_the_pending_replies_limit_gets_an_error_at_once_and_others_go_on() {
+    let mut config = test_config();
+    config.socket.max_pending_replies = 2;
+    let server = TestServer::start_with(config, |c| c.channel("crash:*", CrashChannels));
+    let mut c = server.client().await;
+    c.send(json!(["1", "1", "crash:pending", "phx_join", {}])).await;
+    assert_eq!(c.recv_json().await[4]["status"], "ok");
+    assert_eq!(c.recv_json().await[3], "welcome");
+    // Each "slow" push answers 400 ms later; the third finds two pending.
+    for r in ["s1", "s2", "s3"] {
+        c.send(json!(["1", r, "crash:pending", "slow", {"r": r}])).await;
+    }
+    let body = json!({"reason": "too many pending replies", "code": "too_many_pending_replies", "status_code": 429});
+    let too_many = reply(Some("1"), "s3", "crash:pending", "error", body);
+    assert_eq!(c.recv_json().await, too_many, "refused before the pending ones are answered");
+    let mut answered = [c.recv_json().await, c.recv_json().await];
+    answered.sort_by_key(|reply| reply[1].as_str().map(str::to_owned));
+    assert_eq!(answered[0], ok_reply(Some("1"), "s1", "crash:pending", json!({"r": "s1"})));
+    assert_eq!(answered[1], ok_reply(Some("1"), "s2", "crash:pending", json!({"r": "s2"})));
+    // With nothing pending, slow pushes are taken again.
+    c.send(json!(["1", "s4", "crash:pending", "slow", {"r": "s4"}])).await;
+    assert_eq!(c.recv_json().await, ok_reply(Some("1"), "s4", "crash:pending", json!({"r": "s4"})));
 }

@@ -426,3 +426,36 @@ async fn shutdown_ends_a_long_poll_session_and_answers_its_waiting_poll() {
     let answer = waiting.await.expect("poll task");
     assert_eq!(answer.json(), json!({"status": 410}), "a draining session's poll hears it is gone");
 }
+
+#[tokio::test]
+async fn long_poll_connects_count_toward_the_socket_limits() {
+    let mut config = config();
+    config.socket.max_connections = 2;
+    config.socket.max_connections_per_user = 1;
+    let server = TestServer::start_with(config, |c| c);
+    let token = signup(&server, "lpcap").await;
+    let first = LongPoll::open(&server, &format!("token={token}")).await;
+
+    // The user's one place is taken by the long-poll session: a WebSocket of theirs is refused,
+    // and so is a second long-poll session, with 429 and a status phoenix.js retries on.
+    let path = format!("/socket/longpoll?token={token}&vsn=2.0.0");
+    let per_user = request(server.addr, "GET", &path, &[], b"").await;
+    assert_eq!(per_user.status, 429, "{}", per_user.body);
+    assert_eq!(per_user.json()["error"], "too_many_connections");
+    assert_eq!(per_user.json()["status"], 500);
+
+    // An anonymous session takes the node's second place; the third connect finds the node full.
+    let _anonymous = LongPoll::open(&server, "").await;
+    let full = request(server.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[], b"").await;
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert_eq!(full.json()["error"], "node_full");
+    assert_eq!(full.json()["status"], 500);
+    assert!(full.header("retry-after").is_some());
+
+    // Everything connected keeps working; once the first session idles out, its places are free.
+    assert_eq!(first.post(&[json!([null, "1", "phoenix", "heartbeat", {}])]).await["status"], 200);
+    assert_eq!(first.frames(1).await[0], ok_reply(None, "1", "phoenix", json!({})));
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    assert_eq!(first.poll().await, json!({"status": 410}));
+    LongPoll::open(&server, &format!("token={token}")).await;
+}

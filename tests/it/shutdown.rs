@@ -1,4 +1,5 @@
-//! Graceful shutdown: in-process and for the real binary on SIGTERM.
+//! Graceful shutdown: in-process (in-flight work, the batched drain) and for the real binary
+//! on SIGTERM.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -7,10 +8,12 @@ use std::time::Duration;
 use courier::accounts::{Accounts, AccountsConfig};
 use courier::clock::ManualClock;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::channels::CrashChannels;
 use crate::support::devices::{Device, signup};
-use crate::support::{Client, TestDb, TestServer, http, ok_reply, spawn_binary, test_config};
+use crate::support::{Client, RECV_TIMEOUT, TestDb, TestServer, http, ok_reply, spawn_binary, test_config};
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
@@ -26,6 +29,94 @@ async fn shutdown_finishes_in_flight_replies_then_closes_with_1001() {
     assert_eq!(c.recv_json().await, ok_reply(Some("1"), "2", "crash:sd", json!({"kept": true})));
     assert_eq!(c.recv_close().await, (1001, "server shutting down".into()));
     assert_eq!(idle.recv_close().await, (1001, "server shutting down".into()));
+    server.shutdown().await;
+}
+
+/// Seven sockets, batches of three 300 ms apart: they close oldest first, three, three, then
+/// one, each batch after the one before, and shutdown ends well within its grace. Timings are
+/// checked only from below (a batch is never released early), the machine may be slow.
+#[tokio::test]
+async fn shutdown_closes_sockets_in_batches_oldest_first() {
+    const SOCKETS: usize = 7;
+    let mut config = test_config();
+    config.socket.shutdown_drain_batch = 3;
+    config.socket.shutdown_drain_interval_ms = 300;
+    config.socket.shutdown_grace_ms = 8_000;
+    let grace = Duration::from_millis(config.socket.shutdown_grace_ms);
+    let mut server = TestServer::start_with(config, |c| c);
+    let (closes, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..SOCKETS {
+        // Connected one after another: connection order is admission order.
+        let mut client = server.client().await;
+        client.join_ok("room:drain", "1").await;
+        let closes = closes.clone();
+        tokio::spawn(async move {
+            let close = client.recv_close().await;
+            let _ = closes.send((n, tokio::time::Instant::now(), close));
+        });
+    }
+    drop(closes);
+    let started = tokio::time::Instant::now();
+    server.begin_shutdown();
+    let mut order = Vec::new();
+    while let Some((n, at, close)) = closed.recv().await {
+        assert_eq!(close, (1001, "server shutting down".into()), "socket {n}");
+        order.push((at, n));
+    }
+    assert_eq!(order.len(), SOCKETS, "every socket was closed");
+    order.sort();
+    let batches: Vec<Vec<usize>> = order
+        .chunks(3)
+        .map(|batch| {
+            let mut members: Vec<usize> = batch.iter().map(|(_, n)| *n).collect();
+            members.sort_unstable();
+            members
+        })
+        .collect();
+    assert_eq!(batches, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]], "closes by time: {order:?}");
+    // The second batch is released an interval after the first, the third two.
+    let first_close_of = |batch: usize| order[batch * 3].0 - started;
+    assert!(first_close_of(1) >= Duration::from_millis(300), "{:?}", first_close_of(1));
+    assert!(first_close_of(2) >= Duration::from_millis(600), "{:?}", first_close_of(2));
+    server.shutdown().await;
+    assert!(started.elapsed() < grace, "shutdown waited out its grace: {:?}", started.elapsed());
+}
+
+/// New listeners are paused at shutdown, but a kept-alive HTTP connection can still ask for an
+/// upgrade while sockets drain: it is refused with a JSON 503.
+#[tokio::test]
+async fn a_connect_during_the_drain_gets_a_json_503() {
+    let mut server = TestServer::start_with(test_config(), |c| c.channel("crash:*", CrashChannels));
+    let mut http = TcpStream::connect(server.addr).await.expect("connect");
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"}") {
+        let byte = tokio::time::timeout(RECV_TIMEOUT, http.read_u8()).await.expect("answer in time").expect("read");
+        head.push(byte);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // A pending reply holds the drain open; the idle socket's close says the drain has begun.
+    let mut busy = server.client().await;
+    let mut idle = server.client().await;
+    busy.send(json!(["1", "1", "crash:drain", "phx_join", {}])).await;
+    assert_eq!(busy.recv_json().await[4]["status"], "ok");
+    busy.recv_json().await;
+    busy.send(json!(["1", "2", "crash:drain", "slow", {}])).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.begin_shutdown();
+    assert_eq!(idle.recv_close().await, (1001, "server shutting down".into()));
+
+    let upgrade = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\n\r\n";
+    http.write_all(upgrade.as_bytes()).await.expect("upgrade request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(RECV_TIMEOUT, http.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"error\":\"unavailable\"") && answer.contains("shutting down"), "{answer}");
+    assert_eq!(busy.recv_json().await, ok_reply(Some("1"), "2", "crash:drain", json!({})));
+    assert_eq!(busy.recv_close().await.0, 1001);
     server.shutdown().await;
 }
 

@@ -29,6 +29,7 @@ use super::{ErrorBody, stats, topics, users};
     components(schemas(
         ErrorBody,
         stats::Stats,
+        stats::SocketLimits,
         stats::FamilyCounts,
         stats::MessageStats,
         stats::StorageStats,

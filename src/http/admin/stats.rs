@@ -52,6 +52,23 @@ pub struct StorageStats {
     pub mean_batch: f64,
 }
 
+/// Socket admission on this node: its limits and what they refused since start.
+#[derive(Serialize, ToSchema)]
+pub struct SocketLimits {
+    /// Sockets the node admits at once, all endpoints (`socket.max_connections`, resolved).
+    pub max_connections: usize,
+    /// Phoenix sockets one signed-in user may have open (`socket.max_connections_per_user`; 0: no limit).
+    pub max_connections_per_user: usize,
+    /// Connects refused with 503 `node_full`.
+    pub refused_node_full: u64,
+    /// Connects refused with 429 `too_many_connections`.
+    pub refused_too_many_connections: u64,
+    /// Connects refused with 503 because shutdown had begun.
+    pub refused_shutting_down: u64,
+    /// Pushes refused with `too_many_pending_replies` (the process's count).
+    pub refused_pending_replies: u64,
+}
+
 /// This node's figures.
 #[derive(Serialize, ToSchema)]
 pub struct Stats {
@@ -63,6 +80,8 @@ pub struct Stats {
     pub uptime_secs: u64,
     /// Open WebSocket connections, all endpoints.
     pub sockets: usize,
+    /// The socket limits and their refusals.
+    pub socket_limits: SocketLimits,
     /// Channels joined (subscriptions to `user:`, `presence:` and `room:` topics).
     pub joined_channels: usize,
     /// Live topics, all families.
@@ -105,13 +124,23 @@ pub(super) async fn stats(state: web::Data<AdminState>) -> Result<HttpResponse, 
     let census = state.pubsub.census().await.map_err(|e| Error::new(Code::Internal, e.to_string()))?;
     let count = |family: &str| census.get(family).copied().unwrap_or_default();
     let m = crate::metrics::global().snapshot();
+    let admission = state.sockets.admission_stats();
+    let [refused_node_full, refused_too_many_connections, refused_shutting_down] = admission.refused;
     let mean_batch =
         if m.log_writer_batches == 0 { 0.0 } else { m.log_writer_batch_writes as f64 / m.log_writer_batches as f64 };
     let stats = Stats {
         node: state.node.clone(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.started.elapsed().as_secs(),
-        sockets: state.sockets.live(),
+        sockets: admission.live,
+        socket_limits: SocketLimits {
+            max_connections: admission.max_connections,
+            max_connections_per_user: admission.max_connections_per_user,
+            refused_node_full,
+            refused_too_many_connections,
+            refused_shutting_down,
+            refused_pending_replies: m.pending_reply_refusals,
+        },
         joined_channels: CHANNEL_FAMILIES.iter().map(|f| count(f).1).sum(),
         topics: census.values().map(|c| c.0).sum(),
         users_online: count(USER_SOCKETS).0,

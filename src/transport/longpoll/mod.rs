@@ -268,9 +268,8 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Authenticates a connect and starts its session; returns the session's token.
 async fn connect(req: &HttpRequest, state: &LongPollEndpoint, parsed: Parsed) -> Result<String, Error> {
     let transport = &state.transport;
-    if transport.sockets.shutting_down() {
-        return Err(Error::new(Code::Unavailable, "the server is shutting down").retry_after(1));
-    }
+    // A full or stopping node refuses before it spends a session lookup on the connect.
+    transport.sockets.precheck()?;
     let Some(serializer) = Serializer::negotiate(parsed.params.get("vsn").map(String::as_str)) else {
         return Err(Error::new(Code::UnsupportedVsn, "vsn must be 1.0.0 or 2.0.0"));
     };
@@ -281,6 +280,7 @@ async fn connect(req: &HttpRequest, state: &LongPollEndpoint, parsed: Parsed) ->
     }
     let request = ConnectRequest { params: parsed.params, auth_token: parsed.auth_token, peer: req.peer_addr() };
     let identity = super::websocket::authenticate(transport, &request).await?;
+    let admission = transport.sockets.admit(identity.user.as_deref())?;
     let id: SessionId = rand::random();
     let info = SocketInfo::new(transport.sockets.next_connection_id(), identity, request.params, serializer);
     let conn = info.connection_id.subscriber();
@@ -290,7 +290,7 @@ async fn connect(req: &HttpRequest, state: &LongPollEndpoint, parsed: Parsed) ->
         state.config.window(),
         Box::new(move || sessions.remove(id)),
     );
-    let link = Link::polled("longpoll", conn, buffer, state.config.idle_timeout(), Arc::clone(&transport.sockets));
+    let link = Link::polled("longpoll", conn, buffer, state.config.idle_timeout(), admission);
     tracing::info!(
         conn,
         socket_id = info.identity.socket_id.as_deref(),

@@ -73,10 +73,11 @@ async fn kill_mid_batch(db: TestDb) {
     const KILL_AFTER_ACKS: usize = 200;
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    // Rate limits out of the way (the clients send as fast as the sockets take frames), and
-    // cheap password hashing for the sign-ups.
+    // Rate limits and the pending-replies bound out of the way (the clients send as fast as the
+    // sockets take frames, all 500 before the first ack), and cheap password hashing for the
+    // sign-ups.
     let config = dir.path().join("courier.toml");
-    let toml = "[socket]\nrate_per_sec = 1000000\nrate_burst = 1000000\n\n\
+    let toml = "[socket]\nrate_per_sec = 1000000\nrate_burst = 1000000\nmax_pending_replies = 1000\n\n\
                 [accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n";
     std::fs::write(&config, toml).unwrap();
 
