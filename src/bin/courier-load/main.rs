@@ -96,6 +96,8 @@ enum Scenario {
     Idle(scenarios::idle::Args),
     /// Subscribers on one room topic; one publisher broadcasts at a set rate.
     Fanout(scenarios::fanout::Args),
+    /// Long-poll sessions join a room and go quiet; server memory per session, between polls and with a poll held.
+    Longpoll(scenarios::longpoll::Args),
     /// Sockets push `ping` and await the replies, several in flight each.
     Echo(scenarios::echo::Args),
     /// Users x devices exchange messages and receipts; checks every acked message reached every device once, in order.
@@ -199,6 +201,7 @@ async fn run(cli: Cli) -> Result<bool, LoadError> {
         Scenario::Idle(args) => scenarios::idle::run(&ctx, args).await?,
         Scenario::Fanout(args) => scenarios::fanout::run(&ctx, args).await?,
         Scenario::Echo(args) => scenarios::echo::run(&ctx, args).await?,
+        Scenario::Longpoll(args) => scenarios::longpoll::run(&ctx, args).await?,
         Scenario::Chat(args) => scenarios::chat::run(&ctx, args, None).await?,
         Scenario::Storm(args) => scenarios::chat::run(&ctx, args.chat, Some(args.churn)).await?,
     };

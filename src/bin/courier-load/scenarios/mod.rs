@@ -5,6 +5,7 @@ pub mod chat;
 pub mod echo;
 pub mod fanout;
 pub mod idle;
+pub mod longpoll;
 
 use std::future::Future;
 use std::time::Duration;
