@@ -179,6 +179,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// `courier_rate_limited_frames_total`: Phoenix frames refused by the per-socket rate limit.
     pub rate_limited_frames: Counter,
+    /// `courier_broker_publish_drops_total`: broadcasts that did not reach the cluster broker.
+    pub broker_publish_drops: Counter,
     // The labelled families' series, resolved once and indexed like the label lists above (the
     // families themselves live in the registry).
     /// `courier_connections{transport}`: WebSocket connections open now.
@@ -317,6 +319,12 @@ impl Metrics {
             "Phoenix frames refused by the per-socket rate limit",
             rate_limited_frames.clone(),
         );
+        let broker_publish_drops = Counter::default();
+        registry.register(
+            "broker_publish_drops",
+            "Broadcasts for other nodes dropped: the broker's publish queue was full or its server unreachable",
+            broker_publish_drops.clone(),
+        );
         let by_transport = TRANSPORTS.map(|transport| connections.get_or_create_owned(&TransportLabel { transport }));
         let by_join = TOPIC_KINDS
             .map(|topic| JOIN_OUTCOMES.map(|outcome| joins.get_or_create_owned(&JoinLabels { topic, outcome })));
@@ -333,6 +341,7 @@ impl Metrics {
             outbound_overflows,
             slow_consumer_closes,
             rate_limited_frames,
+            broker_publish_drops,
             by_transport,
             by_join,
             in_by_event,

@@ -1,29 +1,137 @@
-//! Two nodes in one process, joined by the in-process broker (`pubsub::MemoryCluster`) and
-//! sharing one database: what a socket on one node does reaches sockets on the other, as a
-//! Redis or NATS broker will carry it between machines. On both backends.
+//! Two nodes in one process sharing one database, joined three ways: by the in-process broker
+//! (`pubsub::MemoryCluster`, on both backends), and over real Redis and NATS servers (on
+//! PostgreSQL, as a cluster must be): what a socket on one node does reaches sockets on the
+//! other. The Redis and NATS brokers also run the broker contract (`pubsub::conformance`), and
+//! the Redis one its reconnection check.
+//!
+//! The servers are `COURIER_TEST_REDIS` and `COURIER_TEST_NATS` (default: the local ports). A
+//! test whose server does not answer says so and passes, or fails when `CI` is set. Each run
+//! takes a namespace of its own, so parallel runs on one server do not hear each other.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use courier::pubsub::MemoryCluster;
-use serde_json::json;
+use courier::pubsub::conformance::{check_broker, check_reconnects};
+use courier::pubsub::{Broker, ClusterConfig, MemoryCluster};
+use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::db::TestDb;
+use crate::support::db::{TestDb, on_ci};
 use crate::support::devices::{Device, message, signup};
-use crate::support::{TestServer, ok_reply, test_config};
+use crate::support::{TestServer, http, ok_reply, test_config};
 
-/// A node called `name` of `cluster` on `db`.
-fn node(db: &Arc<TestDb>, cluster: &MemoryCluster, name: &str) -> TestServer {
-    let mut config = test_config();
-    config.node = name.into();
-    let broker = cluster.broker(name);
-    TestServer::start_on(Arc::clone(db), config, move |c| c.broker(broker))
+/// Held by every test that uses Redis: the reconnection check kills every subscriber
+/// connection on the server (Redis names no connection's channels to pick one by), which would
+/// cost a test running beside it the broadcasts sent meanwhile.
+static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How a test's nodes are joined.
+enum Join {
+    /// By an in-process hub.
+    Memory(MemoryCluster),
+    /// By the broker these `[cluster]` settings name, chosen by the server as in production.
+    Broker(ClusterConfig),
 }
 
-on_both_backends!(rooms_and_messages_cross_nodes, cross_nodes);
-async fn cross_nodes(db: Arc<TestDb>) {
+/// A node called `name`, joined by `join`, on `db`.
+fn node(db: &Arc<TestDb>, join: &Join, name: &str) -> TestServer {
+    let mut config = test_config();
+    config.node = name.into();
+    match join {
+        Join::Memory(cluster) => {
+            let broker = cluster.broker(name);
+            TestServer::start_on(Arc::clone(db), config, move |c| c.broker(broker))
+        }
+        Join::Broker(cluster) => {
+            config.cluster = Some(cluster.clone());
+            TestServer::start_on(Arc::clone(db), config, |c| c)
+        }
+    }
+}
+
+/// `[cluster]` settings for the server named by `env` (else `default`) under a fresh
+/// namespace; `None` with a notice when it does not answer, or a failure when `CI` is set.
+fn broker_server(env: &str, default: &str, test: &str) -> Option<ClusterConfig> {
+    let url = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+    let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let host_port = authority.split('/').next().unwrap_or_default();
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+    let answers = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
+    if answers {
+        let namespace = format!("t{}", uuid::Uuid::new_v4().simple());
+        return Some(ClusterConfig { broker: url, namespace, ..ClusterConfig::default() });
+    }
+    assert!(!on_ci(), "CI is set but the server at {url} ({env}) does not answer: {test} cannot run");
+    eprintln!("skipping {test}: nothing answers at {url} (set {env} to point at a server)");
+    None
+}
+
+fn redis(test: &str) -> Option<ClusterConfig> {
+    broker_server("COURIER_TEST_REDIS", "redis://127.0.0.1:6379", test)
+}
+
+fn nats(test: &str) -> Option<ClusterConfig> {
+    broker_server("COURIER_TEST_NATS", "nats://127.0.0.1:4222", test)
+}
+
+/// One broker per node name, made from `cluster` as the server makes its own.
+async fn brokers(cluster: &ClusterConfig, names: &[&str]) -> HashMap<String, Arc<dyn Broker>> {
+    let mut brokers = HashMap::new();
+    for name in names {
+        brokers.insert((*name).to_owned(), cluster.connect(name).await.expect("the broker is made"));
+    }
+    brokers
+}
+
+/// Polls `/readyz` until it answers 200 (a networked broker connects in the background).
+async fn ready(server: &TestServer) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(server.addr, "GET", "/readyz", &[], "").await;
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/readyz: {e}: {body}"));
+        if status == 200 {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+on_both_backends!(rooms_and_messages_cross_nodes, over_memory);
+async fn over_memory(db: Arc<TestDb>) {
     let cluster = MemoryCluster::start().expect("the hub starts");
-    let (a, b) = (node(&db, &cluster, "courier@a"), node(&db, &cluster, "courier@b"));
+    cross_nodes(db, &Join::Memory(cluster.clone())).await;
+    cluster.stop();
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn rooms_and_messages_cross_nodes_over_redis() {
+    let test = "rooms_and_messages_cross_nodes_over_redis";
+    let Some(cluster) = redis(test) else { return };
+    let Some(db) = TestDb::postgres(test) else { return };
+    let _serial = REDIS.lock().await;
+    cross_nodes(Arc::new(db), &Join::Broker(cluster)).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn rooms_and_messages_cross_nodes_over_nats() {
+    let test = "rooms_and_messages_cross_nodes_over_nats";
+    let Some(cluster) = nats(test) else { return };
+    let Some(db) = TestDb::postgres(test) else { return };
+    cross_nodes(Arc::new(db), &Join::Broker(cluster)).await;
+}
+
+async fn cross_nodes(db: Arc<TestDb>, join: &Join) {
+    let (a, b) = (node(&db, join, "courier@a"), node(&db, join, "courier@b"));
+    for server in [&a, &b] {
+        assert_eq!(ready(server).await["broker"], "up");
+    }
 
     // A room broadcast from a socket on a reaches the member on b, once; the sender gets none.
     let (mut on_a, mut on_b) = (a.client().await, b.client().await);
@@ -64,5 +172,73 @@ async fn cross_nodes(db: Arc<TestDb>) {
 
     a.shutdown().await;
     b.shutdown().await;
-    cluster.stop();
+}
+
+#[cfg(feature = "redis")]
+#[actix::test]
+async fn the_redis_broker_keeps_the_contract_and_resubscribes_after_a_kill() {
+    let test = "the_redis_broker_keeps_the_contract";
+    let Some(cluster) = redis(test) else { return };
+    let _serial = REDIS.lock().await;
+    let made = brokers(&cluster, &["conformance-a", "conformance-b"]).await;
+    check_broker(&move |name| Arc::clone(&made[name])).await;
+
+    let made = brokers(&cluster, &["reconnect-a", "reconnect-b"]).await;
+    let url = cluster.broker.clone();
+    let cut = move || -> futures_util::future::BoxFuture<'static, ()> {
+        let url = url.clone();
+        Box::pin(async move {
+            let client = redis::Client::open(url).expect("a redis URL");
+            let mut admin = client.get_multiplexed_async_connection().await.expect("an admin connection");
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut admin)
+                .await
+                .expect("killed");
+            assert!(killed >= 1, "the subscriber connection was there to kill");
+        })
+    };
+    check_reconnects(&move |name| Arc::clone(&made[name]), &cut).await;
+}
+
+#[cfg(feature = "nats")]
+#[actix::test]
+async fn the_nats_broker_keeps_the_contract() {
+    let Some(cluster) = nats("the_nats_broker_keeps_the_contract") else { return };
+    let made = brokers(&cluster, &["conformance-a", "conformance-b"]).await;
+    check_broker(&move |name| Arc::clone(&made[name])).await;
+}
+
+/// PostgreSQL only: a node whose broker cannot reach its server is not ready, and says why.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn readyz_reports_a_broker_that_is_down() {
+    let test = "readyz_reports_a_broker_that_is_down";
+    let Some(db) = TestDb::postgres(test) else { return };
+    // A port nothing listens on: the broker retries in the background and the node still starts.
+    let cluster = ClusterConfig { broker: "redis://127.0.0.1:9".into(), ..ClusterConfig::default() };
+    let server = node(&Arc::new(db), &Join::Broker(cluster), "courier@alone");
+    let (status, body) = http(server.addr, "GET", "/readyz", &[], "").await;
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!((body["error"].clone(), body["broker"].clone()), (json!("broker_unavailable"), json!("down")), "{body}");
+    server.shutdown().await;
+}
+
+/// A broker with a SQLite database is refused at start: other nodes could not share the file.
+#[tokio::test]
+async fn a_broker_on_sqlite_is_refused_at_start() {
+    let mut config = test_config();
+    let db = TestDb::sqlite();
+    config.database_url = db.url.clone();
+    config.cluster = Some(ClusterConfig { broker: "redis://127.0.0.1:6379".into(), ..ClusterConfig::default() });
+    let refused = tokio::task::spawn_blocking(move || {
+        actix_web::rt::System::new().block_on(async move { courier::Courier::new(config).start().await.err() })
+    })
+    .await
+    .expect("the start ran");
+    let err = refused.expect("refused").to_string();
+    assert!(err.contains("several nodes need PostgreSQL"), "{err}");
 }
