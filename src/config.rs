@@ -293,6 +293,7 @@ mod tests {
         assert!(err.to_string().contains("max_chanels"), "{err}");
     }
 
+    #[cfg(all(feature = "redis", feature = "nats"))]
     #[test]
     fn a_cluster_section_is_read_and_checked() {
         let c: Config = toml::from_str("database_url = \"postgres://u@h/db\"\n[cluster]\nbroker = \"nats://127.0.0.1:4222\"\nnamespace = \"blue\"\n").unwrap();

@@ -23,6 +23,8 @@ mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 mod registry;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod remote;
 pub mod topic;
 
 use std::hash::{BuildHasher, RandomState};

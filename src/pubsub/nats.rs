@@ -11,9 +11,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::cluster::{
-    BrokerError, BrokerThread, ClusterConfig, Control, Outbox, Outgoing, Running, backoff, topic_key,
-};
+use super::cluster::{BrokerError, ClusterConfig};
+use super::remote::{BrokerThread, Control, Outbox, Outgoing, Running, backoff, topic_key};
 use super::{Broadcast, Broker, Inbound, InterestTaken};
 
 /// A broker over NATS core subjects.

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::cluster::{
-    BrokerError, BrokerThread, ClusterConfig, Control, Outbox, Outgoing, Running, backoff, topic_key,
-};
+use super::cluster::{BrokerError, ClusterConfig};
+use super::remote::{BrokerThread, Control, Outbox, Outgoing, Running, backoff, topic_key};
 use super::{Broadcast, Broker, Inbound, InterestTaken};
 
 /// Most broadcasts sent to Redis in one pipeline.
