@@ -2,10 +2,13 @@
 //! (`pubsub::MemoryCluster`, on both backends), and over real Redis and NATS servers (on
 //! PostgreSQL, as a cluster must be): what a socket on one node does reaches sockets on the
 //! other. The Redis and NATS brokers also run the broker contract (`pubsub::conformance`), and
-//! the Redis one its reconnection check.
+//! its reconnection check: Redis's subscriber connections killed, and for both a server of the
+//! test's own stopped and started again.
 //!
-//! The servers are `COURIER_TEST_REDIS` and `COURIER_TEST_NATS` (default: the local ports). A
-//! test whose server does not answer says so and passes, or fails when `CI` is set. Each run
+//! The servers are `COURIER_TEST_REDIS` and `COURIER_TEST_NATS` (default: the local ports), and
+//! the restart tests' binaries `COURIER_TEST_REDIS_SERVER` and `COURIER_TEST_NATS_SERVER`
+//! (default: Debian's paths). A test whose server does not answer (or binary is missing) says
+//! so and passes, or fails when `CI` is set. Each run
 //! takes a namespace of its own, so parallel runs on one server do not hear each other.
 
 // A build without a broker feature keeps the helpers its tests would use.
@@ -249,4 +252,111 @@ async fn a_broker_on_sqlite_is_refused_at_start() {
     .expect("the start ran");
     let err = refused.expect("refused").to_string();
     assert!(err.contains("several nodes need PostgreSQL"), "{err}");
+}
+
+/// A broker server of one test's own, on a free port, so the test can stop and restart it
+/// without touching the shared one; stopped when dropped.
+struct OwnServer {
+    binary: String,
+    args: Vec<String>,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    /// Starts `binary` (or the one `env` names) with `args` and the port after them; `None`
+    /// with a notice when there is no such binary, or a failure when `CI` is set.
+    fn start(env: &str, binary: &str, args: &[&str], test: &str) -> Option<OwnServer> {
+        let binary = std::env::var(env).unwrap_or_else(|_| binary.into());
+        if !std::path::Path::new(&binary).exists() {
+            assert!(!on_ci(), "CI is set but {binary} is missing: {test} cannot run");
+            eprintln!("skipping {test}: no {binary} (set {env})");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let args = args.iter().map(|a| (*a).to_owned()).chain([port.to_string()]).collect();
+        let mut own = OwnServer { binary, args, port, child: None };
+        own.up();
+        Some(own)
+    }
+
+    /// Starts the server and waits until it takes connections.
+    fn up(&mut self) {
+        let child = std::process::Command::new(&self.binary)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{} on {} did not come up", self.binary, self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (this test's own child process).
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Runs the reconnection contract over brokers on `server` at `url`, the cut being the server
+/// going away (until the brokers notice) and coming back on the same port.
+async fn restarts(server: OwnServer, url: String) {
+    let cluster = ClusterConfig { broker: url, namespace: "restart".into(), ..ClusterConfig::default() };
+    let made = brokers(&cluster, &["reconnect-a", "reconnect-b"]).await;
+    let watched: Vec<Arc<dyn Broker>> = made.values().cloned().collect();
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let cut = move || -> futures_util::future::BoxFuture<'static, ()> {
+        let (server, watched) = (Arc::clone(&server), watched.clone());
+        Box::pin(async move {
+            server.lock().unwrap_or_else(std::sync::PoisonError::into_inner).down();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while watched.iter().any(|b| b.connected()) {
+                assert!(std::time::Instant::now() < deadline, "a broker did not notice its server go");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            server.lock().unwrap_or_else(std::sync::PoisonError::into_inner).up();
+        })
+    };
+    check_reconnects(&move |name| Arc::clone(&made[name]), &cut).await;
+}
+
+/// The NATS server goes away and comes back: the brokers notice (`connected` turns false),
+/// reconnect by themselves, re-subscribe, and delivery resumes.
+#[cfg(feature = "nats")]
+#[actix::test]
+async fn the_nats_broker_resubscribes_after_its_server_restarts() {
+    let test = "the_nats_broker_resubscribes_after_its_server_restarts";
+    let args = ["-a", "127.0.0.1", "-p"];
+    let Some(server) = OwnServer::start("COURIER_TEST_NATS_SERVER", "/usr/sbin/nats-server", &args, test) else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    restarts(server, url).await;
+}
+
+/// The same for Redis, whose publisher connection (which `CLIENT KILL TYPE pubsub` spares)
+/// must come back too.
+#[cfg(feature = "redis")]
+#[actix::test]
+async fn the_redis_broker_resubscribes_after_its_server_restarts() {
+    let test = "the_redis_broker_resubscribes_after_its_server_restarts";
+    let args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"];
+    let Some(server) = OwnServer::start("COURIER_TEST_REDIS_SERVER", "/usr/bin/redis-server", &args, test) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    restarts(server, url).await;
 }
