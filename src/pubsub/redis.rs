@@ -190,16 +190,32 @@ impl Link {
 
     /// The publisher connection: drains the outbox in order, a pipeline of `PUBLISH`es at a
     /// time. While Redis cannot be reached, what the outbox holds is dropped (and counted):
-    /// pub/sub keeps nothing for later either, and a node must not stall its broadcasters.
+    /// pub/sub keeps nothing for later either, and a node must not stall its broadcasters. An
+    /// idle connection is pinged, and a missing one retried, without waiting for a broadcast:
+    /// a node that is not ready gets none to send, and must still become ready.
     async fn publish(self, outbox: Arc<Outbox>, mut queued: mpsc::Receiver<Outgoing>) {
         let mut connection = None;
         let mut last_attempt: Option<Instant> = None;
         let mut attempt = 0;
         let mut batch = Vec::with_capacity(BATCH);
-        connection = self.reconnect(connection, &mut last_attempt, &mut attempt).await;
-        while queued.recv_many(&mut batch, BATCH).await > 0 {
-            if connection.is_none() {
-                connection = self.reconnect(connection, &mut last_attempt, &mut attempt).await;
+        let mut pings = tokio::time::interval(self.settings.ping_interval());
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            connection = self.reconnect(connection, &mut last_attempt, &mut attempt).await;
+            let retry = backoff(attempt, self.settings.reconnect_max());
+            tokio::select! {
+                received = queued.recv_many(&mut batch, BATCH) => if received == 0 { return },
+                _ = pings.tick(), if connection.is_some() => {
+                    if let Some(conn) = connection.as_mut() {
+                        let ping = redis::cmd("PING").query_async::<redis::Value>(conn).await;
+                        if let Err(e) = ping {
+                            self.lost(&e);
+                            connection = None;
+                        }
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(retry), if connection.is_none() => continue,
             }
             let Some(conn) = connection.as_mut() else {
                 outbox.dropped(batch.len() as u64, "redis is unreachable");
@@ -211,13 +227,20 @@ impl Link {
             for Outgoing { key, bytes } in batch.drain(..) {
                 pipe.cmd("PUBLISH").arg(key).arg(bytes).ignore();
             }
+            // No second try: Redis may have run part of the pipeline, and a broadcast must not
+            // reach a node twice.
             if let Err(e) = pipe.query_async::<()>(conn).await {
                 outbox.dropped(sent, "publishing to redis failed");
-                tracing::warn!(error = %e, "redis broker: publisher connection lost; reconnecting");
-                self.shared.publisher_up.store(false, Ordering::Relaxed);
+                self.lost(&e);
                 connection = None;
             }
         }
+    }
+
+    /// Notes that the publisher connection broke.
+    fn lost(&self, error: &redis::RedisError) {
+        tracing::warn!(error = %error, "redis broker: publisher connection lost; reconnecting");
+        self.shared.publisher_up.store(false, Ordering::Relaxed);
     }
 
     /// A fresh publisher connection, unless the last attempt was too recent to try again.

@@ -311,6 +311,24 @@ impl Drop for OwnServer {
     }
 }
 
+/// A `redis-server` of the test's own (`COURIER_TEST_REDIS_SERVER`), and its URL.
+#[cfg(feature = "redis")]
+fn own_redis(test: &str) -> Option<(OwnServer, String)> {
+    let args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"];
+    let server = OwnServer::start("COURIER_TEST_REDIS_SERVER", "/usr/bin/redis-server", &args, test)?;
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    Some((server, url))
+}
+
+/// A `nats-server` of the test's own (`COURIER_TEST_NATS_SERVER`), and its URL.
+#[cfg(feature = "nats")]
+fn own_nats(test: &str) -> Option<(OwnServer, String)> {
+    let server =
+        OwnServer::start("COURIER_TEST_NATS_SERVER", "/usr/sbin/nats-server", &["-a", "127.0.0.1", "-p"], test)?;
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    Some((server, url))
+}
+
 /// Runs the reconnection contract over brokers on `server` at `url`, the cut being the server
 /// going away (until the brokers notice) and coming back on the same port.
 async fn restarts(server: OwnServer, url: String) {
@@ -339,11 +357,7 @@ async fn restarts(server: OwnServer, url: String) {
 #[actix::test]
 async fn the_nats_broker_resubscribes_after_its_server_restarts() {
     let test = "the_nats_broker_resubscribes_after_its_server_restarts";
-    let args = ["-a", "127.0.0.1", "-p"];
-    let Some(server) = OwnServer::start("COURIER_TEST_NATS_SERVER", "/usr/sbin/nats-server", &args, test) else {
-        return;
-    };
-    let url = format!("nats://127.0.0.1:{}", server.port);
+    let Some((server, url)) = own_nats(test) else { return };
     restarts(server, url).await;
 }
 
@@ -353,10 +367,40 @@ async fn the_nats_broker_resubscribes_after_its_server_restarts() {
 #[actix::test]
 async fn the_redis_broker_resubscribes_after_its_server_restarts() {
     let test = "the_redis_broker_resubscribes_after_its_server_restarts";
-    let args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"];
-    let Some(server) = OwnServer::start("COURIER_TEST_REDIS_SERVER", "/usr/bin/redis-server", &args, test) else {
-        return;
-    };
-    let url = format!("redis://127.0.0.1:{}", server.port);
+    let Some((server, url)) = own_redis(test) else { return };
     restarts(server, url).await;
+}
+
+/// A node whose broker server is down when it starts is not ready, and becomes ready once the
+/// server is up, with nothing published meanwhile (a node out of rotation broadcasts nothing).
+async fn connects_late(mut server: OwnServer, url: String) {
+    server.down();
+    let cluster = ClusterConfig { broker: url, namespace: "late".into(), ..ClusterConfig::default() };
+    let made = brokers(&cluster, &["late"]).await;
+    let node = courier::pubsub::PubSub::start(1, Arc::clone(&made["late"]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!node.broker_connected(), "no server, no connection");
+    server.up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.broker_connected() {
+        assert!(std::time::Instant::now() < deadline, "the broker did not connect once its server was up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop();
+}
+
+#[cfg(feature = "redis")]
+#[actix::test]
+async fn a_redis_broker_started_before_its_server_connects_once_it_is_up() {
+    let test = "a_redis_broker_started_before_its_server_connects_once_it_is_up";
+    let Some((server, url)) = own_redis(test) else { return };
+    connects_late(server, url).await;
+}
+
+#[cfg(feature = "nats")]
+#[actix::test]
+async fn a_nats_broker_started_before_its_server_connects_once_it_is_up() {
+    let test = "a_nats_broker_started_before_its_server_connects_once_it_is_up";
+    let Some((server, url)) = own_nats(test) else { return };
+    connects_late(server, url).await;
 }
