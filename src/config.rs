@@ -10,6 +10,7 @@ use crate::accounts::AccountsConfig;
 use crate::keys::KeysConfig;
 use crate::messaging::MessagingConfig;
 use crate::presence::PresenceConfig;
+use crate::pubsub::ClusterConfig;
 
 /// Everything an operator can set.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +47,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// The seed-001 key directory (`/signal/websocket`).
     pub keys: KeysConfig,
+    /// The broker that joins this node to others; without it the node runs alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             messaging: MessagingConfig::default(),
             presence: PresenceConfig::default(),
             keys: KeysConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -366,6 +370,9 @@ impl Config {
         self.longpoll.validate().map_err(|e| ConfigError::Invalid("longpoll", e))?;
         self.messaging.validate().map_err(|e| ConfigError::Invalid("messaging", e))?;
         self.presence.validate().map_err(|e| ConfigError::Invalid("presence", e))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(&self.database_url).map_err(|e| ConfigError::Invalid("cluster", e.to_string()))?;
+        }
         self.accounts.validate().map_err(|e| ConfigError::Invalid("accounts", e.to_string()))
     }
 }
@@ -392,6 +399,26 @@ mod tests {
         assert_eq!(c.socket.idle_timeout_ms, 60_000);
         let err = toml::from_str::<Config>("[socket]\nmax_chanels = 3\n").unwrap_err();
         assert!(err.to_string().contains("max_chanels"), "{err}");
+    }
+
+    #[cfg(all(feature = "redis", feature = "nats"))]
+    #[test]
+    fn a_cluster_section_is_read_and_checked() {
+        let c: Config = toml::from_str("database_url = \"postgres://u@h/db\"\n[cluster]\nbroker = \"nats://127.0.0.1:4222\"\nnamespace = \"blue\"\n").unwrap();
+        let cluster = c.cluster.as_ref().expect("the section is read");
+        assert_eq!((cluster.broker.as_str(), cluster.namespace.as_str()), ("nats://127.0.0.1:4222", "blue"));
+        assert_eq!(cluster.publish_queue, 8192, "unset keys keep their defaults");
+        c.validate().unwrap();
+        assert!(Config::default().cluster.is_none(), "no section, no broker: the node runs alone");
+        let on_sqlite = Config { database_url: "courier.db".into(), ..c.clone() };
+        let err = on_sqlite.validate().unwrap_err().to_string();
+        assert!(err.contains("several nodes need PostgreSQL"), "{err}");
+        let mut unknown = c.clone();
+        unknown.cluster.as_mut().unwrap().broker = "amqp://h".into();
+        let err = unknown.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster") && err.contains("redis:// or nats://"), "{err}");
+        let err = toml::from_str::<Config>("[cluster]\nbrokr = \"redis://h\"\n").unwrap_err();
+        assert!(err.to_string().contains("brokr"), "{err}");
     }
 
     #[test]

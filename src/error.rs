@@ -99,6 +99,8 @@ pub enum Code {
     Unavailable,
     /// The database failed; nothing was changed, retry.
     StorageUnavailable,
+    /// The cluster broker is not connected: broadcasts do not reach the other nodes.
+    BrokerUnavailable,
     /// The server failed; details are logged, not sent.
     Internal,
     /// The request body is not JSON of the route's shape.
@@ -170,7 +172,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of the README's table.
-    pub const ALL: [Code; 53] = [
+    pub const ALL: [Code; 54] = [
         Code::BadToken,
         Code::SessionExpired,
         Code::SessionRevoked,
@@ -191,6 +193,7 @@ impl Code {
         Code::Busy,
         Code::Unavailable,
         Code::StorageUnavailable,
+        Code::BrokerUnavailable,
         Code::Internal,
         Code::InvalidJson,
         Code::BodyTooLarge,
@@ -266,6 +269,7 @@ impl Code {
             Busy => ("busy", 503, RespCode::Busy),
             Unavailable => ("unavailable", 503, RespCode::Busy),
             StorageUnavailable => ("storage_unavailable", 503, RespCode::Internal),
+            BrokerUnavailable => ("broker_unavailable", 503, RespCode::Internal),
             Internal => ("internal", 500, RespCode::Internal),
             InvalidJson => ("invalid_json", 400, RespCode::InvalidInput),
             BodyTooLarge => ("body_too_large", 413, RespCode::InvalidInput),

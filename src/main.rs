@@ -49,6 +49,10 @@ fn main() -> anyhow::Result<()> {
     if let Ok(secret) = std::env::var("COURIER_LONGPOLL_SECRET") {
         config.longpoll.secret = Some(secret);
     }
+    // From the environment only, like the token: a broker URL may carry its password.
+    if let Ok(broker) = std::env::var("COURIER_BROKER") {
+        config.cluster.get_or_insert_with(Default::default).broker = broker;
+    }
     config.validate()?;
     courier::logging::init(std::io::stderr().is_terminal());
     actix_web::rt::System::new().block_on(async move {

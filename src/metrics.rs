@@ -193,6 +193,8 @@ pub struct Metrics {
     /// `courier_socket_refusals_total{reason}`: socket connects refused, by
     /// `transport::admission::REFUSAL_REASONS`.
     socket_refusals: [Counter; crate::transport::admission::REFUSAL_REASONS.len()],
+    /// `courier_broker_publish_drops_total`: broadcasts that did not reach the cluster broker.
+    pub broker_publish_drops: Counter,
     // The labelled families' series, resolved once and indexed like the label lists above (the
     // families themselves live in the registry).
     /// `courier_connections{transport}`: WebSocket connections open now.
@@ -347,6 +349,12 @@ impl Metrics {
         registry.register("socket_refusals", "Socket connects refused, by reason", refusals.clone());
         let socket_refusals = crate::transport::admission::REFUSAL_REASONS
             .map(|reason| refusals.get_or_create_owned(&ReasonLabel { reason }));
+        let broker_publish_drops = Counter::default();
+        registry.register(
+            "broker_publish_drops",
+            "Broadcasts for other nodes dropped: the broker's publish queue was full or its server unreachable",
+            broker_publish_drops.clone(),
+        );
         let by_transport = TRANSPORTS.map(|transport| connections.get_or_create_owned(&TransportLabel { transport }));
         let by_join = TOPIC_KINDS
             .map(|topic| JOIN_OUTCOMES.map(|outcome| joins.get_or_create_owned(&JoinLabels { topic, outcome })));
@@ -367,6 +375,7 @@ impl Metrics {
             socket_limit,
             pending_reply_refusals,
             socket_refusals,
+            broker_publish_drops,
             by_transport,
             by_join,
             in_by_event,

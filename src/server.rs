@@ -99,7 +99,8 @@ impl Courier {
         self
     }
 
-    /// Replaces the broker that carries broadcasts to other nodes.
+    /// Replaces the broker that carries broadcasts to other nodes (else `[cluster]` picks one,
+    /// or the node runs alone).
     pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
         self.broker = Some(broker);
         self
@@ -125,11 +126,19 @@ impl Courier {
         // Accounts made before username keys get theirs before anyone can sign up beside them.
         accounts.backfill_username_keys().await.map_err(|e| io::Error::other(format!("filling username keys: {e}")))?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
-        let broker = broker.unwrap_or_else(|| Arc::new(LocalBroker::new(config.node.clone())));
+        let broker: Arc<dyn Broker> = match (broker, &config.cluster) {
+            (Some(broker), _) => broker,
+            (None, Some(cluster)) => {
+                cluster.validate(&config.database_url).map_err(io::Error::other)?;
+                cluster.connect(&config.node).await.map_err(io::Error::other)?
+            }
+            (None, None) => Arc::new(LocalBroker::new(config.node.clone())),
+        };
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
         let store_handle = store.clone();
-        let health = web::Data::new(HealthState { store: store.clone(), node: config.node.clone() });
+        let health =
+            web::Data::new(HealthState { store: store.clone(), node: config.node.clone(), pubsub: pubsub.clone() });
         let policy = accounts.message_policy();
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
         let keys = Keys::new(store.clone(), pubsub.clone(), config.keys.clone(), Arc::clone(&clock));

@@ -1,5 +1,5 @@
-//! The public probes: `/healthz` (the process serves HTTP), `/readyz` (and its database answers)
-//! and `/metrics` (Prometheus text). They take no token, so they say nothing a client could use:
+//! The public probes: `/healthz` (the process serves HTTP), `/readyz` (its database answers and
+//! its cluster broker, if any, is connected) and `/metrics` (Prometheus text). They take no token, so they say nothing a client could use:
 //! a failed readiness check names no host or database, the log has the details.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::error::{Code, Error};
+use crate::pubsub::PubSub;
 use crate::store::Store;
 
 /// How long `/readyz` waits for a database connection before it answers 503.
@@ -20,6 +21,8 @@ pub struct HealthState {
     pub store: Store,
     /// This node's name.
     pub node: String,
+    /// Whose broker `/readyz` asks.
+    pub pubsub: PubSub,
 }
 
 /// Mounts `/healthz`, `/readyz` and `/metrics`.
@@ -37,14 +40,25 @@ async fn healthz(state: web::Data<HealthState>) -> HttpResponse {
 
 async fn readyz(state: web::Data<HealthState>) -> Result<HttpResponse, Error> {
     let backend = state.store.backend().name();
-    match state.store.ping(READY_TIMEOUT).await {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({ "status": "ready", "node": state.node, "database": backend }))),
-        Err(e) => {
-            tracing::warn!(error = %e, backend, "readiness check: the database did not answer");
-            let reason = format!("the {backend} database is not answering queries");
-            Err(Error::new(Code::StorageUnavailable, reason).retry_after(1))
-        }
+    if let Err(e) = state.store.ping(READY_TIMEOUT).await {
+        tracing::warn!(error = %e, backend, "readiness check: the database did not answer");
+        let reason = format!("the {backend} database is not answering queries");
+        return Err(Error::new(Code::StorageUnavailable, reason).retry_after(1));
     }
+    // A node cut off from the others would serve its sockets half a cluster: out of rotation
+    // until the broker reconnects (the broker logs why at WARN). The body is the error table's,
+    // plus the probe's own fields, so a dashboard reads `broker` either way.
+    if !state.pubsub.broker_connected() {
+        let reason = "the cluster broker is not connected: broadcasts do not reach the other nodes";
+        let error = Error::new(Code::BrokerUnavailable, reason);
+        let mut body = error.body();
+        body["node"] = json!(state.node);
+        body["database"] = json!(backend);
+        body["broker"] = json!("down");
+        return Ok(HttpResponse::build(error.code.status()).insert_header((header::RETRY_AFTER, "1")).json(body));
+    }
+    let ready = json!({ "status": "ready", "node": state.node, "database": backend, "broker": "up" });
+    Ok(HttpResponse::Ok().json(ready))
 }
 
 async fn metrics() -> HttpResponse {

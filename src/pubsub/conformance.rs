@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::{Actor, Addr, Context, Handler};
+use futures_util::future::BoxFuture;
 
 use super::{Broadcast, Broker, Deliver, Event, Occupancy, PubSub};
 use crate::pb;
@@ -98,11 +99,25 @@ fn every_kind() -> Vec<Event> {
     ]
 }
 
+/// Waits until both nodes' brokers report themselves connected (false if not within
+/// [`PATIENCE`]): a networked broker connects in the background after start.
+async fn connected(a: &PubSub, b: &PubSub) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if a.broker_connected() && b.broker_connected() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// Runs the whole contract against the brokers `factory` builds. Panics on the first breach.
 pub async fn check_broker(factory: &BrokerFactory) {
     let a = PubSub::start(1, factory("conformance-a"));
     let b = PubSub::start(2, factory("conformance-b"));
     assert_ne!(a.node_id(), b.node_id(), "two nodes never share an id");
+    assert!(connected(&a, &b).await, "both brokers connect once started");
     let topic = "room:conformance";
     let (here, there) = (Seen::start(), Seen::start());
     a.subscribe(topic, 1, here.probe.clone().recipient()).await.expect("subscribes on a");
@@ -149,6 +164,47 @@ pub async fn check_broker(factory: &BrokerFactory) {
     a.broadcast(topic, "after-elsewhere", Payload::empty());
     assert!(late.heard("after-elsewhere").await);
     assert!(!late.has("elsewhere") && !there.has("elsewhere"), "b heard a topic it has no subscriber on");
+
+    // Any topic string crosses, and only to its own subscribers: a broker's channel or subject
+    // names must not let separators, spaces or wildcards in a topic reach other topics.
+    let (odd, plain) = ("room:a b.c*>/ünï", "room:a b");
+    let (odd_there, plain_there) = (Seen::start(), Seen::start());
+    b.subscribe(odd, 3, odd_there.probe.clone().recipient()).await.expect("subscribes to an odd topic");
+    b.subscribe(plain, 4, plain_there.probe.clone().recipient()).await.expect("subscribes to its prefix");
+    a.broadcast(odd, "odd", Payload::empty());
+    a.broadcast(plain, "plain", Payload::empty());
+    assert!(odd_there.heard("odd").await && plain_there.heard("plain").await, "odd topics cross");
+    assert_eq!((odd_there.lines().len(), plain_there.lines().len()), (1, 1), "each topic hears only itself");
+    a.stop();
+    b.stop();
+}
+
+/// Cuts the connections of the brokers under test (say, `CLIENT KILL` on Redis).
+pub type Cut = dyn Fn() -> BoxFuture<'static, ()>;
+
+/// The reconnection contract, for a broker whose server connection a test can cut: after
+/// `cut`, the broker reconnects by itself and re-subscribes the topics its node listens to, so
+/// broadcasts reach that node again without anyone subscribing anew. Panics on a breach.
+pub async fn check_reconnects(factory: &BrokerFactory, cut: &Cut) {
+    let a = PubSub::start(1, factory("reconnect-a"));
+    let b = PubSub::start(1, factory("reconnect-b"));
+    assert!(connected(&a, &b).await, "both brokers connect once started");
+    let topic = "room:reconnect";
+    let there = Seen::start();
+    b.subscribe(topic, 1, there.probe.clone().recipient()).await.expect("subscribes on b");
+    a.broadcast(topic, "before", Payload::empty());
+    assert!(there.heard("before").await, "delivery works before the cut");
+
+    cut().await;
+    // What is published while the connection is down is lost (pub/sub keeps nothing), so a
+    // publishes until one arrives.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !there.has("after") && tokio::time::Instant::now() < deadline {
+        a.broadcast(topic, "after", Payload::empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(there.has("after"), "delivery resumes after a reconnect: {:?}", there.lines());
+    assert!(connected(&a, &b).await, "both brokers report themselves connected again");
     a.stop();
     b.stop();
 }

@@ -8,15 +8,23 @@
 //! in behind the same trait. The registry tells the broker which topics this node listens to
 //! (a topic's first subscriber and its last), and the broker hands what other nodes send to
 //! [`Inbound`], which drops this node's own echoes and fans the rest out locally.
-//! [`MemoryCluster`] joins nodes of one process, and [`conformance`] is the contract a broker
-//! keeps, as a check over a factory. Node and connection ids ([`NodeId`], [`ConnectionId`])
+//! [`MemoryCluster`] joins nodes of one process, [`RedisBroker`] and [`NatsBroker`] join nodes
+//! over a server (chosen from the `[cluster]` settings in [`cluster`]), and [`conformance`] is
+//! the contract a broker keeps, as a check over a factory. Node and connection ids ([`NodeId`], [`ConnectionId`])
 //! stay unique across nodes and restarts.
 
+pub mod cluster;
 pub mod conformance;
 pub mod event;
 mod ids;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "redis")]
+mod redis;
 mod registry;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod remote;
 pub mod topic;
 
 use std::hash::{BuildHasher, RandomState};
@@ -26,9 +34,14 @@ use actix::{Actor, Addr, ArbiterHandle, MailboxError, Message, Recipient};
 use futures_util::future::BoxFuture;
 
 use crate::protocol::{Outgoing, Payload, Serializer, WireFrame};
+pub use cluster::{BrokerError, ClusterConfig};
 pub use event::{Event, EventDecodeError, Occupancy};
 pub use ids::{ConnectionId, NodeId};
 pub use memory::{MemoryBroker, MemoryCluster};
+#[cfg(feature = "nats")]
+pub use nats::NatsBroker;
+#[cfg(feature = "redis")]
+pub use redis::RedisBroker;
 pub use registry::RegistryShard;
 use registry::{Census, Publish, Subscribe, SubscriberCount, TopicPage, Unsubscribe};
 pub use topic::{Topic, TopicError, TopicKind};
@@ -129,6 +142,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a broadcast that was just fanned out locally to every other node with interest in
     /// its topic (encode it with [`Inbound::encode`]).
     fn publish(&self, broadcast: &Arc<Broadcast>);
+    /// Whether the broker reaches its server now (`/readyz` reports it); a broker with no
+    /// server to lose is always connected.
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// The single-node broker: there are no other nodes to tell.
@@ -241,6 +259,11 @@ impl PubSub {
     /// The name of this node.
     pub fn node(&self) -> &str {
         self.broker.node()
+    }
+
+    /// Whether the broker reaches the other nodes now.
+    pub fn broker_connected(&self) -> bool {
+        self.broker.connected()
     }
 
     /// This process's id: the node's name and its incarnation.

@@ -49,7 +49,7 @@ async fn probes_answer_and_metrics_move_with_traffic() {
     assert_eq!((status, health), (200, json!({"status": "ok", "node": "courier@localhost"})));
     let (status, ready) = get_json(&server, "/readyz").await;
     assert_eq!(status, 200, "{ready}");
-    assert_eq!(ready, json!({"status": "ready", "node": "courier@localhost", "database": "sqlite"}));
+    assert_eq!(ready, json!({"status": "ready", "node": "courier@localhost", "database": "sqlite", "broker": "up"}));
     assert_eq!(get_json(&server, "/health").await.0, 200, "the old path still answers");
 
     let before = scrape(&server).await;

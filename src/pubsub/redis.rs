@@ -1,0 +1,292 @@
+//! The Redis broker: a node's broadcasts go out as `PUBLISH`es on one connection, in order and
+//! pipelined, and come in on a second connection in subscribe mode, one channel per topic this
+//! node listens to (`{namespace}:t:_{base64url(topic)}`). Both reconnect by themselves; the
+//! subscriber re-subscribes every topic the node still has interest in. Redis delivers a
+//! publisher its own broadcasts back when it listens to the topic too; [`Inbound`] drops them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::cluster::{BrokerError, ClusterConfig};
+use super::remote::{BrokerThread, Control, Outbox, Outgoing, Running, backoff, topic_key};
+use super::{Broadcast, Broker, Inbound, InterestTaken};
+
+/// Most broadcasts sent to Redis in one pipeline.
+const BATCH: usize = 256;
+
+/// A broker over Redis pub/sub.
+pub struct RedisBroker {
+    node: String,
+    namespace: String,
+    client: redis::Client,
+    settings: ClusterConfig,
+    shared: Arc<Shared>,
+    /// Set at start: the way to the subscriber task and the outbox the publisher drains.
+    running: OnceLock<Running>,
+    thread: BrokerThread,
+}
+
+/// What the broker's tasks and its handle both see.
+struct Shared {
+    /// The channels this node has interest in: what a fresh subscriber connection subscribes.
+    channels: Mutex<HashSet<String>>,
+    subscriber_up: AtomicBool,
+    publisher_up: AtomicBool,
+}
+
+impl RedisBroker {
+    /// A broker for the node called `node`, on the Redis server `settings.broker` names. It
+    /// connects once started.
+    pub fn new(settings: &ClusterConfig, node: &str) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(settings.broker.as_str()).map_err(|e| BrokerError::BadUrl(e.to_string()))?;
+        Ok(RedisBroker {
+            node: node.to_owned(),
+            namespace: settings.namespace.clone(),
+            client,
+            settings: settings.clone(),
+            shared: Arc::new(Shared {
+                channels: Mutex::new(HashSet::new()),
+                subscriber_up: AtomicBool::new(false),
+                publisher_up: AtomicBool::new(false),
+            }),
+            running: OnceLock::new(),
+            thread: BrokerThread::start("courier-redis")?,
+        })
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        topic_key(&self.namespace, ':', topic)
+    }
+
+    fn channels(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.shared.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Broker for RedisBroker {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn start(&self, inbound: Inbound) {
+        let Some(started) = Running::start(&self.running, inbound, self.settings.publish_queue) else { return };
+        let link =
+            Link { client: self.client.clone(), shared: Arc::clone(&self.shared), settings: self.settings.clone() };
+        self.thread.spawn(link.clone().subscribe(started.inbound, started.commands));
+        self.thread.spawn(link.publish(started.outbox, started.queued));
+    }
+
+    fn interest(&self, topic: &str, interested: bool) -> InterestTaken {
+        let Some(running) = self.running.get() else { return Box::pin(std::future::ready(())) };
+        let channel = self.channel(topic);
+        // The set first: a subscriber connection opened from here on subscribes what it holds.
+        if interested {
+            self.channels().insert(channel.clone());
+        } else {
+            self.channels().remove(&channel);
+        }
+        running.interest(channel, interested)
+    }
+
+    fn publish(&self, broadcast: &Arc<Broadcast>) {
+        // Before start the node has no id to stamp on what it sends (and no publisher task).
+        if let Some(running) = self.running.get() {
+            running.publish(self.channel(&broadcast.topic), broadcast);
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.shared.subscriber_up.load(Ordering::Relaxed) && self.shared.publisher_up.load(Ordering::Relaxed)
+    }
+}
+
+/// What both connection tasks need to reach Redis.
+#[derive(Clone)]
+struct Link {
+    client: redis::Client,
+    shared: Arc<Shared>,
+    settings: ClusterConfig,
+}
+
+impl Link {
+    /// The subscriber connection, for as long as the broker lives: connect, subscribe every
+    /// channel of interest, then follow messages and commands until the connection breaks.
+    async fn subscribe(self, inbound: Inbound, mut commands: mpsc::UnboundedReceiver<Control>) {
+        let mut attempt = 0;
+        loop {
+            let (mut sink, mut stream, channels) = match self.open().await {
+                Ok(opened) => opened,
+                Err(error) => {
+                    if attempt == 0 {
+                        tracing::warn!(error, "redis broker: cannot open the subscriber connection; retrying");
+                    }
+                    if !pause(backoff(attempt, self.settings.reconnect_max()), &mut commands).await {
+                        return;
+                    }
+                    attempt = attempt.saturating_add(1);
+                    continue;
+                }
+            };
+            self.shared.subscriber_up.store(true, Ordering::Relaxed);
+            if attempt > 0 {
+                tracing::info!(channels, "redis broker: subscriber connection back");
+            }
+            attempt = 0;
+            let mut pings = tokio::time::interval(self.settings.ping_interval());
+            pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pings.tick().await;
+            let lost = loop {
+                tokio::select! {
+                    message = stream.next() => match message {
+                        Some(message) => {
+                            if let Err(e) = inbound.deliver(message.get_payload_bytes()) {
+                                tracing::warn!(error = %e, channel = message.get_channel_name(), "redis broker: node broadcast refused");
+                            }
+                        }
+                        None => break "the connection closed".to_owned(),
+                    },
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(Control::Subscribe(channel, ack)) => match sink.subscribe(&channel).await {
+                            Ok(()) => { let _ = ack.send(()); }
+                            Err(e) => break e.to_string(),
+                        },
+                        Some(Control::Unsubscribe(channel)) => if let Err(e) = sink.unsubscribe(&channel).await {
+                            break e.to_string();
+                        },
+                    },
+                    _ = pings.tick() => {
+                        let ping = tokio::time::timeout(self.settings.connect_timeout(), sink.ping::<redis::Value>());
+                        match ping.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => break e.to_string(),
+                            Err(_) => break "a ping went unanswered".to_owned(),
+                        }
+                    }
+                }
+            };
+            self.shared.subscriber_up.store(false, Ordering::Relaxed);
+            tracing::warn!(error = lost, "redis broker: subscriber connection lost; reconnecting");
+        }
+    }
+
+    /// A subscriber connection with every channel of interest subscribed (and how many).
+    async fn open(&self) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream, usize), String> {
+        let connecting = tokio::time::timeout(self.settings.connect_timeout(), self.client.get_async_pubsub());
+        let (mut sink, stream) =
+            connecting.await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?.split();
+        let channels: Vec<String> =
+            self.shared.channels.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+        if !channels.is_empty() {
+            sink.subscribe(&channels).await.map_err(|e| format!("re-subscribing: {e}"))?;
+        }
+        Ok((sink, stream, channels.len()))
+    }
+
+    /// The publisher connection: drains the outbox in order, a pipeline of `PUBLISH`es at a
+    /// time. While Redis cannot be reached, what the outbox holds is dropped (and counted):
+    /// pub/sub keeps nothing for later either, and a node must not stall its broadcasters. An
+    /// idle connection is pinged, and a missing one retried, without waiting for a broadcast:
+    /// a node that is not ready gets none to send, and must still become ready.
+    async fn publish(self, outbox: Arc<Outbox>, mut queued: mpsc::Receiver<Outgoing>) {
+        let mut connection = None;
+        let mut last_attempt: Option<Instant> = None;
+        let mut attempt = 0;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut pings = tokio::time::interval(self.settings.ping_interval());
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            connection = self.reconnect(connection, &mut last_attempt, &mut attempt).await;
+            let retry = backoff(attempt, self.settings.reconnect_max());
+            tokio::select! {
+                received = queued.recv_many(&mut batch, BATCH) => if received == 0 { return },
+                _ = pings.tick(), if connection.is_some() => {
+                    if let Some(conn) = connection.as_mut() {
+                        let ping = redis::cmd("PING").query_async::<redis::Value>(conn).await;
+                        if let Err(e) = ping {
+                            self.lost(&e);
+                            connection = None;
+                        }
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(retry), if connection.is_none() => continue,
+            }
+            let Some(conn) = connection.as_mut() else {
+                outbox.dropped(batch.len() as u64, "redis is unreachable");
+                batch.clear();
+                continue;
+            };
+            let sent = batch.len() as u64;
+            let mut pipe = redis::pipe();
+            for Outgoing { key, bytes } in batch.drain(..) {
+                pipe.cmd("PUBLISH").arg(key).arg(bytes).ignore();
+            }
+            // No second try: Redis may have run part of the pipeline, and a broadcast must not
+            // reach a node twice.
+            if let Err(e) = pipe.query_async::<()>(conn).await {
+                outbox.dropped(sent, "publishing to redis failed");
+                self.lost(&e);
+                connection = None;
+            }
+        }
+    }
+
+    /// Notes that the publisher connection broke.
+    fn lost(&self, error: &redis::RedisError) {
+        tracing::warn!(error = %error, "redis broker: publisher connection lost; reconnecting");
+        self.shared.publisher_up.store(false, Ordering::Relaxed);
+    }
+
+    /// A fresh publisher connection, unless the last attempt was too recent to try again.
+    async fn reconnect(
+        &self,
+        current: Option<redis::aio::MultiplexedConnection>,
+        last_attempt: &mut Option<Instant>,
+        attempt: &mut u32,
+    ) -> Option<redis::aio::MultiplexedConnection> {
+        if current.is_some() {
+            return current;
+        }
+        if last_attempt.is_some_and(|at| at.elapsed() < backoff(*attempt, self.settings.reconnect_max())) {
+            return None;
+        }
+        *last_attempt = Some(Instant::now());
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.connect_timeout()))
+            .set_response_timeout(Some(self.settings.connect_timeout()));
+        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+            Ok(connection) => {
+                self.shared.publisher_up.store(true, Ordering::Relaxed);
+                *attempt = 0;
+                Some(connection)
+            }
+            Err(e) => {
+                if *attempt == 0 {
+                    tracing::warn!(error = %e, "redis broker: cannot open the publisher connection; retrying");
+                }
+                *attempt = attempt.saturating_add(1);
+                None
+            }
+        }
+    }
+}
+
+/// Waits `pause` while answering commands as a connection that is down would: interest is
+/// recorded already, so a subscribe resolves at once (the channel is subscribed on reconnect).
+/// False when the broker is gone.
+async fn pause(pause: Duration, commands: &mut mpsc::UnboundedReceiver<Control>) -> bool {
+    let until = tokio::time::sleep(pause);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return true,
+            command = commands.recv() => if command.is_none() { return false },
+        }
+    }
+}

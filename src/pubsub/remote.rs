@@ -1,0 +1,205 @@
+//! What the networked brokers (Redis, NATS) share: the safe mapping of a topic onto a channel
+//! or subject name, the thread their client tasks run on, the bounded, ordered outbox a node's
+//! broadcasts leave through, the commands their subscriptions task follows, and the backoff
+//! between reconnection attempts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Broadcast, Inbound, InterestTaken};
+
+/// The name a broker carries `topic` under: `{namespace}{sep}t{sep}_` and the topic in
+/// base64url. Phoenix topics hold `:` and any other character, while a NATS subject forbids
+/// spaces and wildcards and splits on `.`; base64url's alphabet is safe in both, and the `_`
+/// keeps the last token non-empty for the empty topic.
+pub(crate) fn topic_key(namespace: &str, sep: char, topic: &str) -> String {
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(topic);
+    format!("{namespace}{sep}t{sep}_{encoded}")
+}
+
+/// A current-thread tokio runtime on a thread of its own, for a broker's client tasks: the
+/// registry's arbiters and the servers' actix systems come and go, a broker's connection must
+/// not go with them. Dropping it stops the thread (which drops the runtime there, outside any
+/// async context, where dropping a runtime is allowed).
+pub(crate) struct BrokerThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl BrokerThread {
+    /// Starts the thread, named `name`.
+    pub(crate) fn start(name: &str) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name(name.into()).spawn(move || {
+            let _ = runtime.block_on(stopped);
+        })?;
+        Ok(BrokerThread { handle, _stop: stop })
+    }
+
+    /// Runs `task` on the broker's thread.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
+
+/// One broadcast on its way to the broker: the channel or subject, and the node-to-node bytes.
+pub(crate) struct Outgoing {
+    /// The channel or subject ([`topic_key`]).
+    pub key: String,
+    /// What [`super::Inbound::encode`] made of the broadcast.
+    pub bytes: Vec<u8>,
+}
+
+/// The bounded queue between the threads that broadcast and the one task that publishes, in
+/// order: a caller never waits for the network, and what a full queue (or a broker that is
+/// down) refuses is counted rather than held.
+pub(crate) struct Outbox {
+    queue: mpsc::Sender<Outgoing>,
+    dropped: AtomicU64,
+}
+
+impl Outbox {
+    /// An outbox holding up to `capacity` broadcasts, and the receiving end for the publisher.
+    pub(crate) fn new(capacity: usize) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
+        let (queue, receiver) = mpsc::channel(capacity);
+        (Arc::new(Outbox { queue, dropped: AtomicU64::new(0) }), receiver)
+    }
+
+    /// Queues a broadcast, or drops it (counted) when the queue is full.
+    pub(crate) fn push(&self, key: String, bytes: Vec<u8>) {
+        if self.queue.try_send(Outgoing { key, bytes }).is_err() {
+            self.dropped(1, "the publish queue is full");
+        }
+    }
+
+    /// Counts `n` broadcasts that did not reach the broker. Logged at the first and at each
+    /// power of two, so an outage leaves a handful of lines rather than one per broadcast.
+    pub(crate) fn dropped(&self, n: u64, why: &str) {
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        crate::metrics::global().broker_publish_drops.inc_by(n);
+        if (total - n + 1..=total).any(u64::is_power_of_two) {
+            tracing::warn!(total, why, "broadcasts to other nodes dropped");
+        }
+    }
+
+    /// How many broadcasts were dropped so far.
+    #[cfg(test)]
+    pub(crate) fn dropped_total(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// What a networked broker asks of its subscriptions task: one task, so the calls for one
+/// topic stay in the order the registry made them.
+pub(crate) enum Control {
+    /// Subscribe the channel or subject, then answer; an answer dropped unsent (the server is
+    /// down) resolves the subscribe too, since the broker subscribes it again on reconnection.
+    Subscribe(String, oneshot::Sender<()>),
+    /// Unsubscribe the channel or subject.
+    Unsubscribe(String),
+}
+
+/// A started broker's side facing the registry: what it encodes with, the way to its
+/// subscriptions task, and the outbox its publisher drains.
+pub(crate) struct Running {
+    inbound: Inbound,
+    control: mpsc::UnboundedSender<Control>,
+    outbox: Arc<Outbox>,
+}
+
+/// What a started broker's tasks take: the node's way in, the subscriptions task's commands,
+/// and the publisher's end of the outbox.
+pub(crate) struct Started {
+    /// Where remote broadcasts go.
+    pub inbound: Inbound,
+    /// The subscribe and unsubscribe calls, in order.
+    pub commands: mpsc::UnboundedReceiver<Control>,
+    /// The outbox, for counting what the publisher drops.
+    pub outbox: Arc<Outbox>,
+    /// The broadcasts to publish, in order.
+    pub queued: mpsc::Receiver<Outgoing>,
+}
+
+impl Running {
+    /// Fills `slot` at a broker's first start, with an outbox of `capacity`; the ends for its
+    /// tasks, or `None` at a second start.
+    pub(crate) fn start(slot: &OnceLock<Running>, inbound: Inbound, capacity: usize) -> Option<Started> {
+        let (control, commands) = mpsc::unbounded_channel();
+        let (outbox, queued) = Outbox::new(capacity);
+        let running = Running { inbound: inbound.clone(), control, outbox: Arc::clone(&outbox) };
+        slot.set(running).ok()?;
+        Some(Started { inbound, commands, outbox, queued })
+    }
+
+    /// Hands the subscriptions task a (un)subscribe of `key`; a subscribe resolves once the
+    /// task answers.
+    pub(crate) fn interest(&self, key: String, interested: bool) -> InterestTaken {
+        if !interested {
+            let _ = self.control.send(Control::Unsubscribe(key));
+            return Box::pin(std::future::ready(()));
+        }
+        let (ack, taken) = oneshot::channel();
+        let _ = self.control.send(Control::Subscribe(key, ack));
+        Box::pin(async move {
+            let _ = taken.await;
+        })
+    }
+
+    /// Encodes `broadcast` (once, here) and queues it under `key`.
+    pub(crate) fn publish(&self, key: String, broadcast: &Broadcast) {
+        self.outbox.push(key, self.inbound.encode(broadcast));
+    }
+}
+
+/// The pause before reconnection attempt `attempt` (0-based): 100 ms doubling up to `max`.
+pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
+    Duration::from_millis(100).saturating_mul(1 << attempt.min(16)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_keys_are_safe_subject_tokens_and_distinct() {
+        let topics = ["room:a", "room:a.b", "room:a b", "room:*", "room:>", "", "user:ünï/cödé"];
+        let keys: std::collections::HashSet<String> = topics.iter().map(|t| topic_key("c1", '.', t)).collect();
+        assert_eq!(keys.len(), topics.len());
+        for key in &keys {
+            let tokens: Vec<&str> = key.split('.').collect();
+            assert_eq!(tokens.len(), 3, "{key}");
+            assert_eq!(&tokens[..2], ["c1", "t"]);
+            assert!(tokens[2].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{key}");
+        }
+        assert_eq!(topic_key("courier", ':', "room:a"), "courier:t:_cm9vbTph");
+    }
+
+    #[test]
+    fn a_full_outbox_drops_and_counts_without_waiting() {
+        let (outbox, mut queued) = Outbox::new(2);
+        for n in 0..3u8 {
+            outbox.push(format!("k{n}"), vec![n]);
+        }
+        assert_eq!(outbox.dropped_total(), 1);
+        let kept: Vec<String> = std::iter::from_fn(|| queued.try_recv().ok()).map(|o| o.key).collect();
+        assert_eq!(kept, ["k0", "k1"], "what fits keeps its order");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(1);
+        let pauses: Vec<u128> = (0..6).map(|n| backoff(n, max).as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(u32::MAX, max), max);
+    }
+}
