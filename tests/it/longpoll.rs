@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::channels::CrashChannels;
 use crate::support::devices::signup;
 use crate::support::{TestServer, ok_reply, test_config};
 
@@ -458,4 +459,50 @@ async fn long_poll_connects_count_toward_the_socket_limits() {
     tokio::time::sleep(Duration::from_millis(1_800)).await;
     assert_eq!(first.poll().await, json!({"status": 410}));
     LongPoll::open(&server, &format!("token={token}")).await;
+}
+
+#[tokio::test]
+async fn a_post_the_session_cannot_take_within_the_window_is_408() {
+    let server = TestServer::start_with(config(), |c| c.channel("crash:*", CrashChannels));
+    let lp = LongPoll::open(&server, "").await;
+    // The session handles nothing else until a join is decided (as Phoenix does), so while this
+    // one takes 1.5 s the POSTs after it queue, and the one past the queue waits out the window.
+    assert_eq!(lp.post(&[json!(["1", "1", "crash:slow", "phx_join", {"slow_join": true}])]).await["status"], 200);
+    let mut answers = Vec::new();
+    for r in 0..6 {
+        answers.push(lp.post(&[json!([null, format!("hb{r}"), "phoenix", "heartbeat", {}])]).await["status"].clone());
+    }
+    assert!(answers.contains(&json!(408)), "a POST waited out the window: {answers:?}");
+    assert_eq!(answers[0], 200, "{answers:?}");
+    // What was taken is handled once the join is decided; what got 408 was not taken.
+    let frames = lp.frames_until(|f| f[3] == "phx_reply" && f[2] == "crash:slow").await;
+    let taken = answers.iter().filter(|a| **a == 200).count();
+    let mut replies = frames.iter().filter(|f| f[2] == "phoenix").count();
+    while replies < taken {
+        replies += lp.frames(1).await.iter().filter(|f| f[2] == "phoenix").count();
+    }
+    assert_eq!(replies, taken, "every taken heartbeat is answered, once");
+    assert_eq!(lp.poll().await["status"], 204);
+}
+
+#[tokio::test]
+async fn the_auth_token_header_authenticates_and_each_poll_must_repeat_it() {
+    let server = TestServer::start_with(config(), |c| c);
+    let token = signup(&server, "lpheader").await;
+    let header = [("x-phoenix-authtoken", token.as_str())];
+    let opened = request(server.addr, "GET", "/socket/longpoll?vsn=2.0.0", &header, b"").await.json();
+    assert_eq!(opened["status"], 410, "{opened}");
+    let session = opened["token"].as_str().expect("a session token");
+    let path = format!("/socket/longpoll?vsn=2.0.0&token={session}");
+    let join = json!(["1", "1", "user:lpheader", "phx_join", {}]).to_string();
+    assert_eq!(request(server.addr, "POST", &path, &[], join.as_bytes()).await.json()["status"], 200);
+    let reply = request(server.addr, "GET", &path, &header, b"").await.json();
+    assert_eq!(reply["status"], 200, "{reply}");
+    let first: Value = serde_json::from_str(reply["messages"][0].as_str().expect("a frame")).expect("JSON");
+    assert_eq!(first[4]["status"], "ok", "the header's user joins their own topic: {first}");
+    let without = request(server.addr, "GET", &path, &[], b"").await.json();
+    assert_eq!(without, json!({"status": 410}), "a poll without the session's auth token is not its own");
+    let refused =
+        request(server.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[("x-phoenix-authtoken", "nope")], b"").await;
+    assert_eq!(refused.json()["status"], 403);
 }

@@ -41,7 +41,7 @@ impl SocketAuthenticator for TestAuth {
     }
 }
 
-/// `crash:*`: joins refuse or panic on request; pushes panic, stop, fail or answer late.
+/// `crash:*`: joins refuse, panic or take long on request; pushes panic, stop, fail or answer late.
 pub struct CrashChannels;
 
 impl ChannelFactory for CrashChannels {
@@ -56,6 +56,9 @@ impl ChannelFactory for CrashChannels {
             }
             if params.contains("panic_later") {
                 panic!("join future panicked on purpose");
+            }
+            if params.contains("slow_join") {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
             }
             Ok(Joined {
                 channel: Box::new(CrashChannel),
