@@ -71,11 +71,6 @@ impl LongPollEndpoint {
     pub fn new(transport: Arc<TransportState>, config: LongPollConfig, key: TokenKey) -> Self {
         LongPollEndpoint { transport, config, key, sessions: Arc::new(SessionTable::new()) }
     }
-
-    /// Long-poll sessions open on this node.
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
-    }
 }
 
 /// Registers the long-poll routes; `state` must be in the app's data.
@@ -123,10 +118,6 @@ impl SessionTable {
 
     fn remove(&self, id: SessionId) {
         self.shard(id).remove(&id);
-    }
-
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len()).sum()
     }
 }
 
