@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::on_both_backends;
 use crate::support::db::{TestDb, on_ci};
 use crate::support::devices::{Device, message, signup};
-use crate::support::{Client, Frame, TestServer, http, ok_reply, test_config};
+use crate::support::{Client, Frame, TestServer, error_reply, http, ok_reply, test_config};
 
 /// Held by every test that uses Redis: the reconnection check kills every subscriber
 /// connection on the server (Redis names no connection's channels to pick one by), which would
@@ -668,4 +668,28 @@ async fn presence_crosses_nodes_over_redis() {
 async fn presence_crosses_nodes_over_nats() {
     let test = "presence_crosses_nodes_over_nats";
     presence_over_broker(nats(test), test).await;
+}
+
+/// The nodes' replication topic is closed: a client's join is refused as unmatched (even with a
+/// channel that would match anything), and an operator can neither broadcast on it nor see it.
+#[tokio::test]
+async fn the_replication_topic_is_closed_to_clients_and_operators() {
+    let cluster = MemoryCluster::start().expect("the hub starts");
+    let db = Arc::new(TestDb::sqlite());
+    let never = Arc::new(AtomicBool::new(false));
+    let server = presence_node(&db, &Join::Memory(cluster.clone()), "courier@closed", &never).await;
+    let mut client = server.client().await;
+    client.send(json!(["1", "1", "$courier:presence", "phx_join", {}])).await;
+    let refused = error_reply(None, "1", "$courier:presence", "unmatched topic", "unmatched_topic");
+    assert_eq!(client.recv_json().await, refused);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let body = json!({"topic": "$courier:presence", "event": "forged", "payload": {}}).to_string();
+    let (status, reply) = http(server.addr, "POST", "/admin/api/broadcast", &headers, &body).await;
+    assert_eq!(status, 400, "{reply}");
+    let (status, page) = http(server.addr, "GET", "/admin/api/topics?prefix=", &headers[..1], "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains("$courier:"), "the topic list hides the nodes' own: {page}");
+    server.shutdown().await;
+    cluster.stop();
 }
