@@ -639,6 +639,17 @@ mod tests {
     }
 
     #[test]
+    fn the_timings_are_checked() {
+        let defaults = PresenceConfig::default();
+        assert!(defaults.validate().is_ok());
+        assert!(defaults.node_timeout() <= Duration::from_secs(15), "the default bound is under 15 s");
+        let tight = PresenceConfig { heartbeat_ms: 1_000, node_timeout_ms: 2_000, ..PresenceConfig::default() };
+        assert!(tight.validate().unwrap_err().contains("node_timeout_ms"));
+        let fast = PresenceConfig { heartbeat_ms: 1, ..PresenceConfig::default() };
+        assert!(fast.validate().unwrap_err().contains("heartbeat_ms"));
+    }
+
+    #[test]
     fn the_wire_messages_parse_back_and_garbage_is_refused() {
         let states = vec![("room:a".to_owned(), Payload::json(&one("k", "r1")))];
         let back = round_trip(&Outgoing::Delta { node: "n/1", shard: 2, version: 7, topics: borrowed(&states) });
