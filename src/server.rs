@@ -28,7 +28,7 @@ use crate::http::health::HealthState;
 use crate::keys::Keys;
 use crate::messaging::Messaging;
 use crate::messaging::signals::Signals;
-use crate::presence::{LocalTracker, Tracker};
+use crate::presence::{Engine, Tracker};
 use crate::pubsub::{Broker, LocalBroker, PubSub, TopicKind};
 use crate::store::{Store, StoreOptions};
 use crate::transport::admission::{self, AdmissionLimits, DrainPlan};
@@ -126,6 +126,8 @@ impl Courier {
         // Accounts made before username keys get theirs before anyone can sign up beside them.
         accounts.backfill_username_keys().await.map_err(|e| io::Error::other(format!("filling username keys: {e}")))?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
+        // Presence is replicated whenever a broker joins this node to others.
+        let clustered = broker.is_some() || config.cluster.is_some();
         let broker: Arc<dyn Broker> = match (broker, &config.cluster) {
             (Some(broker), _) => broker,
             (None, Some(cluster)) => {
@@ -143,8 +145,8 @@ impl Courier {
         let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
         let keys = Keys::new(store.clone(), pubsub.clone(), config.keys.clone(), Arc::clone(&clock));
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
-        let local_tracker = LocalTracker::start(&config.presence, pubsub.clone(), Arc::clone(&clock));
-        let tracker: Arc<dyn Tracker> = Arc::new(local_tracker.clone());
+        let presence = Engine::start(&config.presence, pubsub.clone(), Arc::clone(&clock), clustered);
+        let tracker: Arc<dyn Tracker> = presence.tracker();
         let last_seen = LastSeen::start(accounts.clone());
         let router =
             default_router(&accounts, &messaging, &signals, &tracker, &last_seen, &clock, &keys).merge(extra_channels);
@@ -154,7 +156,7 @@ impl Courier {
             last_seen,
             messaging: messaging.clone(),
             signals,
-            tracker: local_tracker,
+            tracker: presence,
             pubsub: pubsub.clone(),
         };
         let workers = match config.workers {
@@ -397,7 +399,7 @@ pub struct Background {
     last_seen: LastSeen,
     messaging: Messaging,
     signals: Signals,
-    tracker: LocalTracker,
+    tracker: Engine,
     pubsub: PubSub,
 }
 

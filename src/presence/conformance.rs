@@ -140,13 +140,22 @@ pub async fn check_tracker(factory: &TrackerFactory) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::presence::{LocalTracker, PresenceConfig};
+    use crate::presence::{ClusterTracker, LocalTracker, PresenceConfig};
 
     #[actix::test]
     async fn the_local_tracker_keeps_the_contract() {
-        let config = PresenceConfig { shards: 2, diff_window_ms: 5 };
+        let config = PresenceConfig { shards: 2, diff_window_ms: 5, ..PresenceConfig::default() };
         check_tracker(&move |pubsub| {
             Arc::new(LocalTracker::start(&config, pubsub, crate::clock::system())) as Arc<dyn Tracker>
+        })
+        .await;
+    }
+
+    #[actix::test]
+    async fn the_cluster_tracker_keeps_the_contract() {
+        let config = PresenceConfig { shards: 2, diff_window_ms: 5, heartbeat_ms: 50, node_timeout_ms: 500 };
+        check_tracker(&move |pubsub| {
+            Arc::new(ClusterTracker::start(&config, pubsub, crate::clock::system())) as Arc<dyn Tracker>
         })
         .await;
     }

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
@@ -47,6 +48,8 @@ enum Command {
     Gone {
         owner: ConnectionId,
     },
+    /// Another node asked for this node's whole state: publish the shard's.
+    Resync,
 }
 
 impl Message for Command {
@@ -67,6 +70,16 @@ struct Shard {
     window: Duration,
     /// Stamps each diff's occupancy `at`.
     clock: Arc<dyn Clock>,
+    /// Set when other nodes keep a replica of this shard's presences.
+    replication: Option<Replication>,
+}
+
+/// How a shard tells other nodes about its presences (see [`super::cluster`]).
+struct Replication {
+    /// This shard's place among the node's shards, which numbers its versions.
+    index: u32,
+    /// Bumped at every delta; read by the heartbeat.
+    version: Arc<AtomicU64>,
 }
 
 impl Actor for Shard {
@@ -106,17 +119,40 @@ impl Shard {
 
     fn flush(&mut self) {
         let at = self.clock.now_millis();
+        let mut diffs = Vec::new();
+        let mut states = Vec::new();
         for topic in std::mem::take(&mut self.dirty) {
             let Some(presence) = self.topics.get_mut(&topic) else { continue };
             if let Some(diff) = presence.take_diff() {
                 let occupancy = Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at };
-                let broadcast = Broadcast::new(&*topic, Event::PresenceDiff { diff: diff.payload, occupancy });
-                self.pubsub.publish(broadcast, None);
+                diffs.push(Broadcast::new(&*topic, Event::PresenceDiff { diff: diff.payload, occupancy }));
+                if self.replication.is_some() {
+                    states.push((topic.to_string(), presence.snapshot()));
+                }
             }
             if presence.is_idle() && self.topics.remove(&topic).is_some() {
                 crate::metrics::global().presence_topics.dec();
             }
         }
+        if let Some(replication) = &self.replication
+            && !states.is_empty()
+        {
+            // Before the diffs, through the same broker: a node that hands a joiner its replica
+            // after a diff went by has already applied the delta behind that diff.
+            let version = replication.version.fetch_add(1, Ordering::SeqCst) + 1;
+            super::cluster::publish_delta(&self.pubsub, replication.index, version, states);
+        }
+        for broadcast in diffs {
+            self.pubsub.publish(broadcast, None);
+        }
+    }
+
+    /// Publishes every topic of this shard for the nodes that asked.
+    fn resync(&mut self) {
+        let Some(replication) = &self.replication else { return };
+        let version = replication.version.load(Ordering::SeqCst);
+        let states = self.topics.iter_mut().map(|(topic, presence)| (topic.to_string(), presence.snapshot())).collect();
+        super::cluster::publish_full(&self.pubsub, replication.index, version, states);
     }
 }
 
@@ -178,6 +214,7 @@ impl Handler<Command> for Shard {
                     }
                 }
             }
+            Command::Resync => self.resync(),
             Command::List { topic, answer } => {
                 let snapshot = match self.topics.get_mut(topic.as_str()) {
                     Some(presence) => Snapshot { state: presence.snapshot(), keys: presence.key_count() },
@@ -206,17 +243,36 @@ pub struct LocalTracker {
     shards: Arc<[Addr<Shard>]>,
     arbiters: Arc<[ArbiterHandle]>,
     hasher: RandomState,
+    /// Each shard's replication version; empty when nothing is replicated.
+    versions: Arc<[Arc<AtomicU64>]>,
 }
 
 impl LocalTracker {
     /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub` stamped
     /// by `clock`.
     pub fn start(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
-        let (shards, arbiters): (Vec<Addr<Shard>>, Vec<ArbiterHandle>) = (0..config.shards.max(1))
-            .map(|_| {
+        Self::start_shards(config, pubsub, clock, false)
+    }
+
+    /// Starts the shards as [`start`](Self::start) does, each also publishing its presences
+    /// for other nodes' replicas (deltas at every diff, everything on [`resync`](Self::resync)).
+    pub(super) fn start_replicated(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
+        Self::start_shards(config, pubsub, clock, true)
+    }
+
+    fn start_shards(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>, replicated: bool) -> Self {
+        let count = config.shards.max(1);
+        let versions: Vec<Arc<AtomicU64>> =
+            if replicated { (0..count).map(|_| Arc::new(AtomicU64::new(0))).collect() } else { Vec::new() };
+        let (shards, arbiters): (Vec<Addr<Shard>>, Vec<ArbiterHandle>) = (0..count)
+            .map(|index| {
                 let arbiter = actix::Arbiter::new().handle();
                 let (pubsub, window) = (pubsub.clone(), config.diff_window());
                 let clock = Arc::clone(&clock);
+                let replication = versions.get(index).map(|version| Replication {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    version: Arc::clone(version),
+                });
                 let shard = Shard::start_in_arbiter(&arbiter, move |_| Shard {
                     topics: HashMap::new(),
                     dirty: HashSet::new(),
@@ -224,11 +280,29 @@ impl LocalTracker {
                     pubsub,
                     window,
                     clock,
+                    replication,
                 });
                 (shard, arbiter)
             })
             .unzip();
-        LocalTracker { shards: shards.into(), arbiters: arbiters.into(), hasher: RandomState::new() }
+        LocalTracker {
+            shards: shards.into(),
+            arbiters: arbiters.into(),
+            hasher: RandomState::new(),
+            versions: versions.into(),
+        }
+    }
+
+    /// Each shard's replication version, for the heartbeat.
+    pub(super) fn versions(&self) -> Vec<u64> {
+        self.versions.iter().map(|v| v.load(Ordering::SeqCst)).collect()
+    }
+
+    /// Has every shard publish its whole state (another node asked for it).
+    pub(super) fn resync(&self) {
+        for shard in self.shards.iter() {
+            shard.do_send(Command::Resync);
+        }
     }
 
     /// Publishes every pending diff, stops the shards, then their arbiter threads. Shutdown
@@ -363,7 +437,7 @@ mod tests {
     #[actix::test]
     async fn coalesces_a_burst_into_one_diff_and_cleans_up_after_dead_sockets() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
-        let config = PresenceConfig { shards: 2, diff_window_ms: 40 };
+        let config = PresenceConfig { shards: 2, diff_window_ms: 40, ..PresenceConfig::default() };
         let clock = ManualClock::new(1_700_000_000_000);
         let tracker = LocalTracker::start(&config, pubsub.clone(), Arc::new(clock.clone()));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -447,7 +521,7 @@ mod tests {
     #[actix::test]
     async fn a_dropped_lease_takes_the_keys_an_untrack_left() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
-        let config = PresenceConfig { shards: 3, diff_window_ms: 5 };
+        let config = PresenceConfig { shards: 3, diff_window_ms: 5, ..PresenceConfig::default() };
         let tracker = LocalTracker::start(&config, pubsub.clone(), crate::clock::system());
         let node = pubsub.node_id().clone();
         let (me, other) = (ConnectionId::new(node.clone(), 1), ConnectionId::new(node, 2));
@@ -476,7 +550,7 @@ mod tests {
     async fn stopping_publishes_the_open_window_and_ends_every_shard() {
         let pubsub = PubSub::start(1, Arc::new(LocalBroker::new("n")));
         // A window far longer than the test: only the stop can send this diff.
-        let config = PresenceConfig { shards: 3, diff_window_ms: 60_000 };
+        let config = PresenceConfig { shards: 3, diff_window_ms: 60_000, ..PresenceConfig::default() };
         let tracker = LocalTracker::start(&config, pubsub.clone(), crate::clock::system());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe(Arc::clone(&seen)).start();

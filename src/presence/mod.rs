@@ -10,10 +10,11 @@
 //! Presences belong to a [`ConnectionId`], which names a socket across nodes. How the tracker
 //! learns that a connection is gone is its own business too: each connection holds a [`Lease`]
 //! the tracker gave it, and dropping the lease (the socket ended, or its actor crashed and was
-//! dropped) makes the connection's presences leave. The local tracker acts on the drop; a
-//! distributed one would also let the lease lapse on a TTL, so a node that dies takes its
-//! presences with it.
+//! dropped) makes the connection's presences leave. The local tracker acts on the drop; across
+//! nodes, [`ClusterTracker`] replicates each node's presences to the others and drops those of
+//! a node whose heartbeat stops, so a node that dies takes its presences with it.
 
+mod cluster;
 pub mod conformance;
 mod local;
 mod state;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 
+pub use cluster::{ClusterTracker, Engine};
 pub use local::LocalTracker;
 pub use state::{Diff, TopicPresence};
 
@@ -132,11 +134,15 @@ pub struct PresenceConfig {
     pub shards: usize,
     /// Changes to a topic within this window go out as one `presence_diff`.
     pub diff_window_ms: u64,
+    /// With several nodes: how often a node tells the others it is alive, and its versions.
+    pub heartbeat_ms: u64,
+    /// With several nodes: a node not heard from for this long is down, its presences gone.
+    pub node_timeout_ms: u64,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        PresenceConfig { shards: 1, diff_window_ms: 25 }
+        PresenceConfig { shards: 1, diff_window_ms: 25, heartbeat_ms: 1_500, node_timeout_ms: 10_000 }
     }
 }
 
@@ -149,7 +155,24 @@ impl PresenceConfig {
         if self.diff_window_ms > 1_000 {
             return Err("diff_window_ms must be at most 1000".into());
         }
+        if !(10..=60_000).contains(&self.heartbeat_ms) {
+            return Err("heartbeat_ms must be 10..=60000".into());
+        }
+        // Two missed heartbeats at least, so one late beat on a busy node is not a death.
+        if self.node_timeout_ms < 3 * self.heartbeat_ms || self.node_timeout_ms > 600_000 {
+            return Err("node_timeout_ms must be at least 3 × heartbeat_ms and at most 600000".into());
+        }
         Ok(())
+    }
+
+    /// The heartbeat interval as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// The node timeout as a duration.
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_millis(self.node_timeout_ms)
     }
 
     /// The diff window as a duration.

@@ -308,6 +308,12 @@ impl PubSub {
         self.fanout.deliver(broadcast, exclude);
     }
 
+    /// Fans a broadcast out to this node's subscribers only: for news every node learns by
+    /// itself (another node went down), which each announces to its own sockets.
+    pub fn publish_local(&self, broadcast: Arc<Broadcast>) {
+        self.fanout.deliver(broadcast, None);
+    }
+
     /// How many live subscribers `topic` has on this node.
     pub async fn subscriber_count(&self, topic: &str) -> Result<usize, PubSubError> {
         Ok(self.fanout.shard(topic).send(SubscriberCount { topic: topic.to_owned() }).await?)

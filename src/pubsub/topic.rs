@@ -5,6 +5,18 @@
 
 use std::fmt;
 
+/// The prefix of the topics nodes talk to each other on (the presence replicas'
+/// [`PRESENCE_SYNC`]): no client may join them and no operator may broadcast on them.
+pub const INTERNAL_PREFIX: &str = "$courier:";
+
+/// The topic the presence trackers of a cluster replicate their entries on.
+pub const PRESENCE_SYNC: &str = "$courier:presence";
+
+/// Whether `topic` is one of the nodes' own ([`INTERNAL_PREFIX`]), closed to clients.
+pub fn is_internal(topic: &str) -> bool {
+    topic.starts_with(INTERNAL_PREFIX)
+}
+
 /// A family of topics, told apart by the prefix before the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TopicKind {
@@ -179,5 +191,12 @@ mod tests {
             assert_eq!(Topic::parse(kind.prefix()), Err(TopicError::EmptyName(kind)));
         }
         assert_eq!(TopicError::EmptyName(TopicKind::Room).to_string(), "room: topic names nothing");
+    }
+
+    #[test]
+    fn the_nodes_topics_are_internal_and_no_family_of_courier() {
+        assert!(is_internal(PRESENCE_SYNC));
+        assert_eq!(Topic::parse(PRESENCE_SYNC), Err(TopicError::Unknown));
+        assert!(!is_internal("room:$courier:presence") && !is_internal("presence:x"));
     }
 }

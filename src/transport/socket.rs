@@ -416,7 +416,9 @@ impl SocketSession {
             let reply = Reply::error(Code::InvalidTopic, "topic too long");
             return self.reply(ctx, join_ref.as_deref(), msg_ref.as_deref(), &topic, &reply);
         }
-        let Some(factory) = self.router.route(&topic).cloned() else {
+        // The nodes' own topics are refused as if no channel matched, whatever the router says.
+        let route = if crate::pubsub::topic::is_internal(&topic) { None } else { self.router.route(&topic).cloned() };
+        let Some(factory) = route else {
             if let Some(suppressed) = crate::logging::client_mistake() {
                 tracing::info!(conn = self.conn(), topic, suppressed, "join refused: unmatched topic");
             }

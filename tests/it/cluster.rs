@@ -18,14 +18,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use courier::pubsub::conformance::{check_broker, check_reconnects};
-use courier::pubsub::{Broker, ClusterConfig, MemoryCluster};
+use courier::pubsub::{Broadcast, Broker, ClusterConfig, Inbound, InterestTaken, MemoryCluster};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::support::db::{TestDb, on_ci};
 use crate::support::devices::{Device, message, signup};
-use crate::support::{TestServer, http, ok_reply, test_config};
+use crate::support::{Client, Frame, TestServer, error_reply, http, ok_reply, test_config};
 
 /// Held by every test that uses Redis: the reconnection check kills every subscriber
 /// connection on the server (Redis names no connection's channels to pick one by), which would
@@ -403,4 +406,290 @@ async fn a_nats_broker_started_before_its_server_connects_once_it_is_up() {
     let test = "a_nats_broker_started_before_its_server_connects_once_it_is_up";
     let Some((server, url)) = own_nats(test) else { return };
     connects_late(server, url).await;
+}
+
+/// A node's broker that can be cut from the others: once cut, nothing the node publishes
+/// leaves it (heartbeats, deltas, diffs, its goodbye), which is what the other nodes see of a
+/// process killed with SIGKILL.
+struct Severable {
+    inner: Arc<dyn Broker>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Broker for Severable {
+    fn node(&self) -> &str {
+        self.inner.node()
+    }
+    fn start(&self, inbound: Inbound) {
+        self.inner.start(inbound);
+    }
+    fn interest(&self, topic: &str, interested: bool) -> InterestTaken {
+        self.inner.interest(topic, interested)
+    }
+    fn publish(&self, broadcast: &Arc<Broadcast>) {
+        if !self.cut.load(Ordering::SeqCst) {
+            self.inner.publish(broadcast);
+        }
+    }
+    fn connected(&self) -> bool {
+        self.inner.connected()
+    }
+}
+
+const ADMIN_TOKEN: &str = "presence-admin-token";
+
+/// A node called `name` for the presence tests: fast heartbeats and a short node timeout, an
+/// admin token, and a broker that `cut` severs.
+async fn presence_node(db: &Arc<TestDb>, join: &Join, name: &str, cut: &Arc<AtomicBool>) -> TestServer {
+    let mut config = test_config();
+    config.node = name.into();
+    config.admin.token = Some(ADMIN_TOKEN.into());
+    config.presence.heartbeat_ms = 100;
+    config.presence.node_timeout_ms = 1_500;
+    let inner: Arc<dyn Broker> = match join {
+        Join::Memory(cluster) => cluster.broker(name),
+        Join::Broker(cluster) => {
+            config.cluster = Some(cluster.clone());
+            cluster.connect(name).await.expect("the broker is made")
+        }
+    };
+    let broker: Arc<dyn Broker> = Arc::new(Severable { inner, cut: Arc::clone(cut) });
+    TestServer::start_on(Arc::clone(db), config, move |c| c.broker(broker))
+}
+
+/// A topic's `presence_state` on `server`, as the admin API lists it.
+async fn listed(server: &TestServer, topic: &str) -> BTreeSet<String> {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let path = format!("/admin/api/topics/{}/presence", topic.replace(':', "%3A"));
+    let (status, body) = http(server.addr, "GET", &path, &[("Authorization", bearer.as_str())], "").await;
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).expect("JSON");
+    state.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// Polls until `server` lists exactly `keys` on `topic`, within a generous bound.
+async fn lists(server: &TestServer, topic: &str, keys: &BTreeSet<String>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = listed(server, topic).await;
+        if now == *keys {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{topic} lists {now:?}, not {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a phoenix.js client knows of one topic: the refs per key, from `presence_state` and
+/// the `presence_diff`s after it, plus every diff as it came.
+#[derive(Default)]
+struct View {
+    keys: BTreeMap<String, BTreeSet<String>>,
+    diffs: Vec<Value>,
+}
+
+fn refs_by_key(state: &Value) -> impl Iterator<Item = (String, Vec<String>)> + '_ {
+    state.as_object().into_iter().flatten().map(|(key, presence)| {
+        let metas = presence["metas"].as_array().cloned().unwrap_or_default();
+        (key.clone(), metas.iter().filter_map(|m| m["phx_ref"].as_str().map(str::to_owned)).collect())
+    })
+}
+
+impl View {
+    fn apply(&mut self, frame: &Value) {
+        match frame[3].as_str() {
+            Some("presence_state") => {
+                self.keys = refs_by_key(&frame[4]).map(|(k, r)| (k, r.into_iter().collect())).collect();
+            }
+            Some("presence_diff") => {
+                for (key, refs) in refs_by_key(&frame[4]["joins"]) {
+                    self.keys.entry(key).or_default().extend(refs);
+                }
+                for (key, refs) in refs_by_key(&frame[4]["leaves"]) {
+                    if let Some(held) = self.keys.get_mut(&key) {
+                        held.retain(|r| !refs.contains(r));
+                        if held.is_empty() {
+                            self.keys.remove(&key);
+                        }
+                    }
+                }
+                self.diffs.push(frame[4].clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn key_set(&self) -> BTreeSet<String> {
+        self.keys.keys().cloned().collect()
+    }
+}
+
+/// Reads `client`'s frames into `view` until it shows exactly `keys`, within a generous bound.
+async fn sees(client: &mut Client, view: &mut View, keys: &BTreeSet<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while view.key_set() != *keys {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.recv_within(left).await {
+            Some(Frame::Json(frame)) => view.apply(&frame),
+            other => panic!("the view is {:?}, not {keys:?}; then {other:?}", view.key_set()),
+        }
+    }
+}
+
+/// The anonymous presence keys of the sockets of the node called `node` in `state`.
+fn keys_of(state: &BTreeSet<String>, node: &str) -> BTreeSet<String> {
+    state.iter().filter(|k| k.starts_with(&format!("anonymous:{node}/"))).cloned().collect()
+}
+
+fn set(keys: &[&BTreeSet<String>]) -> BTreeSet<String> {
+    keys.iter().flat_map(|k| k.iter().cloned()).collect()
+}
+
+/// Presence across two nodes: each lists the other's presences and hears its changes; a node
+/// cut off (as if killed) has its presences leave the other within the node timeout, as one
+/// diff per topic; the same node name started again brings nothing of the dead process back.
+async fn presence_across_nodes(db: Arc<TestDb>, join: &Join) {
+    let (cut_a, never) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let a = presence_node(&db, join, "courier@a", &cut_a).await;
+    let b = presence_node(&db, join, "courier@b", &never).await;
+    for server in [&a, &b] {
+        assert_eq!(ready(server).await["broker"], "up");
+    }
+    let topic = "room:presence";
+
+    // Two sockets on a, one on b, in one room: both nodes list all three.
+    let mut on_a = Vec::new();
+    for _ in 0..2 {
+        let mut client = a.client().await;
+        client.join_ok(topic, "1").await;
+        on_a.push(client);
+    }
+    let mut on_a_other = a.client().await;
+    on_a_other.join_ok("room:other", "1").await;
+    let a_keys = keys_of(&listed(&a, topic).await, "courier@a");
+    let a_other = keys_of(&listed(&a, "room:other").await, "courier@a");
+    assert_eq!((a_keys.len(), a_other.len()), (2, 1), "a's own");
+    lists(&b, topic, &a_keys).await;
+    lists(&b, "room:other", &a_other).await;
+    let mut on_b = b.client().await.see_presence();
+    let mut b_other = b.client().await.see_presence();
+    on_b.join_ok(topic, "1").await;
+    b_other.join_ok("room:other", "1").await;
+    let (mut view_b, mut view_b_other) = (View::default(), View::default());
+    let first = on_b.recv_json().await;
+    assert_eq!(first[3], "presence_state", "{first}");
+    view_b.apply(&first);
+    assert!(a_keys.is_subset(&view_b.key_set()), "b's presence_state lists a's presences: {first}");
+    // b's own presence was tracked before its state was taken: in the state, or in a diff after.
+    let b_keys = keys_of(&listed(&b, topic).await, "courier@b");
+    assert_eq!(b_keys.len(), 1);
+    let everyone = set(&[&a_keys, &b_keys]);
+    sees(&mut on_b, &mut view_b, &everyone).await;
+    lists(&a, topic, &everyone).await;
+    let other_everyone = set(&[&a_other, &keys_of(&listed(&b, "room:other").await, "courier@b")]);
+    sees(&mut b_other, &mut view_b_other, &other_everyone).await;
+
+    // A change on a reaches b as a diff with Phoenix's shapes.
+    let mut third = a.client().await;
+    third.join_ok(topic, "1").await;
+    let with_third = listed(&a, topic).await;
+    assert_eq!(with_third.len(), 4);
+    sees(&mut on_b, &mut view_b, &with_third).await;
+    let joined = view_b.diffs.last().expect("a join diff").clone();
+    let new_key = with_third.difference(&everyone).next().expect("the new key").clone();
+    assert!(joined["joins"][&new_key]["metas"][0]["phx_ref"].is_string(), "{joined}");
+    third.close().await;
+    sees(&mut on_b, &mut view_b, &everyone).await;
+
+    // a goes silent, as if killed: b drops its presences within the timeout, as one diff per
+    // topic with all of them.
+    cut_a.store(true, Ordering::SeqCst);
+    view_b.diffs.clear();
+    sees(&mut on_b, &mut view_b, &b_keys).await;
+    let leaves: Vec<&Value> =
+        view_b.diffs.iter().filter(|d| d["leaves"].as_object().is_some_and(|l| !l.is_empty())).collect();
+    assert_eq!(leaves.len(), 1, "one diff for the dead node's presences: {leaves:?}");
+    let left: BTreeSet<String> =
+        leaves[0]["leaves"].as_object().map(|l| l.keys().cloned().collect()).unwrap_or_default();
+    assert_eq!(left, a_keys, "every presence of a in the one diff");
+    sees(&mut b_other, &mut view_b_other, &keys_of(&other_everyone, "courier@b")).await;
+    lists(&b, topic, &b_keys).await;
+
+    // a ends (nothing of its shutdown reaches b) and starts again under the same name: b lists
+    // only what the new process tracks, and the new process lists b's presence and its own.
+    drop(on_a);
+    drop(on_a_other);
+    a.shutdown().await;
+    let a_again = presence_node(&db, join, "courier@a", &never).await;
+    assert_eq!(ready(&a_again).await["broker"], "up");
+    lists(&a_again, topic, &b_keys).await;
+    let mut reborn = a_again.client().await;
+    reborn.join_ok(topic, "1").await;
+    let now_a = keys_of(&listed(&a_again, topic).await, "courier@a");
+    assert_eq!(now_a.len(), 1);
+    assert!(now_a.is_disjoint(&a_keys), "a new process, new keys");
+    let after = set(&[&now_a, &b_keys]);
+    lists(&b, topic, &after).await;
+    lists(&a_again, topic, &after).await;
+    sees(&mut on_b, &mut view_b, &after).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(listed(&b, topic).await, after, "nothing of the dead process came back");
+
+    a_again.shutdown().await;
+    lists(&b, topic, &b_keys).await;
+    b.shutdown().await;
+}
+
+on_both_backends!(presence_crosses_nodes, presence_over_memory);
+async fn presence_over_memory(db: Arc<TestDb>) {
+    let cluster = MemoryCluster::start().expect("the hub starts");
+    presence_across_nodes(db, &Join::Memory(cluster.clone())).await;
+    cluster.stop();
+}
+
+/// The presence scenario over the broker `cluster` names, on a PostgreSQL database of its own.
+#[cfg(any(feature = "redis", feature = "nats"))]
+async fn presence_over_broker(cluster: Option<ClusterConfig>, test: &str) {
+    let Some(cluster) = cluster else { return };
+    let Some(db) = TestDb::postgres(test) else { return };
+    presence_across_nodes(Arc::new(db), &Join::Broker(cluster)).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn presence_crosses_nodes_over_redis() {
+    let test = "presence_crosses_nodes_over_redis";
+    let _serial = REDIS.lock().await;
+    presence_over_broker(redis(test), test).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn presence_crosses_nodes_over_nats() {
+    let test = "presence_crosses_nodes_over_nats";
+    presence_over_broker(nats(test), test).await;
+}
+
+/// The nodes' replication topic is closed: a client's join is refused as unmatched (even with a
+/// channel that would match anything), and an operator can neither broadcast on it nor see it.
+#[tokio::test]
+async fn the_replication_topic_is_closed_to_clients_and_operators() {
+    let cluster = MemoryCluster::start().expect("the hub starts");
+    let db = Arc::new(TestDb::sqlite());
+    let never = Arc::new(AtomicBool::new(false));
+    let server = presence_node(&db, &Join::Memory(cluster.clone()), "courier@closed", &never).await;
+    let mut client = server.client().await;
+    client.send(json!(["1", "1", "$courier:presence", "phx_join", {}])).await;
+    let refused = error_reply(None, "1", "$courier:presence", "unmatched topic", "unmatched_topic");
+    assert_eq!(client.recv_json().await, refused);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let body = json!({"topic": "$courier:presence", "event": "forged", "payload": {}}).to_string();
+    let (status, reply) = http(server.addr, "POST", "/admin/api/broadcast", &headers, &body).await;
+    assert_eq!(status, 400, "{reply}");
+    let (status, page) = http(server.addr, "GET", "/admin/api/topics?prefix=", &headers[..1], "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains("$courier:"), "the topic list hides the nodes' own: {page}");
+    server.shutdown().await;
+    cluster.stop();
 }

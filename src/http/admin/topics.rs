@@ -27,8 +27,9 @@ const RESERVED_EVENTS: [&str; 9] = [
 ];
 
 /// The families of the topics each socket listens on for its own sake (a session's end, a
-/// disconnect by socket id), left out of the topic list unless its prefix names them.
-const CONTROL_FAMILIES: [&str; 2] = ["session:", "users_socket:"];
+/// disconnect by socket id) and the nodes' own, left out of the topic list unless its prefix
+/// names them.
+const CONTROL_FAMILIES: [&str; 3] = ["session:", "users_socket:", crate::pubsub::topic::INTERNAL_PREFIX];
 
 /// One live topic.
 #[derive(Serialize, ToSchema)]
@@ -126,6 +127,9 @@ pub(super) async fn broadcast(
 ) -> Result<HttpResponse, Error> {
     check_name("topic", &body.topic)?;
     check_name("event", &body.event)?;
+    if crate::pubsub::topic::is_internal(&body.topic) {
+        return Err(Error::new(Code::InvalidInput, format!("{} is the nodes' own topic", body.topic)));
+    }
     if RESERVED_EVENTS.contains(&body.event.as_str()) {
         return Err(Error::new(Code::InvalidEvent, format!("{} is reserved", body.event)));
     }
