@@ -1,6 +1,7 @@
 //! Two log writers on one database at once, as two nodes of a cluster are: each commits
 //! batches of messages in both directions between the same users, the same retried ids, and
-//! receipts, concurrently. No batch fails (on PostgreSQL a lock-order cycle would surface as a
+//! receipts, concurrently, plus batches that write some users' logs and acknowledge others',
+//! crossed between the writers (without the lock order these deadlock on PostgreSQL at once). No batch fails (on PostgreSQL a lock-order cycle would surface as a
 //! deadlock error), every write is answered, a retried id is stored once with one row for both,
 //! and every log is `1..=n` with no gap and no duplicate.
 
@@ -48,12 +49,7 @@ async fn writer(store: Store, me: usize) -> Vec<Result<Written, MessagingError>>
                 batch.push(Write::Receipt(Receipt { user: user.to_owned(), device, up_to, read: round % 2 == 0 }));
             }
         }
-        let writes = batch.clone();
-        let results = store
-            .write(move |c| log::apply(c, &writes, T0 + 1))
-            .await
-            .unwrap_or_else(|e| panic!("writer {me}'s batch {round} failed: {e}"));
-        assert_eq!(results.len(), batch.len(), "every write of the batch is answered");
+        let results = commit(&store, batch, &format!("writer {me}'s batch {round}")).await;
         for result in &results {
             if let Ok(Written::Appended(a)) = result {
                 let top = seen.entry(a.row.receiver.clone()).or_default();
@@ -61,8 +57,34 @@ async fn writer(store: Store, me: usize) -> Vec<Result<Written, MessagingError>>
             }
         }
         all.extend(results);
+
+        // A batch whose messages and receipts are for different users, crossed between the
+        // writers: 0 writes ann's and ben's logs and then receipts into cat's and dan's, 1 the
+        // other way round. Locking step by step, each would hold what the other waits for.
+        let (talk, ack) = if me == 0 { (["ann", "ben"], ["cat", "dan"]) } else { (["dan", "cat"], ["ben", "ann"]) };
+        let mut crossed = vec![append(talk[0], talk[1], &format!("x{me}-{round}"))];
+        for user in ack {
+            if let Some(&up_to) = seen.get(user) {
+                crossed.push(Write::Receipt(Receipt {
+                    user: user.to_owned(),
+                    device: format!("x{me}"),
+                    up_to,
+                    read: true,
+                }));
+            }
+        }
+        all.extend(commit(&store, crossed, &format!("writer {me}'s crossed batch {round}")).await);
     }
     all
+}
+
+/// Commits `batch` as the log writer does; any failure (a deadlock included) fails the test.
+async fn commit(store: &Store, batch: Vec<Write>, what: &str) -> Vec<Result<Written, MessagingError>> {
+    let n = batch.len();
+    let results =
+        store.write(move |c| log::apply(c, &batch, T0 + 1)).await.unwrap_or_else(|e| panic!("{what} failed: {e}"));
+    assert_eq!(results.len(), n, "{what}: every write is answered");
+    results
 }
 
 async fn two_writers_in_both_directions_neither_deadlock_nor_leave_gaps(db: &TestDb) {
@@ -87,7 +109,7 @@ async fn two_writers_in_both_directions_neither_deadlock_nor_leave_gaps(db: &Tes
         }
     }
     let per_writer = ROUNDS * USERS.len() * (USERS.len() - 1);
-    assert_eq!(rows.len(), 2 * per_writer + ROUNDS, "every id stored once");
+    assert_eq!(rows.len(), 2 * per_writer + ROUNDS + 2 * ROUNDS, "every id stored once");
     for ((_, id), copies) in &rows {
         if id.starts_with("both-") {
             assert_eq!(copies.len(), 2, "{id} was sent by both writers");
