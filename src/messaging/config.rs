@@ -1,5 +1,5 @@
-//! Messaging limits: payload size, page sizes and bytes, the log writer's batch size, and the rate and
-//! expiry of status signals.
+//! Messaging limits: payload size, page sizes and bytes, the log writer's batch size, how long
+//! a live message waits ahead of a gap, and the rate and expiry of status signals.
 
 use serde::Deserialize;
 
@@ -26,6 +26,9 @@ pub struct MessagingConfig {
     pub signal_burst: u32,
     /// A TYPING or RECORDING with no PAUSED or CANCELLED after it turns into PAUSED after this.
     pub typing_timeout_ms: u64,
+    /// How long a live message that arrived ahead of a missing offset is held for the missing
+    /// one to arrive live before the gap is read from the database.
+    pub gap_wait_ms: u64,
 }
 
 impl Default for MessagingConfig {
@@ -40,6 +43,7 @@ impl Default for MessagingConfig {
             signal_rate_per_sec: 5,
             signal_burst: 10,
             typing_timeout_ms: 10_000,
+            gap_wait_ms: 200,
         }
     }
 }
@@ -67,6 +71,9 @@ impl MessagingConfig {
         }
         if !(50..=600_000).contains(&self.typing_timeout_ms) {
             return Err("typing_timeout_ms must be 50..=600000".into());
+        }
+        if !(1..=60_000).contains(&self.gap_wait_ms) {
+            return Err("gap_wait_ms must be 1..=60000".into());
         }
         Ok(())
     }

@@ -2,6 +2,9 @@
 //! every new message (the receiver's log, the sender's log, the conversation), then sealed
 //! messages (the receiver's log only: they have no sender), then receipts.
 //!
+//! On PostgreSQL the batch first locks every user's log it touches, in one order
+//! (`store::messages::lock_logs`), so batches committing on different nodes cannot deadlock.
+//!
 //! A per-item problem (unknown recipient, `up_to` past the end) fails only that item; a
 //! database error, or a log the batch would take past the offset limit (`StoreError::LogFull`),
 //! fails the whole batch, which the writer then retries item by item.
@@ -138,10 +141,27 @@ pub fn apply(
     now: Millis,
 ) -> Result<Vec<Result<Written, MessagingError>>, StoreError> {
     let mut results: Vec<Option<Result<Written, MessagingError>>> = writes.iter().map(|_| None).collect();
+    // Before anything else, so that every later step's locks follow one global order and two
+    // nodes' batches for the same users cannot deadlock (see `store::messages::lock_logs`).
+    messages::lock_logs(conn, &users_of(writes))?;
     append_all(conn, writes, now, &mut results)?;
     append_sealed(conn, writes, now, &mut results)?;
     record_receipts(conn, writes, now, &mut results)?;
     Ok(results.into_iter().map(|r| r.unwrap_or(Err(MessagingError::Unavailable))).collect())
+}
+
+/// Every user whose log a batch may touch: both ends of each message, the receiver of each
+/// sealed one, the user of each receipt.
+fn users_of(writes: &[Write]) -> Vec<&str> {
+    let mut users = Vec::with_capacity(writes.len() * 2);
+    for write in writes {
+        match write {
+            Write::Append(append) => users.extend([append.sender.as_str(), receiver_of(append)]),
+            Write::Receipt(receipt) => users.push(receipt.user.as_str()),
+            Write::Sealed(sealed) => users.push(sealed.receiver.as_str()),
+        }
+    }
+    users
 }
 
 fn append_all(

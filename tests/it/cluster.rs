@@ -33,10 +33,10 @@ use crate::support::{Client, Frame, TestServer, error_reply, http, ok_reply, tes
 /// Held by every test that uses Redis: the reconnection check kills every subscriber
 /// connection on the server (Redis names no connection's channels to pick one by), which would
 /// cost a test running beside it the broadcasts sent meanwhile.
-static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How a test's nodes are joined.
-enum Join {
+pub(crate) enum Join {
     /// By an in-process hub.
     Memory(MemoryCluster),
     /// By the broker these `[cluster]` settings name, chosen by the server as in production.
@@ -44,7 +44,7 @@ enum Join {
 }
 
 /// A node called `name`, joined by `join`, on `db`.
-fn node(db: &Arc<TestDb>, join: &Join, name: &str) -> TestServer {
+pub(crate) fn node(db: &Arc<TestDb>, join: &Join, name: &str) -> TestServer {
     let mut config = test_config();
     config.node = name.into();
     match join {
@@ -79,11 +79,11 @@ fn broker_server(env: &str, default: &str, test: &str) -> Option<ClusterConfig> 
     None
 }
 
-fn redis(test: &str) -> Option<ClusterConfig> {
+pub(crate) fn redis(test: &str) -> Option<ClusterConfig> {
     broker_server("COURIER_TEST_REDIS", "redis://127.0.0.1:6379", test)
 }
 
-fn nats(test: &str) -> Option<ClusterConfig> {
+pub(crate) fn nats(test: &str) -> Option<ClusterConfig> {
     broker_server("COURIER_TEST_NATS", "nats://127.0.0.1:4222", test)
 }
 
@@ -97,7 +97,7 @@ async fn brokers(cluster: &ClusterConfig, names: &[&str]) -> HashMap<String, Arc
 }
 
 /// Polls `/readyz` until it answers 200 (a networked broker connects in the background).
-async fn ready(server: &TestServer) -> Value {
+pub(crate) async fn ready(server: &TestServer) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (status, body) = http(server.addr, "GET", "/readyz", &[], "").await;

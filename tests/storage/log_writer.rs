@@ -2,8 +2,8 @@
 //! logs and conversations at once come back gap-free and matched to the right rows, duplicates
 //! are found within and across batches, and a batch of a shape seen before prepares no new
 //! statement (diesel caches every statement on this path but PostgreSQL's lookup, planned per
-//! run on purpose). On PostgreSQL the messages of a batch take two statements and the receipts
-//! one per round.
+//! run on purpose). On PostgreSQL the batch locks its logs first (one statement), the messages
+//! take two statements, and the receipts one lock of their conversations and one per round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -227,13 +227,16 @@ async fn a_repeated_batch_shape_prepares_nothing_new(db: &TestDb) {
     match store.backend() {
         // A cached statement per row and step: here a function call, not a round trip.
         Backend::Sqlite => assert!(second_batch.len() > 10, "the second batch ran its statements: {second_batch:?}"),
-        // Twenty messages in a lookup and a write, the receipt in one statement: five round
-        // trips in all, whatever the batch's size.
+        // The logs locked in order, twenty messages in a lookup and a write, the receipts'
+        // conversations locked in order, the receipt in one statement: seven round trips in
+        // all, whatever the batch's size.
         Backend::Postgres => {
             let shape: Vec<&str> = second_batch.iter().map(|sql| sql.split(' ').next().unwrap_or_default()).collect();
-            assert_eq!(shape, ["BEGIN", "SELECT", "WITH", "WITH", "COMMIT"], "{second_batch:#?}");
-            assert!(second_batch[2].starts_with("WITH logs AS"), "{}", second_batch[2]);
-            assert!(second_batch[3].starts_with("WITH arg AS"), "{}", second_batch[3]);
+            assert_eq!(shape, ["BEGIN", "INSERT", "SELECT", "WITH", "WITH", "WITH", "COMMIT"], "{second_batch:#?}");
+            assert!(second_batch[1].starts_with("INSERT INTO user_logs"), "{}", second_batch[1]);
+            assert!(second_batch[3].starts_with("WITH logs AS"), "{}", second_batch[3]);
+            assert!(second_batch[4].contains("FOR UPDATE OF c"), "{}", second_batch[4]);
+            assert!(second_batch[5].starts_with("WITH arg AS"), "{}", second_batch[5]);
         }
     }
     assert!(uncached.is_empty(), "statements run without diesel's cache: {uncached:#?}");

@@ -8,6 +8,7 @@ mod support;
 
 mod accounts;
 mod auth_limits;
+mod cross_writers;
 mod held_writer;
 mod http_api;
 mod invites;

@@ -281,6 +281,24 @@ mod tests {
     }
 
     #[test]
+    fn two_nodes_committing_one_log_interleave_into_one_ordered_stream() {
+        // Node a commits 1, 3, 5 and node b 2, 4, 6 of this log moments apart; this device
+        // hears a's directly and b's late over the broker, and a re-sent 3 comes twice.
+        let mut d = Device::live(0);
+        for offset in [1, 3, 5, 3, 2, 4] {
+            d.live_message(offset);
+        }
+        assert_eq!(d.pushed, vec![1, 2, 3, 4, 5], "held until the lower offsets came");
+        // 6 never comes live (a lost broadcast) but 7 does: after the window, the log fills it.
+        d.live_message(7);
+        assert!(!d.timer_fires(), "the window armed for the gap at 2 has closed");
+        assert!(d.timer_fires(), "the gap at 6 gets a window of its own, then a read");
+        d.read(&[6, 7], 7);
+        d.live_message(7);
+        assert_eq!(d.pushed, (1..=7).collect::<Vec<_>>(), "each offset once, in order");
+    }
+
+    #[test]
     fn a_gap_still_open_after_the_window_is_filled_from_the_log() {
         let mut d = Device::live(5);
         d.live_message(8);

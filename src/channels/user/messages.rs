@@ -23,10 +23,6 @@ use crate::pubsub::{Broadcast, Event};
 const CATCH_UP_BACKOFF: Duration = Duration::from_millis(20);
 /// How long a catch-up waits before reading again after a storage error.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
-/// How long a live message ahead of a gap waits for the ones before it before the inbox reads
-/// them from the log. Publishes reorder by microseconds on one node and by a broker's latency
-/// across nodes; a lost one costs the device this long.
-const GAP_WAIT: Duration = Duration::from_millis(250);
 
 /// The gap timer of the inbox fired.
 pub struct GapTimer;
@@ -248,8 +244,12 @@ impl UserChannel {
     /// Starts the gap timer if the inbox holds messages past a gap and none is running.
     fn arm_gap_timer(&mut self, ctx: &mut ChannelContext<'_>) {
         if self.inbox.gap_timer_due() {
-            ctx.spawn(Box::pin(async {
-                tokio::time::sleep(GAP_WAIT).await;
+            // `[messaging] gap_wait_ms`: publishes reorder by microseconds on one node and by a
+            // broker's latency across nodes (two nodes committing one log's offsets moments
+            // apart); a message lost on the way costs the device this long.
+            let wait = Duration::from_millis(self.messaging.config().gap_wait_ms);
+            ctx.spawn(Box::pin(async move {
+                tokio::time::sleep(wait).await;
                 Box::new(GapTimer) as _
             }));
         }

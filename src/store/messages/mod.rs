@@ -3,7 +3,7 @@
 //! stay gap-free whoever writes; what an offset means is decided by `crate::messaging`.
 //!
 //! The log writer's two writes have their own modules: `append` (a batch of messages) and
-//! `receipt`. On PostgreSQL, where a round trip is the cost, a batch of messages takes two
+//! `receipt`; `lock` holds the order in which a batch takes its row locks on PostgreSQL. On PostgreSQL, where a round trip is the cost, a batch of messages takes two
 //! statements whatever its size, and a batch's receipts one statement per round.
 //!
 //! Every read of a log or a conversation takes a [`Snapshot`], so a page, the log's end and the
@@ -115,9 +115,11 @@ macro_rules! ack_marks {
 }
 
 mod append;
+mod lock;
 mod receipt;
 
 pub use append::{NewMessage, StoredMessage, append};
+pub use lock::lock_logs;
 
 /// The largest offset a log or conversation may hand out: seed 004's `Message` carries
 /// `signal_offset` and `user_offset` as int32, and an offset past it could only be clipped

@@ -260,6 +260,8 @@ fn receipts_pg(
     receipts: &[ReceiptRequest<'_>],
     now: Millis,
 ) -> Result<Vec<ReceiptOutcome>, StoreError> {
+    // Every conversation of the batch's receipts at once, in order, before any round takes one.
+    super::lock::lock_receipt_conversations(c, receipts.iter().map(|r| (r.username, r.up_to, r.read)))?;
     let mut outcomes: Vec<Option<ReceiptOutcome>> = vec![None; receipts.len()];
     for round in rounds(receipts) {
         let batch: Vec<ReceiptRequest<'_>> = round.iter().map(|&i| receipts[i]).collect();
