@@ -161,6 +161,30 @@ impl Running {
     }
 }
 
+/// The way to a running name-claim keeper: [`KeeperStop::stop`] asks it to give the name back
+/// and waits until it has (or the broker's thread is gone).
+#[derive(Default)]
+pub(crate) struct KeeperStop(std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>);
+
+impl KeeperStop {
+    /// Records the keeper's end; a keeper set before is left to stop with the broker.
+    pub(crate) fn set(&self, stop: oneshot::Sender<oneshot::Sender<()>>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stop);
+    }
+
+    /// Stops the keeper, if one runs, once it has released the name.
+    pub(crate) fn stop(&self) -> InterestTaken {
+        let keeper = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        Box::pin(async move {
+            let Some(keeper) = keeper else { return };
+            let (done, released) = oneshot::channel();
+            if keeper.send(done).is_ok() {
+                let _ = released.await;
+            }
+        })
+    }
+}
+
 /// The pause before reconnection attempt `attempt` (0-based): 100 ms doubling up to `max`.
 pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
     Duration::from_millis(100).saturating_mul(1 << attempt.min(16)).min(max)

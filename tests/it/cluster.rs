@@ -30,7 +30,7 @@ use crate::support::{TestServer, http, ok_reply, test_config};
 /// Held by every test that uses Redis: the reconnection check kills every subscriber
 /// connection on the server (Redis names no connection's channels to pick one by), which would
 /// cost a test running beside it the broadcasts sent meanwhile.
-static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How a test's nodes are joined.
 enum Join {
@@ -76,11 +76,11 @@ fn broker_server(env: &str, default: &str, test: &str) -> Option<ClusterConfig> 
     None
 }
 
-fn redis(test: &str) -> Option<ClusterConfig> {
+pub(crate) fn redis(test: &str) -> Option<ClusterConfig> {
     broker_server("COURIER_TEST_REDIS", "redis://127.0.0.1:6379", test)
 }
 
-fn nats(test: &str) -> Option<ClusterConfig> {
+pub(crate) fn nats(test: &str) -> Option<ClusterConfig> {
     broker_server("COURIER_TEST_NATS", "nats://127.0.0.1:4222", test)
 }
 

@@ -7,6 +7,7 @@ mod admin;
 mod auth_limits;
 mod channel_lifecycle;
 mod cluster;
+mod cluster_processes;
 mod connect;
 mod edge;
 mod error_codes;
