@@ -248,18 +248,7 @@ async fn three_processes(cluster: Option<ClusterConfig>, test: &str) {
 
 /// Runs `courier-load` with `args`; its exit output and JSON report.
 async fn load(args: &[String]) -> (std::process::Output, Value) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("report.json");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier-load"))
-        .args(["--quiet", "--json"])
-        .arg(&json)
-        .args(args)
-        .output()
-        .await
-        .expect("courier-load runs");
-    let report =
-        std::fs::read_to_string(&json).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
-    (output, report)
+    crate::load::courier_load(args).await
 }
 
 /// Asserts a `courier-load` run passed every check with no error.
