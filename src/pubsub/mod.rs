@@ -11,7 +11,8 @@
 //! [`MemoryCluster`] joins nodes of one process, [`RedisBroker`] and [`NatsBroker`] join nodes
 //! over a server (chosen from the `[cluster]` settings in [`cluster`]), and [`conformance`] is
 //! the contract a broker keeps, as a check over a factory. Node and connection ids ([`NodeId`], [`ConnectionId`])
-//! stay unique across nodes and restarts.
+//! stay unique across nodes and restarts, and a networked broker claims its node's name
+//! ([`Broker::claim`]) so that no two live nodes of one cluster share it.
 
 pub mod cluster;
 pub mod conformance;

@@ -1,7 +1,7 @@
 //! What the networked brokers (Redis, NATS) share: the safe mapping of a topic onto a channel
 //! or subject name, the thread their client tasks run on, the bounded, ordered outbox a node's
-//! broadcasts leave through, the commands their subscriptions task follows, and the backoff
-//! between reconnection attempts.
+//! broadcasts leave through, the commands their subscriptions task follows, the stop handle of
+//! their node-name claim, and the backoff between reconnection attempts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

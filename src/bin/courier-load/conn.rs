@@ -59,11 +59,6 @@ impl Connector {
         })
     }
 
-    /// How many nodes the connector spreads over.
-    pub fn nodes(&self) -> usize {
-        self.nodes.len()
-    }
-
     /// Connects with `query` appended to the URL (`vsn=2.0.0` is added), on the next node in
     /// turn.
     pub async fn connect(&self, query: &str) -> Result<Ws, LoadError> {
