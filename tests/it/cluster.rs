@@ -3,7 +3,7 @@
 //! PostgreSQL, as a cluster must be): what a socket on one node does reaches sockets on the
 //! other. The Redis and NATS brokers also run the broker contract (`pubsub::conformance`), and
 //! its reconnection check: Redis's subscriber connections killed, and for both a server of the
-//! test's own stopped and started again.
+//! test's own stopped and started again. A node name is claimed by one broker at a time.
 //!
 //! The servers are `COURIER_TEST_REDIS` and `COURIER_TEST_NATS` (default: the local ports), and
 //! the restart tests' binaries `COURIER_TEST_REDIS_SERVER` and `COURIER_TEST_NATS_SERVER`
@@ -403,4 +403,31 @@ async fn a_nats_broker_started_before_its_server_connects_once_it_is_up() {
     let test = "a_nats_broker_started_before_its_server_connects_once_it_is_up";
     let Some((server, url)) = own_nats(test) else { return };
     connects_late(server, url).await;
+}
+
+/// Two brokers given one node name on one server and namespace: the second's claim is refused
+/// while the first holds it, and granted once the first gives it back (as at a shutdown).
+async fn names_are_claimed(cluster: Option<ClusterConfig>) {
+    let Some(cluster) = cluster else { return };
+    let (first, second) = (brokers(&cluster, &["courier@same"]).await, brokers(&cluster, &["courier@same"]).await);
+    let (first, second) = (&first["courier@same"], &second["courier@same"]);
+    first.claim().await.expect("a free name is claimed");
+    let refused = second.claim().await.expect_err("a held name is refused").to_string();
+    assert!(refused.contains("node name courier@same is already running on this cluster"), "{refused}");
+    first.release().await;
+    second.claim().await.expect("a released name is free at once");
+    second.release().await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_node_name_is_claimed_once_over_redis() {
+    let _serial = REDIS.lock().await;
+    names_are_claimed(redis("a_node_name_is_claimed_once_over_redis")).await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn a_node_name_is_claimed_once_over_nats() {
+    names_are_claimed(nats("a_node_name_is_claimed_once_over_nats")).await;
 }
