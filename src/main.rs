@@ -25,6 +25,9 @@ struct Cli {
     /// Database: `postgres://...` or a SQLite file path (default `courier.db`).
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// This node's name (`node`); each node of a cluster needs its own, e.g. courier@a.
+    #[arg(long, env = "COURIER_NODE")]
+    node: Option<String>,
     /// A TOML config file; its values override the defaults.
     #[arg(long, env = "COURIER_CONFIG")]
     config: Option<PathBuf>,
@@ -38,6 +41,9 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(bind) = cli.bind {
         config.bind = bind;
+    }
+    if let Some(node) = cli.node {
+        config.node = node;
     }
     if let Some(url) = cli.database_url {
         config.database_url = url;

@@ -136,6 +136,9 @@ impl Courier {
             }
             (None, None) => Arc::new(LocalBroker::new(config.node.clone())),
         };
+        // Before serving: two nodes of one name would take each other's connection ids and
+        // admin targets, so the second is refused here.
+        broker.claim().await.map_err(io::Error::other)?;
         let pubsub = PubSub::start(config.pubsub.shards, broker);
         accounts.notify_session_ends(Arc::new(AnnounceSessionEnds(pubsub.clone())));
         let store_handle = store.clone();
@@ -417,6 +420,7 @@ impl Background {
         self.signals.stop().await;
         self.tracker.stop().await;
         self.pubsub.stop();
+        self.pubsub.release_name().await;
         self.store.stop_checkpoints().await;
     }
 

@@ -25,6 +25,9 @@ pub struct ClusterConfig {
     pub reconnect_max_ms: u64,
     /// How often an idle connection is pinged, so a server that went silent is noticed.
     pub ping_interval_ms: u64,
+    /// How long a node's claim on its name outlives its last refresh (Redis; refreshed every
+    /// third of it): a node killed without a shutdown frees its name within this.
+    pub node_claim_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -36,6 +39,7 @@ impl Default for ClusterConfig {
             connect_timeout_ms: 2_000,
             reconnect_max_ms: 5_000,
             ping_interval_ms: 5_000,
+            node_claim_ttl_ms: 10_000,
         }
     }
 }
@@ -67,6 +71,19 @@ pub enum BrokerError {
     /// The client refused the URL.
     #[error("cluster.broker is not a usable URL: {0}")]
     BadUrl(String),
+    /// Another live node on the same broker server and namespace has this node's name.
+    #[error(
+        "node name {node} is already running on this cluster (broker namespace {namespace:?}); give each node its own `node` name, or stop the other one"
+    )]
+    NameTaken {
+        /// The name both nodes were given.
+        node: String,
+        /// The namespace they share.
+        namespace: String,
+    },
+    /// The broker's server could not settle whose the name is.
+    #[error("claiming the node name {0} on the broker: {1}")]
+    Claim(String, String),
     /// The broker's thread could not start.
     #[error("starting the broker's thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -104,12 +121,13 @@ impl ClusterConfig {
         // A subject token and a channel segment both: no separator, space or wildcard in it.
         let namespace_ok = (1..=64).contains(&self.namespace.len())
             && self.namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        let checks: [(&'static str, bool, &'static str); 5] = [
+        let checks: [(&'static str, bool, &'static str); 6] = [
             ("namespace", namespace_ok, "must be 1..=64 of A-Z a-z 0-9 _ -"),
             ("publish_queue", self.publish_queue >= 16, "must be at least 16"),
             ("connect_timeout_ms", self.connect_timeout_ms >= 100, "must be at least 100"),
             ("reconnect_max_ms", self.reconnect_max_ms >= 100, "must be at least 100"),
             ("ping_interval_ms", self.ping_interval_ms >= 100, "must be at least 100"),
+            ("node_claim_ttl_ms", self.node_claim_ttl_ms >= 1_000, "must be at least 1000"),
         ];
         match checks.into_iter().find(|(_, ok, _)| !ok) {
             Some((name, _, why)) => Err(BrokerError::Setting(name, why)),
@@ -125,6 +143,11 @@ impl ClusterConfig {
     /// The longest reconnection pause as a duration.
     pub fn reconnect_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_max_ms)
+    }
+
+    /// How long a node's name claim outlives its last refresh.
+    pub fn node_claim_ttl(&self) -> Duration {
+        Duration::from_millis(self.node_claim_ttl_ms)
     }
 
     /// The ping interval as a duration.

@@ -11,7 +11,8 @@
 //! [`MemoryCluster`] joins nodes of one process, [`RedisBroker`] and [`NatsBroker`] join nodes
 //! over a server (chosen from the `[cluster]` settings in [`cluster`]), and [`conformance`] is
 //! the contract a broker keeps, as a check over a factory. Node and connection ids ([`NodeId`], [`ConnectionId`])
-//! stay unique across nodes and restarts.
+//! stay unique across nodes and restarts, and a networked broker claims its node's name
+//! ([`Broker::claim`]) so that no two live nodes of one cluster share it.
 
 pub mod cluster;
 pub mod conformance;
@@ -146,6 +147,17 @@ pub trait Broker: Send + Sync + 'static {
     /// server to lose is always connected.
     fn connected(&self) -> bool {
         true
+    }
+    /// Claims this node's name on the broker's cluster before the node serves, and keeps it
+    /// while the broker lives: a second node of the same name (same server and namespace) is
+    /// refused with [`BrokerError::NameTaken`]. A broker with no other nodes has no one to
+    /// share a name with, so the default claims nothing.
+    fn claim(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// Gives the name back at shutdown, so a restart need not wait for the claim to lapse.
+    fn release(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -351,6 +363,11 @@ impl PubSub {
             }
         }
         Ok(families)
+    }
+
+    /// Gives the node's name back to the cluster (at server shutdown, after the last broadcast).
+    pub async fn release_name(&self) {
+        self.broker.release().await;
     }
 
     /// Stops the registry arbiters (at server shutdown).

@@ -12,8 +12,9 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::{BrokerError, ClusterConfig};
-use super::remote::{BrokerThread, Control, Outbox, Outgoing, Running, backoff, topic_key};
+use super::remote::{BrokerThread, Control, KeeperStop, Outbox, Outgoing, Running, backoff, topic_key};
 use super::{Broadcast, Broker, Inbound, InterestTaken};
+use futures_util::future::BoxFuture;
 
 /// A broker over NATS core subjects.
 pub struct NatsBroker {
@@ -23,6 +24,8 @@ pub struct NatsBroker {
     settings: ClusterConfig,
     /// Set at start: the way to the subscriptions task, and what the node encodes with.
     running: OnceLock<Running>,
+    /// The name claim's answerer, once claimed.
+    keeper: KeeperStop,
     thread: BrokerThread,
 }
 
@@ -57,6 +60,7 @@ impl NatsBroker {
             client,
             settings: settings.clone(),
             running: OnceLock::new(),
+            keeper: KeeperStop::default(),
             thread,
         })
     }
@@ -98,6 +102,80 @@ impl Broker for NatsBroker {
     fn connected(&self) -> bool {
         self.client.connection_state() == State::Connected
     }
+
+    fn claim(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
+        // Not a topic key (whose last token starts with `_` after `t`): no broadcast lands here.
+        let name = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &self.node);
+        let subject = format!("{}.node._{name}", self.namespace);
+        let (stop, stopped) = oneshot::channel();
+        self.keeper.set(stop);
+        let claim = claim(
+            self.client.clone(),
+            subject,
+            self.node.clone(),
+            self.namespace.clone(),
+            self.settings.connect_timeout(),
+            stopped,
+        );
+        let first = self.thread.spawn(claim);
+        let node = self.node.clone();
+        Box::pin(async move { first.await.map_err(|e| BrokerError::Claim(node, e.to_string()))? })
+    }
+
+    fn release(&self) -> BoxFuture<'static, ()> {
+        self.keeper.stop()
+    }
+}
+
+/// Claims the node's name: the live owner of a name answers requests on its control subject
+/// for as long as its connection lasts. The claim subscribes first, then asks: the server
+/// orders each connection's operations, so of two nodes starting at once at least one sees
+/// the other (both may refuse; neither runs beside the other). The connection is `no_echo`,
+/// so the ask never reaches this node's own answerer. A node that dies drops its connection,
+/// and the server forgets its subscription at once (or, for a host that vanished, once the
+/// server's pings go unanswered). A server that does not answer at start does not stop the
+/// node: the subscription is sent when the client connects.
+async fn claim(
+    client: async_nats::Client,
+    subject: String,
+    node: String,
+    namespace: String,
+    within: std::time::Duration,
+    mut stopped: oneshot::Receiver<oneshot::Sender<()>>,
+) -> Result<(), BrokerError> {
+    let failed = |e: &dyn std::fmt::Display| BrokerError::Claim(node.clone(), e.to_string());
+    let mut answerer = client.subscribe(subject.clone()).await.map_err(|e| failed(&e))?;
+    match tokio::time::timeout(within, client.request(subject, Bytes::new())).await {
+        Ok(Ok(_)) => return Err(BrokerError::NameTaken { node, namespace }),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            tracing::info!(node, "node name claimed");
+        }
+        Ok(Err(e)) if client.connection_state() == State::Connected => return Err(failed(&e)),
+        // A live owner answers at once; silence from a connected server is a node that hangs.
+        Err(_) if client.connection_state() == State::Connected => {
+            return Err(BrokerError::NameTaken { node, namespace });
+        }
+        _ => tracing::warn!(node, "nats broker: cannot check the node name yet; claiming it once nats answers"),
+    }
+    tokio::spawn(async move {
+        let done = loop {
+            tokio::select! {
+                done = &mut stopped => break done.ok(),
+                asked = answerer.next() => match asked {
+                    Some(message) => if let Some(reply) = message.reply {
+                        let _ = client.publish(reply, Bytes::from(node.clone())).await;
+                    },
+                    None => break None,
+                },
+            }
+        };
+        let _ = answerer.unsubscribe().await;
+        let _ = client.flush().await;
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    });
+    Ok(())
 }
 
 /// Follows the subscribe and unsubscribe calls: each subject of interest has a reader task

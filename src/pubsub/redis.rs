@@ -13,8 +13,21 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::cluster::{BrokerError, ClusterConfig};
-use super::remote::{BrokerThread, Control, Outbox, Outgoing, Running, backoff, topic_key};
+use super::remote::{BrokerThread, Control, KeeperStop, Outbox, Outgoing, Running, backoff, topic_key};
 use super::{Broadcast, Broker, Inbound, InterestTaken};
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+/// Takes the name key for `ARGV[1]` (this incarnation's token) for `ARGV[2]` ms, or extends it
+/// when it holds the token already: 1, or 0 when another incarnation holds it. One script, so
+/// the check and the write cannot interleave with another node's.
+const CLAIM: &str = "local holder = redis.call('GET', KEYS[1]) \
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+if holder then return 0 end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+
+/// Deletes the name key if this incarnation still holds it.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// Most broadcasts sent to Redis in one pipeline.
 const BATCH: usize = 256;
@@ -28,6 +41,8 @@ pub struct RedisBroker {
     shared: Arc<Shared>,
     /// Set at start: the way to the subscriber task and the outbox the publisher drains.
     running: OnceLock<Running>,
+    /// The name claim's keeper, once claimed.
+    keeper: KeeperStop,
     thread: BrokerThread,
 }
 
@@ -55,6 +70,7 @@ impl RedisBroker {
                 publisher_up: AtomicBool::new(false),
             }),
             running: OnceLock::new(),
+            keeper: KeeperStop::default(),
             thread: BrokerThread::start("courier-redis")?,
         })
     }
@@ -102,6 +118,122 @@ impl Broker for RedisBroker {
 
     fn connected(&self) -> bool {
         self.shared.subscriber_up.load(Ordering::Relaxed) && self.shared.publisher_up.load(Ordering::Relaxed)
+    }
+
+    fn claim(&self) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let claim = NameClaim {
+            client: self.client.clone(),
+            key: format!("{}:node:{}", self.namespace, self.node),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            node: self.node.clone(),
+            namespace: self.namespace.clone(),
+            settings: self.settings.clone(),
+        };
+        let (stop, stopped) = oneshot::channel();
+        self.keeper.set(stop);
+        let first = self.thread.spawn(claim.hold(stopped));
+        let node = self.node.clone();
+        Box::pin(async move { first.await.map_err(|e| BrokerError::Claim(node, e.to_string()))? })
+    }
+
+    fn release(&self) -> BoxFuture<'static, ()> {
+        self.keeper.stop()
+    }
+}
+
+/// This node's claim on its name: a key `{namespace}:node:{name}` holding a token of this
+/// incarnation, set with a TTL and refreshed every third of it. A node that dies stops
+/// refreshing, so its name is free again once the TTL lapses (`cluster.node_claim_ttl_ms`).
+struct NameClaim {
+    client: redis::Client,
+    key: String,
+    token: String,
+    node: String,
+    namespace: String,
+    settings: ClusterConfig,
+}
+
+impl NameClaim {
+    /// Claims the name, answers with the first attempt's outcome through the task's result, and
+    /// keeps refreshing (on the broker's thread) until stopped. A Redis that cannot be reached
+    /// at start does not stop the node (as with broadcasts, it joins once Redis is up): the
+    /// claim is taken on the first refresh that reaches it.
+    async fn hold(self, mut stopped: oneshot::Receiver<oneshot::Sender<()>>) -> Result<(), BrokerError> {
+        let mut connection = self.connect().await;
+        let first = self.refresh(&mut connection).await;
+        match first {
+            Some(true) => tracing::info!(node = self.node, key = self.key, "node name claimed"),
+            Some(false) => {
+                return Err(BrokerError::NameTaken { node: self.node, namespace: self.namespace });
+            }
+            None => tracing::warn!(
+                node = self.node,
+                "redis broker: cannot check the node name yet; claiming it once redis answers"
+            ),
+        }
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(self.settings.node_claim_ttl() / 3);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            let mut held = first == Some(true);
+            let done = loop {
+                tokio::select! {
+                    done = &mut stopped => break done.ok(),
+                    _ = ticks.tick() => {}
+                }
+                match self.refresh(&mut connection).await {
+                    Some(now) if now != held => {
+                        held = now;
+                        if now {
+                            tracing::info!(node = self.node, "node name claimed");
+                        } else {
+                            tracing::error!(
+                                node = self.node,
+                                "another node holds this node's name on the cluster (its claim lapsed while redis was out of reach); give each node its own name"
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            };
+            if let Some(conn) = connection.as_mut() {
+                let mut released = redis::cmd("EVAL");
+                released.arg(RELEASE).arg(1).arg(&self.key).arg(&self.token);
+                let _ = released.query_async::<i64>(conn).await;
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        });
+        Ok(())
+    }
+
+    /// A connection for the claim, or `None` when Redis does not answer.
+    async fn connect(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.connect_timeout()))
+            .set_response_timeout(Some(self.settings.connect_timeout()));
+        self.client.get_multiplexed_async_connection_with_config(&config).await.ok()
+    }
+
+    /// Takes or extends the claim: whether this node holds it, or `None` when Redis did not
+    /// answer (the connection is dropped, and opened again next time).
+    async fn refresh(&self, connection: &mut Option<redis::aio::MultiplexedConnection>) -> Option<bool> {
+        if connection.is_none() {
+            *connection = self.connect().await;
+        }
+        let conn = connection.as_mut()?;
+        let ttl = self.settings.node_claim_ttl_ms;
+        let mut claimed = redis::cmd("EVAL");
+        claimed.arg(CLAIM).arg(1).arg(&self.key).arg(&self.token).arg(ttl);
+        match claimed.query_async::<i64>(conn).await {
+            Ok(held) => Some(held == 1),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis broker: refreshing the node name claim failed");
+                *connection = None;
+                None
+            }
+        }
     }
 }
 

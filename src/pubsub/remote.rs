@@ -1,7 +1,7 @@
 //! What the networked brokers (Redis, NATS) share: the safe mapping of a topic onto a channel
 //! or subject name, the thread their client tasks run on, the bounded, ordered outbox a node's
-//! broadcasts leave through, the commands their subscriptions task follows, and the backoff
-//! between reconnection attempts.
+//! broadcasts leave through, the commands their subscriptions task follows, the stop handle of
+//! their node-name claim, and the backoff between reconnection attempts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -158,6 +158,30 @@ impl Running {
     /// Encodes `broadcast` (once, here) and queues it under `key`.
     pub(crate) fn publish(&self, key: String, broadcast: &Broadcast) {
         self.outbox.push(key, self.inbound.encode(broadcast));
+    }
+}
+
+/// The way to a running name-claim keeper: [`KeeperStop::stop`] asks it to give the name back
+/// and waits until it has (or the broker's thread is gone).
+#[derive(Default)]
+pub(crate) struct KeeperStop(std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>);
+
+impl KeeperStop {
+    /// Records the keeper's end; a keeper set before is left to stop with the broker.
+    pub(crate) fn set(&self, stop: oneshot::Sender<oneshot::Sender<()>>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stop);
+    }
+
+    /// Stops the keeper, if one runs, once it has released the name.
+    pub(crate) fn stop(&self) -> InterestTaken {
+        let keeper = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        Box::pin(async move {
+            let Some(keeper) = keeper else { return };
+            let (done, released) = oneshot::channel();
+            if keeper.send(done).is_ok() {
+                let _ = released.await;
+            }
+        })
     }
 }
 

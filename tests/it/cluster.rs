@@ -3,7 +3,7 @@
 //! PostgreSQL, as a cluster must be): what a socket on one node does reaches sockets on the
 //! other. The Redis and NATS brokers also run the broker contract (`pubsub::conformance`), and
 //! its reconnection check: Redis's subscriber connections killed, and for both a server of the
-//! test's own stopped and started again.
+//! test's own stopped and started again. A node name is claimed by one broker at a time.
 //!
 //! The servers are `COURIER_TEST_REDIS` and `COURIER_TEST_NATS` (default: the local ports), and
 //! the restart tests' binaries `COURIER_TEST_REDIS_SERVER` and `COURIER_TEST_NATS_SERVER`
@@ -655,12 +655,33 @@ async fn presence_over_broker(cluster: Option<ClusterConfig>, test: &str) {
     presence_across_nodes(Arc::new(db), &Join::Broker(cluster)).await;
 }
 
+/// Two brokers given one node name on one server and namespace: the second's claim is refused
+/// while the first holds it, and granted once the first gives it back (as at a shutdown).
+async fn names_are_claimed(cluster: Option<ClusterConfig>) {
+    let Some(cluster) = cluster else { return };
+    let (first, second) = (brokers(&cluster, &["courier@same"]).await, brokers(&cluster, &["courier@same"]).await);
+    let (first, second) = (&first["courier@same"], &second["courier@same"]);
+    first.claim().await.expect("a free name is claimed");
+    let refused = second.claim().await.expect_err("a held name is refused").to_string();
+    assert!(refused.contains("node name courier@same is already running on this cluster"), "{refused}");
+    first.release().await;
+    second.claim().await.expect("a released name is free at once");
+    second.release().await;
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn presence_crosses_nodes_over_redis() {
     let test = "presence_crosses_nodes_over_redis";
     let _serial = REDIS.lock().await;
     presence_over_broker(redis(test), test).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_node_name_is_claimed_once_over_redis() {
+    let _serial = REDIS.lock().await;
+    names_are_claimed(redis("a_node_name_is_claimed_once_over_redis")).await;
 }
 
 #[cfg(feature = "nats")]
@@ -692,4 +713,10 @@ async fn the_replication_topic_is_closed_to_clients_and_operators() {
     assert!(!page.contains("$courier:"), "the topic list hides the nodes' own: {page}");
     server.shutdown().await;
     cluster.stop();
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn a_node_name_is_claimed_once_over_nats() {
+    names_are_claimed(nats("a_node_name_is_claimed_once_over_nats")).await;
 }

@@ -17,15 +17,19 @@ fn load_server() -> TestServer {
 
 /// Runs the tool with `args` against `server`, returning its exit output and JSON report.
 async fn run_load(server: &TestServer, args: &[&str]) -> (Output, Value) {
+    let url = format!("ws://{}/socket/websocket", server.addr);
+    // The test server runs inside this process.
+    let pid = std::process::id().to_string();
+    courier_load(["--url", url.as_str(), "--server-pid", pid.as_str()].iter().chain(args)).await
+}
+
+/// Runs the tool with `args` (and `--quiet --json`), returning its exit output and JSON report.
+pub(crate) async fn courier_load<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> (Output, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier-load"))
-        .arg("--url")
-        .arg(format!("ws://{}/socket/websocket", server.addr))
         .args(["--quiet", "--json"])
         .arg(&json)
-        // The test server runs inside this process.
-        .args(["--server-pid", &std::process::id().to_string()])
         .args(args)
         .output()
         .await

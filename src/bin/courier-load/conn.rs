@@ -1,4 +1,6 @@
-//! Opening connections and speaking Phoenix's V2 JSON frames over them.
+//! Opening connections and speaking Phoenix's V2 JSON frames over them. A connector may
+//! name several nodes of one cluster: sockets go to them round-robin, by the order they open,
+//! unless a scenario picks the node ([`Connector::connect_on`]).
 //!
 //! One source address has about 28,000 ephemeral ports, so loopback connections are spread over
 //! `127.0.0.1`, `127.0.0.2`, ... (all of 127.0.0.0/8 is local on Linux).
@@ -28,58 +30,61 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// phoenix.js's heartbeat interval; the server closes sockets that send nothing for 60 s.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
-/// Opens WebSocket connections to one server, spreading them over loopback source addresses.
+/// Opens WebSocket connections to one server or several nodes, spreading them over loopback
+/// source addresses.
 pub struct Connector {
-    url: String,
-    server: SocketAddr,
+    /// Each node's URL and address, in the order given.
+    nodes: Vec<(String, SocketAddr)>,
     per_source: usize,
     opened: AtomicUsize,
     in_progress: Semaphore,
 }
 
 impl Connector {
-    /// A connector for `url` (`ws://host:port/path`), with at most `concurrency` handshakes at once.
-    pub async fn new(url: &str, per_source: usize, concurrency: usize) -> Result<Self, LoadError> {
-        let authority = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| LoadError::Setup(format!("{url}: only ws:// URLs are supported")))?
-            .split(['/', '?'])
-            .next()
-            .unwrap_or_default();
-        let server = tokio::net::lookup_host(authority)
-            .await
-            .map_err(|e| LoadError::Setup(format!("{authority}: {e}")))?
-            .next()
-            .ok_or_else(|| LoadError::Setup(format!("{authority}: no address")))?;
+    /// A connector for `urls` (`ws://host:port/path` each), with at most `concurrency`
+    /// handshakes at once.
+    pub async fn new(urls: &[String], per_source: usize, concurrency: usize) -> Result<Self, LoadError> {
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in urls {
+            nodes.push((url.clone(), resolve(url).await?));
+        }
+        if nodes.is_empty() {
+            return Err(LoadError::Setup("no server URL".into()));
+        }
         Ok(Connector {
-            url: url.to_owned(),
-            server,
+            nodes,
             per_source: per_source.max(1),
             opened: AtomicUsize::new(0),
             in_progress: Semaphore::new(concurrency.max(1)),
         })
     }
 
-    /// The server's address.
-    pub fn server(&self) -> SocketAddr {
-        self.server
+    /// Connects with `query` appended to the URL (`vsn=2.0.0` is added), on the next node in
+    /// turn.
+    pub async fn connect(&self, query: &str) -> Result<Ws, LoadError> {
+        self.connect_to(None, query).await
     }
 
-    /// Connects with `query` appended to the URL (`vsn=2.0.0` is added).
-    pub async fn connect(&self, query: &str) -> Result<Ws, LoadError> {
+    /// Connects on node `node` (modulo the node count), whatever the turn.
+    pub async fn connect_on(&self, node: usize, query: &str) -> Result<Ws, LoadError> {
+        self.connect_to(Some(node), query).await
+    }
+
+    async fn connect_to(&self, node: Option<usize>, query: &str) -> Result<Ws, LoadError> {
         let _permit = self.in_progress.acquire().await.map_err(|_| LoadError::Setup("connector closed".into()))?;
         let index = self.opened.fetch_add(1, Ordering::Relaxed);
-        tokio::time::timeout(CONNECT_TIMEOUT, self.open(index, query))
+        let (url, server) = &self.nodes[node.unwrap_or(index) % self.nodes.len()];
+        tokio::time::timeout(CONNECT_TIMEOUT, self.open(url, *server, index, query))
             .await
             .map_err(|_| LoadError::Connect("timed out".into()))?
     }
 
-    async fn open(&self, index: usize, query: &str) -> Result<Ws, LoadError> {
+    async fn open(&self, url: &str, server: SocketAddr, index: usize, query: &str) -> Result<Ws, LoadError> {
         let socket = TcpSocket::new_v4().map_err(|e| LoadError::Connect(e.to_string()))?;
         // The first block keeps the kernel's own choice of 127.0.0.1: a bind before connect must
         // pick a port without knowing the destination, which is slower and skips ports that only
         // other destinations use.
-        if let IpAddr::V4(ip) = self.server.ip()
+        if let IpAddr::V4(ip) = server.ip()
             && ip.is_loopback()
             && index >= self.per_source
         {
@@ -87,16 +92,31 @@ impl Connector {
                 .bind(SocketAddr::new(IpAddr::V4(source_address(index, self.per_source)), 0))
                 .map_err(|e| LoadError::Connect(format!("bind: {e}")))?;
         }
-        let stream = socket.connect(self.server).await.map_err(|e| LoadError::Connect(e.to_string()))?;
+        let stream = socket.connect(server).await.map_err(|e| LoadError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let separator = if self.url.contains('?') { '&' } else { '?' };
-        let url = format!("{}{separator}vsn=2.0.0{}{query}", self.url, if query.is_empty() { "" } else { "&" });
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{separator}vsn=2.0.0{}{query}", if query.is_empty() { "" } else { "&" });
         let request = url.into_client_request().map_err(|e| LoadError::Setup(e.to_string()))?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()))
             .await
             .map_err(|e| LoadError::Connect(e.to_string()))?;
         Ok(ws)
     }
+}
+
+/// The address a `ws://host:port/path` URL names.
+async fn resolve(url: &str) -> Result<SocketAddr, LoadError> {
+    let authority = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| LoadError::Setup(format!("{url}: only ws:// URLs are supported")))?
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| LoadError::Setup(format!("{authority}: {e}")))?
+        .next()
+        .ok_or_else(|| LoadError::Setup(format!("{authority}: no address")))
 }
 
 /// Small read buffers: tens of thousands of idle clients must not cost gigabytes here either.

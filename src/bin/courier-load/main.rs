@@ -3,8 +3,9 @@
 //! throughput, latency percentiles, errors, correctness checks and the server's RSS and CPU.
 //!
 //! ```text
-//! courier-load [--url ws://127.0.0.1:4000/socket/websocket] [--server-pid PID] [--json FILE] <scenario> ...
+//! courier-load [--url ws://127.0.0.1:4000/socket/websocket | --urls ws://a,ws://b,...] [--server-pid PID] [--json FILE] <scenario> ...
 //! ```
+//! With `--urls` the sockets are spread over several nodes of one cluster, round-robin.
 //! The exit status is 0 when every check held, 1 when one failed, 2 when the run could not start.
 
 mod accounts;
@@ -68,6 +69,10 @@ struct Cli {
     /// The server's WebSocket endpoint.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:4000/socket/websocket")]
     url: String,
+    /// Several nodes of one cluster, comma-separated: sockets are spread over them round-robin
+    /// (replaces --url; sign-ups go to the first).
+    #[arg(long, global = true, value_delimiter = ',')]
+    urls: Vec<String>,
     /// Also write the report as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -110,8 +115,10 @@ enum Scenario {
 pub struct Ctx {
     /// Opens connections.
     pub connector: Arc<Connector>,
-    /// The WebSocket URL, for the report.
+    /// The first node's WebSocket URL (sign-ups and long-poll go there).
     pub url: String,
+    /// Every node's URL, comma-separated, for the report.
+    pub urls: String,
     /// The server's /proc reader.
     pub probe: Option<ServerProbe>,
     /// Whether to draw progress bars.
@@ -194,9 +201,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<bool, LoadError> {
-    let connector = Connector::new(&cli.url, cli.per_source, cli.connect_concurrency).await?;
+    let urls = if cli.urls.is_empty() { vec![cli.url.clone()] } else { cli.urls.clone() };
+    let connector = Connector::new(&urls, cli.per_source, cli.connect_concurrency).await?;
     let probe = cli.server_pid.map(ServerProbe::new).transpose().map_err(LoadError::Setup)?;
-    let ctx = Ctx { connector: Arc::new(connector), url: cli.url.clone(), probe, progress: !cli.quiet };
+    let ctx =
+        Ctx { connector: Arc::new(connector), url: urls[0].clone(), urls: urls.join(","), probe, progress: !cli.quiet };
     let report: Report = match cli.scenario {
         Scenario::Idle(args) => scenarios::idle::run(&ctx, args).await?,
         Scenario::Fanout(args) => scenarios::fanout::run(&ctx, args).await?,

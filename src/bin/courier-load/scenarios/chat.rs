@@ -185,7 +185,7 @@ pub async fn run(ctx: &Ctx, args: Args, churn: Option<Churn>) -> Result<Report, 
     let total_devices = args.users * args.devices;
     let sockets = open_all(ctx, total_devices, "connect", &shared.errors, |device| {
         let account = shared.accounts[device / args.devices].clone();
-        open_device(ctx.connector_handle(), account, device % args.devices, None)
+        open_device(ctx.connector_handle(), account, device, args.devices, None)
     })
     .await;
     let joined = sockets.len();
@@ -217,7 +217,7 @@ pub async fn run(ctx: &Ctx, args: Args, churn: Option<Churn>) -> Result<Report, 
 
     let mut report = Report::new(
         if churn.is_some() { "storm" } else { "chat" },
-        &ctx.url,
+        &ctx.urls,
         serde_json::json!({"chat": args, "churn": churn}),
     );
     report.duration_secs = send_secs;
@@ -331,14 +331,19 @@ fn check_logs(report: &mut Report, logs: &[DeviceLog], devices_per_user: usize, 
     report.check("devices got only their user's messages", unexpected == 0, detail(unexpected, first_unexpected));
 }
 
-/// Connects device `device_no` of `account` and joins its inbox, after `after` when resuming.
+/// Connects device `device` of the run (`devices` per user) for `account` and joins its inbox,
+/// after `after` when resuming. The run's device number picks the node, so a user's devices sit
+/// on different nodes (when there are as many), and a device rejoins the node it left.
 async fn open_device(
     connector: Arc<Connector>,
     account: Account,
-    device_no: usize,
+    device: usize,
+    devices: usize,
     after: Option<i64>,
 ) -> Result<Ws, LoadError> {
-    let mut ws = connector.connect(&format!("token={}&device=d{device_no}", account.token)).await?;
+    let device_no = device % devices.max(1);
+    let query = format!("token={}&device=d{device_no}", account.token);
+    let mut ws = connector.connect_on(device, &query).await?;
     let params = match after {
         Some(after) => serde_json::json!({ "after": after }),
         None => serde_json::json!({}),
@@ -436,12 +441,12 @@ impl DeviceRun {
     /// Reconnects, resuming after the last offset seen; `None` once the run is over.
     async fn rejoin(&mut self, connector: &Arc<Connector>) -> Option<Ws> {
         let account = self.shared.accounts[self.user].clone();
-        let device_no = self.device % self.shared.args.devices;
+        let (device, devices) = (self.device, self.shared.args.devices);
         loop {
             if self.stop_all.raised() {
                 return None;
             }
-            let opening = open_device(Arc::clone(connector), account.clone(), device_no, Some(self.last_offset));
+            let opening = open_device(Arc::clone(connector), account.clone(), device, devices, Some(self.last_offset));
             match opening.await {
                 Ok(ws) => {
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);

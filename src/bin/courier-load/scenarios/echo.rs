@@ -75,7 +75,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     let server = ctx.server_since(server_start)?;
     join_within(&mut tasks, Duration::from_secs(5)).await;
 
-    let mut report = Report::new("echo", &ctx.url, serde_json::to_value(&args).unwrap_or_default());
+    let mut report = Report::new("echo", &ctx.urls, serde_json::to_value(&args).unwrap_or_default());
     report.duration_secs = elapsed;
     report.rate("round_trips", round_trips);
     report.latency("round_trip", &shared.latency);

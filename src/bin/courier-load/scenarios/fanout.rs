@@ -13,7 +13,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Stop, close, join_as_observer, join_within, open_all};
-use crate::conn::{Frame, HEARTBEAT_EVERY, Ws, heartbeat, text_of};
+use crate::conn::{Connector, Frame, HEARTBEAT_EVERY, Ws, heartbeat, text_of};
 use crate::report::{Errors, Latencies, Report};
 use crate::{Ctx, LoadError, now_micros};
 
@@ -38,6 +38,10 @@ pub struct Args {
     /// The topic.
     #[arg(long, default_value = "room:fanout")]
     pub topic: String,
+    /// The node the publisher connects to (`ws://...`), e.g. one no subscriber is on; else the
+    /// next node in turn after the subscribers.
+    #[arg(long)]
+    pub publisher_url: Option<String>,
     /// Seconds to wait for the last deliveries after publishing stops.
     #[arg(long, default_value_t = 10.0)]
     pub settle: f64,
@@ -75,7 +79,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     let open = |_| join_as_observer(ctx.connector_handle(), args.topic.clone());
     let subscribers = open_all(ctx, args.subscribers, "subscribe", &shared.errors, open).await;
     let joined = subscribers.len();
-    let Some((_, publisher)) = open_all(ctx, 1, "publisher", &shared.errors, open).await.pop() else {
+    let publisher_on = match &args.publisher_url {
+        Some(url) => Arc::new(Connector::new(std::slice::from_ref(url), 1, 1).await?),
+        None => ctx.connector_handle(),
+    };
+    let open_publisher = |_| join_as_observer(Arc::clone(&publisher_on), args.topic.clone());
+    let Some((_, publisher)) = open_all(ctx, 1, "publisher", &shared.errors, open_publisher).await.pop() else {
         return Err(LoadError::Setup("the publisher could not join".into()));
     };
 
@@ -123,7 +132,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
         }
     }
 
-    let mut report = Report::new("fanout", &ctx.url, serde_json::to_value(&args).unwrap_or_default());
+    let mut report = Report::new("fanout", &ctx.urls, serde_json::to_value(&args).unwrap_or_default());
     report.duration_secs = window_micros as f64 / 1e6;
     report.rate("deliveries", deliveries);
     report.rate("broadcasts", sent as u64);

@@ -87,7 +87,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Report, LoadError> {
     let _ = stop_tx.send(true);
     join_within(&mut tasks, Duration::from_secs(10)).await;
 
-    let mut report = Report::new("idle", &ctx.url, serde_json::to_value(&args).unwrap_or_default());
+    let mut report = Report::new("idle", &ctx.urls, serde_json::to_value(&args).unwrap_or_default());
     report.duration_secs = connect_secs;
     report.rate("sockets_joined", held as u64);
     report.latency("connect_and_join", &join_latency);
