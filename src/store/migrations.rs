@@ -9,6 +9,10 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/
 /// PostgreSQL migrations, compiled into the binary.
 pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
+/// The PostgreSQL advisory lock nodes take around their migrations (an arbitrary constant:
+/// "courier" in ASCII), so nodes starting at once on an empty database migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x636f_7572_6965_72;
+
 /// Applies every pending migration for the connection's dialect; returns the versions applied.
 pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
     let applied = match conn {
@@ -16,7 +20,16 @@ pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
             c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect())
         }
         DbConnection::Pg(c) => {
-            c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect())
+            // Without it two nodes both create the first tables and one fails on a duplicate
+            // type; with it the second finds nothing left to apply.
+            use diesel::RunQueryDsl;
+            let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
+            diesel::sql_query(lock).execute(c).map_err(|e| StoreError::Migration(e.to_string()))?;
+            let applied =
+                c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.iter().map(|m| m.to_string()).collect());
+            let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+            diesel::sql_query(unlock).execute(c).map_err(|e| StoreError::Migration(e.to_string()))?;
+            applied
         }
     };
     applied.map_err(|e| StoreError::Migration(e.to_string()))

@@ -6,7 +6,13 @@ use diesel::prelude::*;
 
 use crate::support::TestDb;
 
-backend_tests!(schema_matches_migrations, reopening_applies_nothing, foreign_keys_are_enforced, sqlite_settings);
+backend_tests!(
+    schema_matches_migrations,
+    reopening_applies_nothing,
+    nodes_opening_at_once_migrate_once,
+    foreign_keys_are_enforced,
+    sqlite_settings
+);
 
 type SessionColumns = (Vec<u8>, String, Option<String>, i64, i64, Option<i64>);
 type InviteColumns = (String, String, String, i64, Option<i64>, Option<i64>);
@@ -37,6 +43,24 @@ async fn reopening_applies_nothing(db: &TestDb) {
     assert!(applied.is_empty(), "migrations already ran at open: {applied:?}");
     let expected = if db.is_postgres() { Backend::Postgres } else { Backend::Sqlite };
     assert_eq!(store.backend(), expected);
+}
+
+/// Several nodes started at the same moment on an empty database: each open migrates or finds
+/// the work done, and none fails on the tables another is creating.
+async fn nodes_opening_at_once_migrate_once(db: &TestDb) {
+    let url = db.url.clone();
+    let opens: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || store::Store::open(&url).map(|_| ()))
+        })
+        .collect();
+    for open in opens {
+        open.join().expect("open thread").expect("every node's open succeeds");
+    }
+    let store = db.open();
+    let applied = store.run(store::migrations::run_pending).await.unwrap();
+    assert!(applied.is_empty(), "{applied:?}");
 }
 
 async fn foreign_keys_are_enforced(db: &TestDb) {
