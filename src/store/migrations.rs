@@ -11,7 +11,7 @@ pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migration
 
 /// The PostgreSQL advisory lock nodes take around their migrations (an arbitrary constant:
 /// "courier" in ASCII), so nodes starting at once on an empty database migrate one at a time.
-const MIGRATION_LOCK: i64 = 0x636f_7572_6965_72;
+const MIGRATION_LOCK: i64 = 0x0063_6f75_7269_6572;
 
 /// Applies every pending migration for the connection's dialect; returns the versions applied.
 pub fn run_pending(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
