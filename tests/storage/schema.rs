@@ -6,13 +6,7 @@ use diesel::prelude::*;
 
 use crate::support::TestDb;
 
-backend_tests!(
-    schema_matches_migrations,
-    reopening_applies_nothing,
-    nodes_opening_at_once_migrate_once,
-    foreign_keys_are_enforced,
-    sqlite_settings
-);
+backend_tests!(schema_matches_migrations, reopening_applies_nothing, foreign_keys_are_enforced, sqlite_settings);
 
 type SessionColumns = (Vec<u8>, String, Option<String>, i64, i64, Option<i64>);
 type InviteColumns = (String, String, String, i64, Option<i64>, Option<i64>);
@@ -45,17 +39,15 @@ async fn reopening_applies_nothing(db: &TestDb) {
     assert_eq!(store.backend(), expected);
 }
 
-/// Several nodes started at the same moment on an empty database: each open migrates or finds
-/// the work done, and none fails on the tables another is creating. PostgreSQL only: several
-/// nodes need it (a broker with a SQLite file is refused), and one SQLite file is one node's.
-async fn nodes_opening_at_once_migrate_once(db: &TestDb) {
-    if !db.is_postgres() {
-        return;
-    }
-    let url = db.url.clone();
+/// Several nodes started at the same moment on an empty PostgreSQL database: each open migrates
+/// or finds the work done, and none fails on the tables another is creating. PostgreSQL only:
+/// several nodes need it (a broker with a SQLite file is refused at start).
+#[tokio::test]
+async fn nodes_opening_at_once_on_postgres_migrate_once() {
+    let Some(db) = TestDb::postgres("nodes_opening_at_once_on_postgres_migrate_once") else { return };
     let opens: Vec<_> = (0..3)
         .map(|_| {
-            let url = url.clone();
+            let url = db.url.clone();
             std::thread::spawn(move || store::Store::open(&url).map(|_| ()))
         })
         .collect();
