@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use actix_codec::Framed;
 use actix_http::body::BodySize;
-use actix_http::header::{self, HeaderValue};
+use actix_http::header::{self, HeaderMap, HeaderValue};
 use actix_http::{ConnectionType, Method, Request, Response, h1};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
@@ -108,7 +108,13 @@ impl Upgrades {
 /// the same way on every endpoint.
 pub fn verify_handshake(req: &Request, origins: &OriginPolicy) -> Result<(), Error> {
     actix_http::ws::verify_handshake(req.head()).map_err(|e| Error::new(Code::BadHandshake, e.to_string()))?;
-    let header = |name| req.head().headers.get(name).and_then(|v| v.to_str().ok());
+    check_origin(&req.head().headers, origins)
+}
+
+/// Refuses a request from a page whose `Origin` `origins` does not allow, the same way for
+/// upgrades and long-poll requests.
+pub fn check_origin(headers: &HeaderMap, origins: &OriginPolicy) -> Result<(), Error> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !origins.allows(header(header::ORIGIN), header(header::HOST)) {
         return Err(Error::new(Code::OriginNotAllowed, "this page's origin may not open a socket here"));
     }

@@ -13,6 +13,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use futures_util::future::LocalBoxFuture;
 
 use super::TransportState;
+use super::admission::Admission;
 use super::connection::Connection;
 use super::socket::SocketSession;
 use super::upgrade::{Accepted, Endpoint};
@@ -37,9 +38,7 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
     let params = web::Query::<HashMap<String, String>>::from_query(req.uri().query().unwrap_or_default())
         .map_err(|_| Error::new(Code::BadQuery, "the query string is not valid form encoding"))?
         .into_inner();
-    let Some(serializer) = Serializer::negotiate(params.get("vsn").map(String::as_str)) else {
-        return Err(Error::new(Code::UnsupportedVsn, "vsn must be 1.0.0 or 2.0.0"));
-    };
+    let serializer = negotiate(&params)?;
     let offered = offered_subprotocols(&req.head().headers);
     if !offered.is_empty() && !offered.iter().any(|p| p == PHOENIX_SUBPROTOCOL) {
         return Err(Error::new(Code::UnsupportedSubprotocol, "offer the \"phoenix\" subprotocol"));
@@ -52,18 +51,7 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
                 .ok_or_else(|| Error::new(Code::Forbidden, "the authToken subprotocol does not decode"))?,
         ),
     };
-    if let (Some(subprotocol), Some(query)) = (&auth_token, params.get("token"))
-        && subprotocol != query
-    {
-        return Err(Error::new(Code::Forbidden, "the query token and the authToken differ"));
-    }
-
-    state.sockets.precheck()?;
-    let request = ConnectRequest { params, auth_token, peer: req.peer_addr() };
-    let identity = authenticate(&state, &request).await?;
-
-    // After authentication, so the user's own limit applies; a refusal frees both places.
-    let admission = state.sockets.admit(identity.user.as_deref())?;
+    let (request, identity, admission) = connect(&state, params, auth_token, req.peer_addr()).await?;
     let mut response = super::upgrade::switching_protocols(req);
     if !offered.is_empty() {
         response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(PHOENIX_SUBPROTOCOL));
@@ -89,8 +77,37 @@ async fn accept(req: &Request, state: Arc<TransportState>) -> Result<Accepted, E
     })
 }
 
+/// The serializer a connect's `vsn` asks for.
+pub(super) fn negotiate(params: &HashMap<String, String>) -> Result<Serializer, Error> {
+    Serializer::negotiate(params.get("vsn").map(String::as_str))
+        .ok_or_else(|| Error::new(Code::UnsupportedVsn, "vsn must be 1.0.0 or 2.0.0"))
+}
+
+/// A Phoenix connect, for either transport: the auth token (if any) must agree with a `token`
+/// param, the node must have room, the authenticator must accept, and the user must be under
+/// their own limit. Returns the request, who it is and its place under the limits.
+pub(super) async fn connect(
+    state: &TransportState,
+    params: HashMap<String, String>,
+    auth_token: Option<String>,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<(ConnectRequest, SocketIdentity, Admission), Error> {
+    if let (Some(token), Some(query)) = (&auth_token, params.get("token"))
+        && token != query
+    {
+        return Err(Error::new(Code::Forbidden, "the query token and the authToken differ"));
+    }
+    // A full or stopping node refuses before it spends a session lookup on the connect.
+    state.sockets.precheck()?;
+    let request = ConnectRequest { params, auth_token, peer };
+    let identity = authenticate(state, &request).await?;
+    // After authentication, so the user's own limit applies; a refusal frees both places.
+    let admission = state.sockets.admit(identity.user.as_deref())?;
+    Ok((request, identity, admission))
+}
+
 /// Runs the connect of `request` (Phoenix's `connect/3`): the identity, or the refusal to send.
-pub(super) async fn authenticate(state: &TransportState, request: &ConnectRequest) -> Result<SocketIdentity, Error> {
+async fn authenticate(state: &TransportState, request: &ConnectRequest) -> Result<SocketIdentity, Error> {
     match state.authenticator.connect(request).await {
         Ok(identity) => Ok(identity),
         Err(e @ ConnectError::Refused(_)) => {

@@ -43,10 +43,9 @@ use self::token::{SessionId, TOKEN_PREFIX, TokenError, TokenKey};
 use super::TransportState;
 use super::connection::{Connection, Link, Poll};
 use super::socket::SocketSession;
-use crate::channels::{ConnectRequest, SocketInfo};
+use crate::channels::SocketInfo;
 use crate::config::LongPollConfig;
 use crate::error::{Code, Error};
-use crate::protocol::Serializer;
 
 /// The header a client may send the session token in instead of `?token=`.
 const SESSION_TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
@@ -187,12 +186,7 @@ fn cors(response: &mut actix_web::HttpResponseBuilder, req: &HttpRequest) {
 
 /// Refuses a request from a page whose Origin the policy does not allow.
 fn check_origin(req: &HttpRequest, state: &LongPollEndpoint) -> Result<(), Error> {
-    let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if state.transport.settings.check_origin.allows(header(header::ORIGIN), header(header::HOST)) {
-        Ok(())
-    } else {
-        Err(Error::new(Code::OriginNotAllowed, "this page's origin may not open a socket here"))
-    }
+    super::upgrade::check_origin(req.headers(), &state.transport.settings.check_origin)
 }
 
 /// `GET`: a poll of an open session, or the connect that opens one.
@@ -259,19 +253,9 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Authenticates a connect and starts its session; returns the session's token.
 async fn connect(req: &HttpRequest, state: &LongPollEndpoint, parsed: Parsed) -> Result<String, Error> {
     let transport = &state.transport;
-    // A full or stopping node refuses before it spends a session lookup on the connect.
-    transport.sockets.precheck()?;
-    let Some(serializer) = Serializer::negotiate(parsed.params.get("vsn").map(String::as_str)) else {
-        return Err(Error::new(Code::UnsupportedVsn, "vsn must be 1.0.0 or 2.0.0"));
-    };
-    if let (Some(header), Some(query)) = (&parsed.auth_token, parsed.params.get("token"))
-        && header != query
-    {
-        return Err(Error::new(Code::Forbidden, "the query token and the authToken differ"));
-    }
-    let request = ConnectRequest { params: parsed.params, auth_token: parsed.auth_token, peer: req.peer_addr() };
-    let identity = super::websocket::authenticate(transport, &request).await?;
-    let admission = transport.sockets.admit(identity.user.as_deref())?;
+    let serializer = super::websocket::negotiate(&parsed.params)?;
+    let (request, identity, admission) =
+        super::websocket::connect(transport, parsed.params, parsed.auth_token, req.peer_addr()).await?;
     let id: SessionId = rand::random();
     let info = SocketInfo::new(transport.sockets.next_connection_id(), identity, request.params, serializer);
     let conn = info.connection_id.subscriber();
