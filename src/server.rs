@@ -126,7 +126,7 @@ impl Courier {
         // Accounts made before username keys get theirs before anyone can sign up beside them.
         accounts.backfill_username_keys().await.map_err(|e| io::Error::other(format!("filling username keys: {e}")))?;
         let authenticator = authenticator.unwrap_or_else(|| Arc::new(SessionAuthenticator::new(accounts.clone())));
-        // Presence is replicated whenever a broker joins this node to others.
+        // Presence and the signal relays' state are shared whenever a broker joins this node to others.
         let clustered = broker.is_some() || config.cluster.is_some();
         let broker: Arc<dyn Broker> = match (broker, &config.cluster) {
             (Some(broker), _) => broker,
@@ -145,7 +145,8 @@ impl Courier {
         let health =
             web::Data::new(HealthState { store: store.clone(), node: config.node.clone(), pubsub: pubsub.clone() });
         let policy = accounts.message_policy();
-        let signals = Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock));
+        let signals =
+            Signals::start(store.clone(), pubsub.clone(), &config.messaging, policy, Arc::clone(&clock), clustered);
         let keys = Keys::new(store.clone(), pubsub.clone(), config.keys.clone(), Arc::clone(&clock));
         let messaging = Messaging::start(store, pubsub.clone(), config.messaging.clone(), policy, Arc::clone(&clock));
         let presence = Engine::start(&config.presence, pubsub.clone(), Arc::clone(&clock), clustered);

@@ -6,6 +6,14 @@
 //! a token bucket per pair, and the TYPING/RECORDING indicators that turn into PAUSED by
 //! themselves when the sender goes quiet or away. Signals of one pair are relayed in the order
 //! they were sent, also while the pair's first check is running.
+//!
+//! On a node among several, every relay keeps a bucket and an indicator for each pair it hears
+//! of, and tells the others about each signal it relays in a note on the internal topic
+//! [`SIGNAL_SYNC`]: the note counts against their buckets and moves their indicators, so the
+//! pair's rate and its one indicator hold across nodes (the bound and the ordering are in
+//! [`pairs`]). A node alone publishes no notes.
+
+mod pairs;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,15 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
+
+use pairs::{Arm, Buckets, Change, Indicators, Note, Pair};
 
 use super::wire::{self, SIGNAL_TYPE_DEVICE, SIGNAL_TYPE_RECEIVER};
 use super::{MessagingConfig, MessagingError, Origin};
 use crate::accounts::MessagePolicy;
 use crate::clock::Clock;
 use crate::pb;
-use crate::pubsub::{Broadcast, Event, PubSub, SubscriberId, Topic};
+use crate::pubsub::topic::SIGNAL_SYNC;
+use crate::pubsub::{Broadcast, Deliver, Event, PubSub, SubscriberId, Topic};
 use crate::store::Store;
 use crate::task::Stop;
 
@@ -55,11 +65,14 @@ pub const SIGNAL_TYPE_SENDER: i32 = 1;
 
 /// How long a pair that passed the accounts check is trusted before it is checked again.
 const AUTHORIZED_FOR: Duration = Duration::from_secs(30);
-/// How often idle rate-limit buckets and stale checks are dropped.
+/// How often idle rate-limit buckets, stale checks and ended indicators are dropped.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
-
-/// (sender, receiver).
-type Pair = (String, String);
+/// How much longer than `typing_timeout` a node waits before it expires an indicator another
+/// node relayed (whose own expiry should have come long before, unless that node died).
+const BACKUP_GRACE: Duration = Duration::from_secs(1);
+/// The relay's id in this node's registry: far above any socket's sequence number, and not
+/// the presence replicator's.
+const SUBSCRIBER: SubscriberId = u64::MAX - 2;
 
 /// Relays status signals; cheap to clone.
 #[derive(Clone)]
@@ -69,27 +82,29 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Starts the relay on the current arbiter; signal timestamps are read from `clock`.
+    /// Starts the relay on the current arbiter; signal timestamps are read from `clock`. When
+    /// `clustered`, the relay shares its buckets and indicators with the other nodes' relays.
     pub fn start(
         store: Store,
         pubsub: PubSub,
         config: &MessagingConfig,
         policy: MessagePolicy,
         clock: Arc<dyn Clock>,
+        clustered: bool,
     ) -> Signals {
         let rate = NonZeroU32::new(config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.signal_burst).unwrap_or(NonZeroU32::MIN);
         let relay = SignalRelay {
+            indicators: Indicators::new(pubsub.node_id().as_str()),
             store,
             pubsub,
             policy,
             clock: Arc::clone(&clock),
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            buckets: Buckets::new(rate, burst),
             authorized: HashMap::new(),
             waiting: HashMap::new(),
-            armed: HashMap::new(),
-            generation: 0,
+            clustered,
         }
         .start();
         Signals { relay, clock }
@@ -192,15 +207,11 @@ impl Handler<Stop> for SignalRelay {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        if self.clustered {
+            self.pubsub.unsubscribe(SIGNAL_SYNC, SUBSCRIBER);
+        }
         ctx.stop();
     }
-}
-
-/// A live TYPING/RECORDING indicator; a newer signal of the pair bumps the generation, so the
-/// timers of older ones find nothing to expire.
-struct Armed {
-    generation: u64,
-    signal: pb::Signal,
 }
 
 struct SignalRelay {
@@ -210,13 +221,15 @@ struct SignalRelay {
     policy: MessagePolicy,
     clock: Arc<dyn Clock>,
     typing_timeout: Duration,
-    limiter: DefaultKeyedRateLimiter<Pair>,
+    buckets: Buckets,
     /// Pairs that passed the accounts check, until when.
     authorized: HashMap<Pair, Instant>,
     /// Signals of pairs whose check is running, in arrival order.
     waiting: HashMap<Pair, Vec<Relay>>,
-    armed: HashMap<Pair, Armed>,
-    generation: u64,
+    /// The TYPING/RECORDING indicators; a newer change of a pair supersedes the timers of older ones.
+    indicators: Indicators,
+    /// Whether other nodes relay signals too, and hear of this node's on [`SIGNAL_SYNC`].
+    clustered: bool,
 }
 
 impl Actor for SignalRelay {
@@ -224,11 +237,43 @@ impl Actor for SignalRelay {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(HOUSEKEEPING_EVERY, |relay, _| {
-            relay.limiter.retain_recent();
-            relay.limiter.shrink_to_fit();
             let now = Instant::now();
+            relay.buckets.forget_full(now);
             relay.authorized.retain(|_, until| *until > now);
+            let kept_ms = HOUSEKEEPING_EVERY.as_millis() as i64;
+            relay.indicators.forget_ended(relay.clock.now_millis().saturating_sub(kept_ms));
         });
+        if self.clustered {
+            let (pubsub, recipient) = (self.pubsub.clone(), ctx.address().recipient());
+            ctx.spawn(
+                async move {
+                    if let Err(e) = pubsub.subscribe(SIGNAL_SYNC, SUBSCRIBER, recipient).await {
+                        tracing::warn!(error = %e, "signal relay could not hear the other nodes");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+impl Handler<Deliver> for SignalRelay {
+    type Result = ();
+
+    /// Applies another node's note: its signal counts against the pair's bucket here, and its
+    /// change of the indicator supersedes what this node had.
+    fn handle(&mut self, Deliver(broadcast): Deliver, ctx: &mut Context<Self>) {
+        let Some(note) = Note::read(&broadcast.event) else { return };
+        if note.node == self.pubsub.node_id().as_str() {
+            return;
+        }
+        let pair = (note.from, note.to);
+        if note.change.counts() {
+            self.buckets.count(pair.clone(), Instant::now());
+        }
+        if let Some(arm) = self.indicators.heard(pair.clone(), note.change) {
+            self.arm(pair, arm, ctx);
+        }
     }
 }
 
@@ -236,7 +281,7 @@ impl Handler<Relay> for SignalRelay {
     type Result = ();
 
     fn handle(&mut self, relay: Relay, ctx: &mut Context<Self>) {
-        if self.limiter.check_key(&relay.pair).is_err() {
+        if !self.buckets.admit(&relay.pair, Instant::now()) {
             let why = format!("rate limited: too many signals to {}, slow down", relay.pair.1);
             let _ = relay.answer.send(Err(MessagingError::RateLimited(why)));
             return;
@@ -286,40 +331,44 @@ impl SignalRelay {
         self.pubsub.publish(broadcast, exclude);
     }
 
-    fn deliver(&mut self, relay: Relay, ctx: &mut Context<Self>) {
-        let Relay { pair, from_socket, signal, answer } = relay;
-        self.publish(&copy(&signal, TYPE_REQUEST, SIGNAL_TYPE_RECEIVER), &pair.1, None);
-        self.publish(&copy(&signal, TYPE_REQUEST, SIGNAL_TYPE_DEVICE), &pair.0, Some(from_socket));
-        let response = copy(&signal, TYPE_RESPONSE, SIGNAL_TYPE_SENDER);
-        match signal.status {
-            STATUS_TYPING | STATUS_RECORDING => self.arm(pair, signal, ctx),
-            STATUS_RESUME => {
-                if let Some(armed) = self.armed.remove(&pair) {
-                    self.arm(pair, armed.signal, ctx);
-                }
-            }
-            STATUS_PAUSED | STATUS_CANCELLED => {
-                self.armed.remove(&pair);
-            }
-            _ => {}
-        }
-        let _ = answer.send(Ok(response));
-    }
-
-    fn arm(&mut self, pair: Pair, signal: pb::Signal, ctx: &mut Context<Self>) {
-        self.generation += 1;
-        let generation = self.generation;
-        self.armed.insert(pair.clone(), Armed { generation, signal });
-        ctx.run_later(self.typing_timeout, move |relay, _| relay.expire(&pair, generation));
-    }
-
-    /// Tells both users' devices that an indicator nobody cleared is over.
-    fn expire(&mut self, pair: &Pair, generation: u64) {
-        if self.armed.get(pair).is_none_or(|armed| armed.generation != generation) {
+    /// Tells the other nodes' relays what a signal (or an expiry) did to `pair`; the relay's
+    /// own subscription is excluded, so only the broker carries it.
+    fn note(&self, pair: &Pair, change: Change) {
+        if !self.clustered {
             return;
         }
-        let Some(armed) = self.armed.remove(pair) else { return };
-        let paused = pb::Signal { status: STATUS_PAUSED, timestamp: self.clock.now_millis(), ..armed.signal };
+        let note =
+            Note { node: self.pubsub.node_id().as_str().to_owned(), from: pair.0.clone(), to: pair.1.clone(), change };
+        let broadcast = Broadcast::new(SIGNAL_SYNC, note.event());
+        self.pubsub.publish(broadcast, Some(SUBSCRIBER));
+    }
+
+    fn deliver(&mut self, relay: Relay, ctx: &mut Context<Self>) {
+        let Relay { pair, from_socket, signal, answer } = relay;
+        let (change, arm) = self.indicators.relayed(&pair, &signal, self.clock.now_millis());
+        // Ahead of the copies, so a node whose devices see the signal has most likely counted it.
+        self.note(&pair, change);
+        self.publish(&copy(&signal, TYPE_REQUEST, SIGNAL_TYPE_RECEIVER), &pair.1, None);
+        self.publish(&copy(&signal, TYPE_REQUEST, SIGNAL_TYPE_DEVICE), &pair.0, Some(from_socket));
+        if let Some(arm) = arm {
+            self.arm(pair, arm, ctx);
+        }
+        let _ = answer.send(Ok(copy(&signal, TYPE_RESPONSE, SIGNAL_TYPE_SENDER)));
+    }
+
+    /// Starts the timer of a live indicator: `typing_timeout` if it was relayed here, a grace
+    /// period more if another node relayed it (and will expire it itself).
+    fn arm(&mut self, pair: Pair, arm: Arm, ctx: &mut Context<Self>) {
+        let after = if arm.here { self.typing_timeout } else { self.typing_timeout + BACKUP_GRACE };
+        ctx.run_later(after, move |relay, _| relay.expire(&pair, arm.generation));
+    }
+
+    /// Tells both users' devices that an indicator nobody cleared is over, and the other nodes
+    /// that it was.
+    fn expire(&mut self, pair: &Pair, generation: u64) {
+        let Some((signal, expired)) = self.indicators.expire(pair, generation) else { return };
+        self.note(pair, expired);
+        let paused = pb::Signal { status: STATUS_PAUSED, timestamp: self.clock.now_millis(), ..signal };
         self.publish(&copy(&paused, TYPE_REQUEST, SIGNAL_TYPE_RECEIVER), &pair.1, None);
         self.publish(&copy(&paused, TYPE_REQUEST, SIGNAL_TYPE_DEVICE), &pair.0, None);
     }

@@ -45,7 +45,11 @@ pub(crate) enum Join {
 
 /// A node called `name`, joined by `join`, on `db`.
 pub(crate) fn node(db: &Arc<TestDb>, join: &Join, name: &str) -> TestServer {
-    let mut config = test_config();
+    node_with(db, join, name, test_config())
+}
+
+/// A node called `name`, joined by `join`, on `db`, with the rest of `config`.
+pub(crate) fn node_with(db: &Arc<TestDb>, join: &Join, name: &str, mut config: courier::Config) -> TestServer {
     config.node = name.into();
     match join {
         Join::Memory(cluster) => {
