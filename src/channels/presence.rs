@@ -150,6 +150,8 @@ impl Channel for WatchChannel {
                 self.push_status(occupancy.occupied, ctx);
                 false
             }
+            // Inboxes' business only: no client hears of it.
+            Event::Resync => false,
             Event::PresenceDiff { .. }
             | Event::Message { .. }
             | Event::Receipt(_)

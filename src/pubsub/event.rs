@@ -20,6 +20,8 @@ pub const RECEIPT: &str = "receipt";
 pub const SIGNAL: &str = "signal";
 /// The event name of a presence change (Phoenix's `presence_diff`).
 pub const PRESENCE_DIFF: &str = "presence_diff";
+/// The name of [`Event::Resync`], which no client ever sees.
+pub const RESYNC: &str = "resync";
 
 /// Whether a presence diff turned its topic on or off (a user coming online or going offline on
 /// `presence:<eid>`), and when it went out.
@@ -61,6 +63,12 @@ pub enum Event {
         /// Whether the change turned the topic on or off.
         occupancy: Occupancy,
     },
+    /// Live delivery to this node was interrupted, so a live inbox may miss messages that no
+    /// later one will reveal as a gap: it reads its log again from its delivered mark. A node
+    /// makes it for its own `user:` subscribers when its broker reconnects, or when another
+    /// node's notice on [`super::topic::RESYNC`] (the only place it crosses nodes) says that
+    /// node's broadcasts were dropped. Channels consume it; it never reaches a client.
+    Resync,
     /// Any other event: a channel's own broadcast, an account notification, a disconnect.
     Raw {
         /// The event name.
@@ -83,6 +91,7 @@ impl Event {
             Event::Receipt(_) => RECEIPT,
             Event::Signal(_) => SIGNAL,
             Event::PresenceDiff { .. } => PRESENCE_DIFF,
+            Event::Resync => RESYNC,
             Event::Raw { event, .. } => event,
         }
     }
@@ -94,6 +103,7 @@ impl Event {
             Event::Receipt(ack) => Payload::json(ack),
             Event::Signal(signal) => Payload::json(signal),
             Event::PresenceDiff { diff, .. } => diff.clone(),
+            Event::Resync => Payload::empty(),
             Event::Raw { payload, .. } => payload.clone(),
         }
     }
@@ -103,7 +113,7 @@ impl Event {
         match self {
             Event::PresenceDiff { diff, .. } => Some(diff),
             Event::Raw { payload, .. } => Some(payload),
-            Event::Message { .. } | Event::Receipt(_) | Event::Signal(_) => None,
+            Event::Message { .. } | Event::Receipt(_) | Event::Signal(_) | Event::Resync => None,
         }
     }
 }
@@ -136,6 +146,7 @@ pub(super) fn encode(origin: &str, topic: &str, event: &Event) -> Vec<u8> {
             occupied: occupancy.occupied,
             at: occupancy.at,
         }),
+        Event::Resync => WireEvent::Resync(pb::node::Resync {}),
         Event::Raw { event, payload } => WireEvent::Raw(pb::node::Raw {
             event: event.clone(),
             payload: Some(match payload {
@@ -161,6 +172,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(String, String, Event), EventDecod
             diff: Payload::Json(RawValue::from_string(diff.diff_json)?),
             occupancy: Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at: diff.at },
         },
+        WireEvent::Resync(_) => Event::Resync,
         WireEvent::Raw(raw) => {
             let payload = match raw.payload.ok_or(EventDecodeError::Missing("a payload"))? {
                 pb::node::raw::Payload::Json(text) => Payload::Json(RawValue::from_string(text)?),
@@ -195,6 +207,7 @@ mod tests {
                 diff: Payload::json(&serde_json::json!({"joins": {"a": {}}, "leaves": {}})),
                 occupancy: Occupancy { was_occupied: false, occupied: true, at: 1_700_000_000_000 },
             },
+            Event::Resync,
             Event::raw("shout", Payload::json(&serde_json::json!({"body": "x"}))),
             Event::raw("bin", Payload::Binary(bytes::Bytes::from_static(&[0, 159, 255]))),
         ]

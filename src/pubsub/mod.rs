@@ -8,6 +8,13 @@
 //! in behind the same trait. The registry tells the broker which topics this node listens to
 //! (a topic's first subscriber and its last), and the broker hands what other nodes send to
 //! [`Inbound`], which drops this node's own echoes and fans the rest out locally.
+//!
+//! Pub/sub keeps nothing for later, so a broker that loses its server loses what was sent
+//! meanwhile. The messages among it are in the database, and the inboxes on `user:` topics
+//! fill such losses from there: a broker whose connection comes back has this node's inboxes
+//! re-read ([`Inbound::resync`]), and when this node's own broadcasts may have been lost (its
+//! outbox dropped some, or its connection broke with some in flight) it publishes a notice on
+//! [`topic::RESYNC`] that makes every other node do the same.
 //! [`MemoryCluster`] joins nodes of one process, [`RedisBroker`] and [`NatsBroker`] join nodes
 //! over a server (chosen from the `[cluster]` settings in [`cluster`]), and [`conformance`] is
 //! the contract a broker keeps, as a check over a factory. Node and connection ids ([`NodeId`], [`ConnectionId`])
@@ -44,7 +51,7 @@ pub use nats::NatsBroker;
 #[cfg(feature = "redis")]
 pub use redis::RedisBroker;
 pub use registry::RegistryShard;
-use registry::{Census, Publish, Subscribe, SubscriberCount, TopicPage, Unsubscribe};
+use registry::{Census, Publish, Resync, Subscribe, SubscriberCount, TopicPage, Unsubscribe};
 pub use topic::{Topic, TopicError, TopicKind};
 
 /// Identifies one subscriber (one socket connection) across the registry.
@@ -210,6 +217,13 @@ impl Fanout {
     fn deliver(&self, broadcast: Arc<Broadcast>, exclude: Option<SubscriberId>) {
         self.shard(&broadcast.topic).do_send(Publish { broadcast, exclude });
     }
+
+    /// Hands every live inbox on this node an [`Event::Resync`].
+    fn resync(&self) {
+        for shard in self.shards.iter() {
+            shard.do_send(Resync { prefix: TopicKind::User.prefix() });
+        }
+    }
 }
 
 /// The way remote broadcasts enter this node, handed to the broker at start.
@@ -232,14 +246,34 @@ impl Inbound {
 
     /// Fans bytes another node sent out to this node's subscribers. This node's own
     /// broadcasts, echoed back by a broker that delivers to every member, are dropped
-    /// (`Ok(false)`): they were fanned out here when they were made.
+    /// (`Ok(false)`): they were fanned out here when they were made. Another node's notice on
+    /// [`topic::RESYNC`] has this node's inboxes re-read.
     pub fn deliver(&self, bytes: &[u8]) -> Result<bool, EventDecodeError> {
         let (origin, broadcast) = Broadcast::from_node_bytes(bytes)?;
         if origin == self.node.as_str() {
             return Ok(false);
         }
-        self.fanout.deliver(broadcast, None);
+        if broadcast.topic == topic::RESYNC {
+            tracing::info!(from = origin, "another node's broadcasts were lost; re-reading the live inboxes");
+            self.fanout.resync();
+        } else {
+            self.fanout.deliver(broadcast, None);
+        }
         Ok(true)
+    }
+
+    /// Has every live inbox on this node read its log again from where it is: live delivery
+    /// to this node was interrupted (the broker's connection came back, or it dropped what it
+    /// was handed), so messages may be missing that no later one will show as a gap. Call it
+    /// once broadcasts published from then on are sure to arrive (the subscriptions are back).
+    pub fn resync(&self) {
+        self.fanout.resync();
+    }
+
+    /// The bytes of this node's notice to the others that some of its broadcasts were lost,
+    /// for the broker to publish on [`topic::RESYNC`] once its server takes publishes again.
+    pub fn resync_notice(&self) -> Vec<u8> {
+        self.encode(&Broadcast::new(topic::RESYNC, Event::Resync))
     }
 }
 
@@ -484,6 +518,46 @@ mod tests {
         fn handle(&mut self, _: StopProbe, ctx: &mut Context<Self>) {
             actix::ActorContext::stop(ctx);
         }
+    }
+
+    /// Keeps the way in it was handed, as a networked broker does.
+    #[derive(Default)]
+    struct CapturingBroker(Mutex<Option<Inbound>>);
+
+    impl Broker for CapturingBroker {
+        fn node(&self) -> &str {
+            "test@capture"
+        }
+        fn start(&self, inbound: Inbound) {
+            *self.0.lock().unwrap() = Some(inbound);
+        }
+        fn interest(&self, _topic: &str, _interested: bool) -> InterestTaken {
+            Box::pin(std::future::ready(()))
+        }
+        fn publish(&self, _b: &Arc<Broadcast>) {}
+    }
+
+    #[actix::test]
+    async fn a_resync_reaches_every_inbox_here_and_another_nodes_notice_does_too() {
+        let broker = Arc::new(CapturingBroker::default());
+        let pubsub = PubSub::start(3, broker.clone());
+        let inbound = broker.0.lock().unwrap().clone().expect("started");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe(Arc::clone(&seen)).start();
+        for (n, topic) in ["user:a", "user:b", "room:x", "presence:a"].into_iter().enumerate() {
+            pubsub.subscribe(topic, n as u64, probe.clone().recipient()).await.unwrap();
+        }
+        inbound.resync();
+        assert_eq!(wait_for(&seen, 2).await, vec!["user:a:resync", "user:b:resync"], "inbox topics only");
+
+        seen.lock().unwrap().clear();
+        assert!(!inbound.deliver(&inbound.resync_notice()).unwrap(), "its own notice, echoed, is dropped");
+        let notice = Broadcast::new(topic::RESYNC, Event::Resync).to_node_bytes(&NodeId::new("test@other"));
+        assert!(inbound.deliver(&notice).unwrap());
+        assert_eq!(wait_for(&seen, 2).await, vec!["user:a:resync", "user:b:resync"]);
+        actix::clock::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(seen.lock().unwrap().len(), 2, "one resync per inbox per notice, and none for the echo");
+        pubsub.stop();
     }
 
     #[test]

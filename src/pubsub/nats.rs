@@ -2,6 +2,11 @@
 //! (`{namespace}.t._{base64url(topic)}`), and no JetStream (pub/sub keeps nothing, like Redis's).
 //! The client reconnects by itself and re-sends every live subscription; the connection is made
 //! with `no_echo`, so the server never sends a node its own broadcasts back.
+//!
+//! What an interruption loses is made good from the database: once a new connection has its
+//! subscriptions back, this node's inboxes are re-read, and after a reconnection (the old
+//! connection may have taken broadcasts it never sent) the other nodes get a loss notice. A
+//! subscription the client had to drop messages for (a slow consumer) re-reads them too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -9,11 +14,11 @@ use std::sync::{Arc, OnceLock};
 use async_nats::connection::State;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cluster::{BrokerError, ClusterConfig};
-use super::remote::{BrokerThread, Control, KeeperStop, Outbox, Outgoing, Running, backoff, topic_key};
-use super::{Broadcast, Broker, Inbound, InterestTaken};
+use super::remote::{BrokerThread, Control, KeeperStop, LossNotice, Outbox, Outgoing, Running, backoff, topic_key};
+use super::{Broadcast, Broker, Inbound, InterestTaken, topic};
 use futures_util::future::BoxFuture;
 
 /// A broker over NATS core subjects.
@@ -26,7 +31,18 @@ pub struct NatsBroker {
     running: OnceLock<Running>,
     /// The name claim's answerer, once claimed.
     keeper: KeeperStop,
+    /// What the client's events said of its connection so far.
+    link: watch::Receiver<LinkEvents>,
     thread: BrokerThread,
+}
+
+/// Counts of the client's events that can cost this node broadcasts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LinkEvents {
+    /// Connections made (the first, then each reconnection).
+    connected: u64,
+    /// Times the client dropped messages of a subscription that it could not hand on fast enough.
+    slow: u64,
 }
 
 impl NatsBroker {
@@ -35,6 +51,7 @@ impl NatsBroker {
     pub async fn connect(settings: &ClusterConfig, node: &str) -> Result<Self, BrokerError> {
         let thread = BrokerThread::start("courier-nats")?;
         let max = settings.reconnect_max();
+        let (events, link) = watch::channel(LinkEvents::default());
         let options = async_nats::ConnectOptions::new()
             .name(node)
             .no_echo()
@@ -42,10 +59,17 @@ impl NatsBroker {
             .connection_timeout(settings.connect_timeout())
             .ping_interval(settings.ping_interval())
             .reconnect_delay_callback(move |attempts| backoff(u32::try_from(attempts).unwrap_or(u32::MAX), max))
-            .event_callback(|event| async move {
+            .event_callback(move |event| {
                 match event {
-                    async_nats::Event::Connected => tracing::info!("nats broker: connected"),
-                    other => tracing::warn!(event = %other, "nats broker"),
+                    async_nats::Event::Connected => events.send_modify(|e| e.connected += 1),
+                    async_nats::Event::SlowConsumer(_) => events.send_modify(|e| e.slow += 1),
+                    _ => {}
+                }
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!("nats broker: connected"),
+                        other => tracing::warn!(event = %other, "nats broker"),
+                    }
                 }
             });
         let url = settings.broker.clone();
@@ -61,6 +85,7 @@ impl NatsBroker {
             settings: settings.clone(),
             running: OnceLock::new(),
             keeper: KeeperStop::default(),
+            link,
             thread,
         })
     }
@@ -76,13 +101,26 @@ impl Broker for NatsBroker {
     }
 
     fn start(&self, inbound: Inbound) {
-        let Some(started) = Running::start(&self.running, inbound, self.settings.publish_queue) else { return };
+        let capacity = self.settings.publish_queue;
+        let Some(started) = Running::start(&self.running, inbound, capacity, self.subject(topic::RESYNC)) else {
+            return;
+        };
         // A subject no Courier subscribes to (its last token is not a topic key's `_...`).
         let confirm = format!("{}.confirm", self.namespace);
         let timeout = self.settings.connect_timeout();
         let client = self.client.clone();
+        let watcher = Interruptions {
+            client: client.clone(),
+            inbound: started.inbound.clone(),
+            outbox: Arc::clone(&started.outbox),
+            confirm: confirm.clone(),
+            confirm_within: timeout,
+        };
+        self.thread.spawn(watcher.follow(self.link.clone()));
         self.thread.spawn(subscriptions(client.clone(), started.inbound, started.commands, confirm, timeout));
-        self.thread.spawn(publisher(client, started.outbox, started.queued));
+        self.thread.spawn(publisher(client, started.outbox, started.queued, started.notice));
+        // The other nodes' loss notices, for as long as the broker lives.
+        drop(self.interest(topic::RESYNC, true));
     }
 
     fn interest(&self, topic: &str, interested: bool) -> InterestTaken {
@@ -238,11 +276,65 @@ async fn read(mut subscriber: async_nats::Subscriber, inbound: Inbound, mut stop
     }
 }
 
+/// What follows the client's connection events, to make good what they cost this node.
+struct Interruptions {
+    client: async_nats::Client,
+    inbound: Inbound,
+    outbox: Arc<Outbox>,
+    confirm: String,
+    confirm_within: std::time::Duration,
+}
+
+impl Interruptions {
+    /// For as long as the client lives: after each connection (once its subscriptions are
+    /// back) and each slow-consumer drop, this node's inboxes are re-read; after a
+    /// reconnection, the other nodes are told as well.
+    async fn follow(self, mut link: watch::Receiver<LinkEvents>) {
+        let mut seen = *link.borrow_and_update();
+        while link.changed().await.is_ok() {
+            let now = *link.borrow_and_update();
+            if now.connected > seen.connected {
+                // The client re-sends its subscriptions before anything else on a new
+                // connection, and the server handles a connection's operations in order: once
+                // this request is answered, the server has them all.
+                let asked = self.client.request(self.confirm.clone(), Bytes::new());
+                let _ = tokio::time::timeout(self.confirm_within, asked).await;
+                if seen.connected > 0 {
+                    self.outbox.mark_lost();
+                }
+            }
+            tracing::info!(?now, "nats broker: live delivery was interrupted; re-reading the live inboxes");
+            self.inbound.resync();
+            seen = now;
+        }
+    }
+}
+
 /// Publishes the outbox in order. The client queues what it cannot send while disconnected,
-/// up to its own capacity; past that, the outbox fills and drops (counted).
-async fn publisher(client: async_nats::Client, outbox: Arc<Outbox>, mut queued: mpsc::Receiver<Outgoing>) {
-    while let Some(Outgoing { key, bytes }) = queued.recv().await {
-        if let Err(e) = client.publish(key, Bytes::from(bytes)).await {
+/// up to its own capacity; past that, the outbox fills and drops (counted). A loss notice goes
+/// out when one is due, through the same client, so behind what was published before it.
+async fn publisher(
+    client: async_nats::Client,
+    outbox: Arc<Outbox>,
+    mut queued: mpsc::Receiver<Outgoing>,
+    mut notice: LossNotice,
+) {
+    loop {
+        let due = notice.due(&outbox);
+        let next = tokio::select! {
+            next = queued.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            _ = outbox.lost_some(), if due.is_none() => continue,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                match notice.take(&outbox) {
+                    Some(told) => told,
+                    None => continue,
+                }
+            }
+        };
+        if let Err(e) = client.publish(next.key, Bytes::from(next.bytes)).await {
             outbox.dropped(1, "publishing to nats failed");
             tracing::debug!(error = %e, "nats broker: publish failed");
         }

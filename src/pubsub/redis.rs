@@ -3,6 +3,10 @@
 //! node listens to (`{namespace}:t:_{base64url(topic)}`). Both reconnect by themselves; the
 //! subscriber re-subscribes every topic the node still has interest in. Redis delivers a
 //! publisher its own broadcasts back when it listens to the topic too; [`Inbound`] drops them.
+//!
+//! What an interruption loses is made good from the database: a subscriber connection that
+//! comes back has this node's inboxes re-read once it has re-subscribed, and a publisher that
+//! had to drop broadcasts sends the other nodes a loss notice once Redis takes publishes again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +17,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::cluster::{BrokerError, ClusterConfig};
-use super::remote::{BrokerThread, Control, KeeperStop, Outbox, Outgoing, Running, backoff, topic_key};
-use super::{Broadcast, Broker, Inbound, InterestTaken};
+use super::remote::{BrokerThread, Control, KeeperStop, LossNotice, Outbox, Outgoing, Running, backoff, topic_key};
+use super::{Broadcast, Broker, Inbound, InterestTaken, topic};
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
@@ -90,11 +94,16 @@ impl Broker for RedisBroker {
     }
 
     fn start(&self, inbound: Inbound) {
-        let Some(started) = Running::start(&self.running, inbound, self.settings.publish_queue) else { return };
+        let capacity = self.settings.publish_queue;
+        let Some(started) = Running::start(&self.running, inbound, capacity, self.channel(topic::RESYNC)) else {
+            return;
+        };
         let link =
             Link { client: self.client.clone(), shared: Arc::clone(&self.shared), settings: self.settings.clone() };
         self.thread.spawn(link.clone().subscribe(started.inbound, started.commands));
-        self.thread.spawn(link.publish(started.outbox, started.queued));
+        self.thread.spawn(link.publish(started.outbox, started.queued, started.notice));
+        // The other nodes' loss notices, for as long as the broker lives.
+        drop(self.interest(topic::RESYNC, true));
     }
 
     fn interest(&self, topic: &str, interested: bool) -> InterestTaken {
@@ -250,6 +259,9 @@ impl Link {
     /// channel of interest, then follow messages and commands until the connection breaks.
     async fn subscribe(self, inbound: Inbound, mut commands: mpsc::UnboundedReceiver<Control>) {
         let mut attempt = 0;
+        // Whether broadcasts may have been missed: a connection lost, or a first one refused
+        // (sockets join meanwhile).
+        let mut interrupted = false;
         loop {
             let (mut sink, mut stream, channels) = match self.open().await {
                 Ok(opened) => opened,
@@ -257,6 +269,7 @@ impl Link {
                     if attempt == 0 {
                         tracing::warn!(error, "redis broker: cannot open the subscriber connection; retrying");
                     }
+                    interrupted = true;
                     if !pause(backoff(attempt, self.settings.reconnect_max()), &mut commands).await {
                         return;
                     }
@@ -265,8 +278,11 @@ impl Link {
                 }
             };
             self.shared.subscriber_up.store(true, Ordering::Relaxed);
-            if attempt > 0 {
-                tracing::info!(channels, "redis broker: subscriber connection back");
+            if interrupted {
+                // Re-subscribed: what is published from here on arrives, and the logs hold
+                // what was published meanwhile.
+                tracing::info!(channels, "redis broker: subscriber connection back; re-reading the live inboxes");
+                inbound.resync();
             }
             attempt = 0;
             let mut pings = tokio::time::interval(self.settings.ping_interval());
@@ -303,6 +319,7 @@ impl Link {
                 }
             };
             self.shared.subscriber_up.store(false, Ordering::Relaxed);
+            interrupted = true;
             tracing::warn!(error = lost, "redis broker: subscriber connection lost; reconnecting");
         }
     }
@@ -324,8 +341,10 @@ impl Link {
     /// time. While Redis cannot be reached, what the outbox holds is dropped (and counted):
     /// pub/sub keeps nothing for later either, and a node must not stall its broadcasters. An
     /// idle connection is pinged, and a missing one retried, without waiting for a broadcast:
-    /// a node that is not ready gets none to send, and must still become ready.
-    async fn publish(self, outbox: Arc<Outbox>, mut queued: mpsc::Receiver<Outgoing>) {
+    /// a node that is not ready gets none to send, and must still become ready. Once
+    /// broadcasts were dropped, the loss notice goes out on the first connection that takes
+    /// publishes, behind what was queued before it.
+    async fn publish(self, outbox: Arc<Outbox>, mut queued: mpsc::Receiver<Outgoing>, mut notice: LossNotice) {
         let mut connection = None;
         let mut last_attempt: Option<Instant> = None;
         let mut attempt = 0;
@@ -335,8 +354,11 @@ impl Link {
         loop {
             connection = self.reconnect(connection, &mut last_attempt, &mut attempt).await;
             let retry = backoff(attempt, self.settings.reconnect_max());
+            let due = connection.as_ref().and(notice.due(&outbox));
             tokio::select! {
                 received = queued.recv_many(&mut batch, BATCH) => if received == 0 { return },
+                _ = outbox.lost_some(), if connection.is_some() && due.is_none() => continue,
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
                 _ = pings.tick(), if connection.is_some() => {
                     if let Some(conn) = connection.as_mut() {
                         let ping = redis::cmd("PING").query_async::<redis::Value>(conn).await;
@@ -354,9 +376,13 @@ impl Link {
                 batch.clear();
                 continue;
             };
-            let sent = batch.len() as u64;
+            let told = notice.take(&outbox);
+            if batch.is_empty() && told.is_none() {
+                continue;
+            }
+            let sent = batch.len() as u64 + u64::from(told.is_some());
             let mut pipe = redis::pipe();
-            for Outgoing { key, bytes } in batch.drain(..) {
+            for Outgoing { key, bytes } in batch.drain(..).chain(told) {
                 pipe.cmd("PUBLISH").arg(key).arg(bytes).ignore();
             }
             // No second try: Redis may have run part of the pipeline, and a broadcast must not

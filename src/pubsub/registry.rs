@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, Recipient};
 
-use super::{Broadcast, Broker, Deliver, InterestTaken, SubscriberId};
+use super::{Broadcast, Broker, Deliver, Event, InterestTaken, SubscriberId};
 
 /// One shard of the topic registry; owns the subscriber sets of its topics.
 pub struct RegistryShard {
@@ -56,6 +56,14 @@ pub(super) struct Unsubscribe {
 pub(super) struct Publish {
     pub broadcast: Arc<Broadcast>,
     pub exclude: Option<SubscriberId>,
+}
+
+/// Hands every live subscriber of the shard's topics that start with `prefix` an
+/// [`Event::Resync`] on its topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Resync {
+    pub prefix: &'static str,
 }
 
 #[derive(Message)]
@@ -162,5 +170,18 @@ impl Handler<SubscriberCount> for RegistryShard {
     type Result = usize;
     fn handle(&mut self, msg: SubscriberCount, _: &mut Context<Self>) -> usize {
         self.topics.get(&msg.topic).map_or(0, |s| s.values().filter(|r| r.connected()).count())
+    }
+}
+
+impl Handler<Resync> for RegistryShard {
+    type Result = ();
+    fn handle(&mut self, msg: Resync, _: &mut Context<Self>) {
+        // A scan: it runs once per broker interruption, not per broadcast.
+        for (topic, subscribers) in self.topics.iter().filter(|(topic, _)| topic.starts_with(msg.prefix)) {
+            let broadcast = Broadcast::new(topic.as_str(), Event::Resync);
+            for recipient in subscribers.values().filter(|r| r.connected()) {
+                recipient.do_send(Deliver(Arc::clone(&broadcast)));
+            }
+        }
     }
 }

@@ -1,16 +1,22 @@
 //! What the networked brokers (Redis, NATS) share: the safe mapping of a topic onto a channel
 //! or subject name, the thread their client tasks run on, the bounded, ordered outbox a node's
-//! broadcasts leave through, the commands their subscriptions task follows, the stop handle of
-//! their node-name claim, and the backoff between reconnection attempts.
+//! broadcasts leave through (and the notice it has sent when some were lost), the commands
+//! their subscriptions task follows, the stop handle of their node-name claim, and the backoff
+//! between reconnection attempts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{Broadcast, Inbound, InterestTaken};
+
+/// The shortest time between two of a node's loss notices: a queue that stays full drops on
+/// every burst, and each notice costs every other node one read per live inbox.
+const NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// The name a broker carries `topic` under: `{namespace}{sep}t{sep}_` and the topic in
 /// base64url. Phoenix topics hold `:` and any other character, while a NATS subject forbids
@@ -53,6 +59,7 @@ impl BrokerThread {
 }
 
 /// One broadcast on its way to the broker: the channel or subject, and the node-to-node bytes.
+#[derive(Clone)]
 pub(crate) struct Outgoing {
     /// The channel or subject ([`topic_key`]).
     pub key: String,
@@ -62,17 +69,22 @@ pub(crate) struct Outgoing {
 
 /// The bounded queue between the threads that broadcast and the one task that publishes, in
 /// order: a caller never waits for the network, and what a full queue (or a broker that is
-/// down) refuses is counted rather than held.
+/// down) refuses is counted rather than held, and noted for a [`LossNotice`].
 pub(crate) struct Outbox {
     queue: mpsc::Sender<Outgoing>,
     dropped: AtomicU64,
+    /// Broadcasts were (or may have been) lost since the last loss notice went out.
+    lost: AtomicBool,
+    /// Wakes an idle publisher when `lost` is set, so the notice does not wait for a broadcast.
+    wake: Notify,
 }
 
 impl Outbox {
     /// An outbox holding up to `capacity` broadcasts, and the receiving end for the publisher.
     pub(crate) fn new(capacity: usize) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
         let (queue, receiver) = mpsc::channel(capacity);
-        (Arc::new(Outbox { queue, dropped: AtomicU64::new(0) }), receiver)
+        let outbox = Outbox { queue, dropped: AtomicU64::new(0), lost: AtomicBool::new(false), wake: Notify::new() };
+        (Arc::new(outbox), receiver)
     }
 
     /// Queues a broadcast, or drops it (counted) when the queue is full.
@@ -90,12 +102,65 @@ impl Outbox {
         if (total - n + 1..=total).any(u64::is_power_of_two) {
             tracing::warn!(total, why, "broadcasts to other nodes dropped");
         }
+        self.mark_lost();
+    }
+
+    /// Notes that broadcasts may have been lost uncounted: a connection broke while the
+    /// client still held some it had taken.
+    pub(crate) fn mark_lost(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Resolves once [`Outbox::mark_lost`] (or a drop) was called, or right away when one came
+    /// since the last wait.
+    pub(crate) async fn lost_some(&self) {
+        self.wake.notified().await;
     }
 
     /// How many broadcasts were dropped so far.
     #[cfg(test)]
     pub(crate) fn dropped_total(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A publisher's notice to the other nodes that broadcasts of this node were lost (on
+/// [`super::topic::RESYNC`]): sent once the broker takes publishes again, after what it took
+/// before, and at most every [`NOTICE_EVERY`], however many were lost meanwhile.
+pub(crate) struct LossNotice {
+    notice: Outgoing,
+    last: Option<Instant>,
+}
+
+impl LossNotice {
+    /// The notice `bytes` ([`Inbound::resync_notice`]), under the broker's channel or subject `key`.
+    pub(crate) fn new(key: String, bytes: Vec<u8>) -> Self {
+        LossNotice { notice: Outgoing { key, bytes }, last: None }
+    }
+
+    /// When the next notice may go, if broadcasts were lost since the last one went.
+    pub(crate) fn due(&self, outbox: &Outbox) -> Option<Instant> {
+        self.due_at(outbox, Instant::now())
+    }
+
+    fn due_at(&self, outbox: &Outbox, now: Instant) -> Option<Instant> {
+        if !outbox.lost.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.last.map_or(now, |last| (last + NOTICE_EVERY).max(now)))
+    }
+
+    /// The notice to publish now, if one is due; the losses so far then count as told (a
+    /// notice that fails to go out is a dropped broadcast, and so due again).
+    pub(crate) fn take(&mut self, outbox: &Outbox) -> Option<Outgoing> {
+        let now = Instant::now();
+        if self.due_at(outbox, now)? > now {
+            return None;
+        }
+        outbox.lost.store(false, Ordering::SeqCst);
+        self.last = Some(now);
+        Some(self.notice.clone())
     }
 }
 
@@ -128,17 +193,25 @@ pub(crate) struct Started {
     pub outbox: Arc<Outbox>,
     /// The broadcasts to publish, in order.
     pub queued: mpsc::Receiver<Outgoing>,
+    /// What the publisher tells the other nodes after losses.
+    pub notice: LossNotice,
 }
 
 impl Running {
-    /// Fills `slot` at a broker's first start, with an outbox of `capacity`; the ends for its
-    /// tasks, or `None` at a second start.
-    pub(crate) fn start(slot: &OnceLock<Running>, inbound: Inbound, capacity: usize) -> Option<Started> {
+    /// Fills `slot` at a broker's first start, with an outbox of `capacity` and loss notices
+    /// under `notice_key`; the ends for its tasks, or `None` at a second start.
+    pub(crate) fn start(
+        slot: &OnceLock<Running>,
+        inbound: Inbound,
+        capacity: usize,
+        notice_key: String,
+    ) -> Option<Started> {
         let (control, commands) = mpsc::unbounded_channel();
         let (outbox, queued) = Outbox::new(capacity);
         let running = Running { inbound: inbound.clone(), control, outbox: Arc::clone(&outbox) };
         slot.set(running).ok()?;
-        Some(Started { inbound, commands, outbox, queued })
+        let notice = LossNotice::new(notice_key, inbound.resync_notice());
+        Some(Started { inbound, commands, outbox, queued, notice })
     }
 
     /// Hands the subscriptions task a (un)subscribe of `key`; a subscribe resolves once the
@@ -217,6 +290,24 @@ mod tests {
         assert_eq!(outbox.dropped_total(), 1);
         let kept: Vec<String> = std::iter::from_fn(|| queued.try_recv().ok()).map(|o| o.key).collect();
         assert_eq!(kept, ["k0", "k1"], "what fits keeps its order");
+    }
+
+    #[tokio::test]
+    async fn a_loss_notice_is_due_after_drops_and_at_most_once_a_second() {
+        let (outbox, _queued) = Outbox::new(16);
+        let mut notice = LossNotice::new("k".into(), vec![1]);
+        assert!(notice.due(&outbox).is_none() && notice.take(&outbox).is_none(), "nothing lost, nothing told");
+        outbox.dropped(3, "test");
+        tokio::time::timeout(Duration::from_millis(10), outbox.lost_some()).await.expect("an idle publisher wakes");
+        assert_eq!(notice.take(&outbox).map(|n| (n.key, n.bytes)), Some(("k".into(), vec![1])));
+        assert!(notice.take(&outbox).is_none(), "told once");
+        outbox.mark_lost();
+        let due = notice.due(&outbox).expect("lost again");
+        assert!(due > Instant::now() + NOTICE_EVERY / 2, "held back until a second after the last");
+        assert!(notice.take(&outbox).is_none());
+        tokio::time::sleep_until(due).await;
+        assert!(notice.take(&outbox).is_some());
+        assert!(notice.due(&outbox).is_none());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use std::fmt;
 
 /// The prefix of the topics nodes talk to each other on (the presence replicas'
-/// [`PRESENCE_SYNC`], the signal relays' [`SIGNAL_SYNC`]): no client may join them and no
-/// operator may broadcast on them.
+/// [`PRESENCE_SYNC`], the signal relays' [`SIGNAL_SYNC`], the delivery notices' [`RESYNC`]): no
+/// client may join them and no operator may broadcast on them.
 pub const INTERNAL_PREFIX: &str = "$courier:";
 
 /// The topic the presence trackers of a cluster replicate their entries on.
@@ -16,6 +16,11 @@ pub const PRESENCE_SYNC: &str = "$courier:presence";
 /// The topic the signal relays of a cluster share their rate-limit counts and typing
 /// indicators on.
 pub const SIGNAL_SYNC: &str = "$courier:signals";
+
+/// The topic a node tells the others on that some of its broadcasts were lost on the way
+/// (its broker reconnected, or its outbox dropped some), so their live inboxes read their logs
+/// again. Every node's broker listens to it from the start; no registry subscriber holds it.
+pub const RESYNC: &str = "$courier:resync";
 
 /// Whether `topic` is one of the nodes' own ([`INTERNAL_PREFIX`]), closed to clients.
 pub fn is_internal(topic: &str) -> bool {
@@ -200,7 +205,7 @@ mod tests {
 
     #[test]
     fn the_nodes_topics_are_internal_and_no_family_of_courier() {
-        for internal in [PRESENCE_SYNC, SIGNAL_SYNC] {
+        for internal in [PRESENCE_SYNC, SIGNAL_SYNC, RESYNC] {
             assert!(is_internal(internal));
             assert_eq!(Topic::parse(internal), Err(TopicError::Unknown));
         }

@@ -499,6 +499,16 @@ impl Session for SignalSession {
                     self.push_low(ctx, requested);
                 }
             }
+            // Live delivery to this node was interrupted: read the log again after what was
+            // sent, once the client has acknowledged it (as a backlog is read on).
+            Event::Resync => {
+                if self.delivery.reading {
+                    self.delivery.read_again = true;
+                } else {
+                    self.delivery.behind = true;
+                    self.read_on_if_acked(ctx);
+                }
+            }
             _ => {}
         }
     }

@@ -263,10 +263,11 @@ async fn a_broker_on_sqlite_is_refused_at_start() {
 
 /// A broker server of one test's own, on a free port, so the test can stop and restart it
 /// without touching the shared one; stopped when dropped.
-struct OwnServer {
+pub(crate) struct OwnServer {
     binary: String,
     args: Vec<String>,
-    port: u16,
+    /// The port it listens on.
+    pub(crate) port: u16,
     child: Option<std::process::Child>,
 }
 
@@ -288,7 +289,7 @@ impl OwnServer {
     }
 
     /// Starts the server and waits until it takes connections.
-    fn up(&mut self) {
+    pub(crate) fn up(&mut self) {
         let child = std::process::Command::new(&self.binary)
             .args(&self.args)
             .stdout(std::process::Stdio::null())
@@ -304,7 +305,7 @@ impl OwnServer {
     }
 
     /// Stops the server (this test's own child process).
-    fn down(&mut self) {
+    pub(crate) fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -320,7 +321,7 @@ impl Drop for OwnServer {
 
 /// A `redis-server` of the test's own (`COURIER_TEST_REDIS_SERVER`), and its URL.
 #[cfg(feature = "redis")]
-fn own_redis(test: &str) -> Option<(OwnServer, String)> {
+pub(crate) fn own_redis(test: &str) -> Option<(OwnServer, String)> {
     let args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"];
     let server = OwnServer::start("COURIER_TEST_REDIS_SERVER", "/usr/bin/redis-server", &args, test)?;
     let url = format!("redis://127.0.0.1:{}", server.port);
@@ -329,7 +330,7 @@ fn own_redis(test: &str) -> Option<(OwnServer, String)> {
 
 /// A `nats-server` of the test's own (`COURIER_TEST_NATS_SERVER`), and its URL.
 #[cfg(feature = "nats")]
-fn own_nats(test: &str) -> Option<(OwnServer, String)> {
+pub(crate) fn own_nats(test: &str) -> Option<(OwnServer, String)> {
     let server =
         OwnServer::start("COURIER_TEST_NATS_SERVER", "/usr/sbin/nats-server", &["-a", "127.0.0.1", "-p"], test)?;
     let url = format!("nats://127.0.0.1:{}", server.port);

@@ -8,6 +8,7 @@ mod auth_limits;
 mod channel_lifecycle;
 mod cluster;
 mod cluster_order;
+mod cluster_outage;
 mod cluster_processes;
 mod cluster_signals;
 mod connect;

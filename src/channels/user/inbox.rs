@@ -14,6 +14,12 @@
 //!   contiguous. One that arrives ahead of a gap is held; if the gap is still open after a short
 //!   window, the inbox reads the log again from where it is.
 //!
+//! - **Resync**: live delivery to the node was interrupted (its broker reconnected, or another
+//!   node's broadcasts were dropped on the way), so a message may be missing that no later one
+//!   will reveal as a gap. A live inbox reads the log from its delivered mark at once; one
+//!   that is reading already reads once more after this read, whose snapshot may predate what
+//!   was lost. Receipts and signals are not in the log: those lost are not filled.
+//!
 //! A device's own sends never come back to its socket live, so they would look like gaps: the
 //! channel reports each send's offset in the sender's log ([`Inbox::own_sent`]) when its ack
 //! comes back, and the inbox steps over it. Held messages are bounded; past the bound they are
@@ -34,8 +40,10 @@ enum Phase {
     /// The device asks for messages itself (`pull`); nothing is pushed.
     Pull,
     /// Stored messages are being pushed; live ones are held. `overflowed`: some were dropped
-    /// after this read's snapshot may have been taken, so one more read is needed.
-    Reading { overflowed: bool },
+    /// after this read's snapshot may have been taken, so one more read is needed. `again`: a
+    /// resync came during this read, which may have started before what was lost was stored,
+    /// so one more read is needed too.
+    Reading { overflowed: bool, again: bool },
     /// Live messages go out in order. `gap_timer`: the delivered mark when the gap timer was
     /// armed, if one is running.
     Live { gap_timer: Option<i64> },
@@ -59,7 +67,7 @@ impl<T> Inbox<T> {
             delivered: after,
             own: BTreeSet::new(),
             held: BTreeMap::new(),
-            phase: Phase::Reading { overflowed: false },
+            phase: Phase::Reading { overflowed: false, again: false },
         }
     }
 
@@ -85,7 +93,7 @@ impl<T> Inbox<T> {
         }
         if self.held.len() >= MAX_HELD {
             // Stored already: a read after this one's commit returns it.
-            if let Phase::Reading { overflowed } = &mut self.phase {
+            if let Phase::Reading { overflowed, .. } = &mut self.phase {
                 *overflowed = true;
             }
             return Vec::new();
@@ -125,8 +133,26 @@ impl<T> Inbox<T> {
         if self.held.is_empty() || armed_at != Some(self.delivered) {
             return false;
         }
-        self.phase = Phase::Reading { overflowed: false };
+        self.phase = Phase::Reading { overflowed: false, again: false };
         true
+    }
+
+    /// Live delivery was interrupted: true when a read must start now (the inbox is then
+    /// reading). A read under way is made to run once more instead; a pull device reads by
+    /// itself. A gap timer still running finds the read started and does nothing, or at worst
+    /// starts the next gap's read early.
+    pub fn resync(&mut self) -> bool {
+        match &mut self.phase {
+            Phase::Pull => false,
+            Phase::Reading { again, .. } => {
+                *again = true;
+                false
+            }
+            Phase::Live { .. } => {
+                self.phase = Phase::Reading { overflowed: false, again: false };
+                true
+            }
+        }
     }
 
     /// Decides about a stored message at `offset` from a page: true to push it.
@@ -142,16 +168,18 @@ impl<T> Inbox<T> {
     /// Ends a read after a page that reached the end of its snapshot, whose last offset was
     /// `last_offset`: every offset up to it has been offered, so what was not is skipped. Returns
     /// the held messages to push now, in order; `None` when held messages were dropped for
-    /// space and the read must go on.
+    /// space, or a resync came, and the read must go on.
     pub fn finish_reading(&mut self, last_offset: i64) -> Option<Vec<T>> {
-        let Phase::Reading { overflowed } = self.phase else { return Some(Vec::new()) };
+        let Phase::Reading { overflowed, again } = self.phase else { return Some(Vec::new()) };
         self.delivered = self.delivered.max(last_offset);
         let delivered = self.delivered;
         self.held.retain(|offset, _| *offset > delivered);
         self.own.retain(|offset| *offset > delivered);
         if overflowed {
             self.held.clear();
-            self.phase = Phase::Reading { overflowed: false };
+        }
+        if overflowed || again {
+            self.phase = Phase::Reading { overflowed: false, again: false };
             return None;
         }
         self.phase = Phase::Live { gap_timer: None };
@@ -389,11 +417,62 @@ mod tests {
     }
 
     #[test]
+    fn a_resync_while_live_reads_what_no_later_message_would_reveal() {
+        // 6 and 7 were committed on another node while the broker was down: nothing live
+        // after them, so no gap timer would ever fire.
+        let mut d = Device::live(5);
+        assert!(!d.timer);
+        assert!(d.inbox.resync(), "live: read now");
+        assert!(d.inbox.is_reading());
+        // A message committed after the outage arrives live during the read and is held.
+        d.live_message(8);
+        d.read(&[6, 7], 7);
+        assert_eq!(d.pushed, vec![6, 7, 8], "the lost ones from the log, then the held one");
+        assert!(!d.inbox.is_reading());
+        // A resync that finds nothing new costs a read and pushes nothing twice.
+        assert!(d.inbox.resync());
+        d.read(&[], 8);
+        assert_eq!(d.pushed, vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn a_resync_during_a_read_makes_it_read_once_more() {
+        let mut inbox = Inbox::catching_up(0);
+        assert!(inbox.offer_stored(1));
+        assert!(!inbox.resync(), "a read is under way: no second one beside it");
+        assert!(!inbox.resync(), "several resyncs during one read are one more read");
+        inbox.offer_live(4, 4);
+        assert!(inbox.finish_reading(1).is_none(), "this read's snapshot may predate the loss");
+        assert!(inbox.is_reading());
+        for offset in [2, 3, 4] {
+            assert!(inbox.offer_stored(offset));
+        }
+        inbox.offer_live(5, 5);
+        assert_eq!(inbox.finish_reading(4), Some(vec![5]), "held 4 came from the log; 5 goes live");
+        assert!(!inbox.is_reading());
+        assert_eq!(inbox.delivered(), 5);
+    }
+
+    #[test]
+    fn a_resync_while_a_gap_timer_runs_reads_at_once() {
+        let mut d = Device::live(5);
+        d.live_message(8);
+        assert!(d.timer);
+        assert!(d.inbox.resync(), "no need to wait out the window");
+        d.read(&[6, 7, 8], 8);
+        assert_eq!(d.pushed, vec![6, 7, 8]);
+        assert!(!d.timer_fires(), "the stale timer finds the gap closed");
+        assert!(!d.inbox.is_reading());
+    }
+
+    #[test]
     fn pull_mode_pushes_nothing() {
         let mut inbox = Inbox::pull();
         assert!(inbox.offer_live(1, 1).is_empty());
         assert!(inbox.own_sent(1).is_empty());
         assert!(!inbox.offer_stored(1));
         assert!(!inbox.gap_timer_due());
+        assert!(!inbox.resync(), "a pull device reads by itself");
+        assert!(!inbox.is_reading());
     }
 }

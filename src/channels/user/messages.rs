@@ -273,6 +273,7 @@ impl UserChannel {
 
     /// `handle_out` for the inbox topic: live messages go through the inbox; protobuf devices
     /// get seed types (messages, receipts, signals) re-encoded, JSON devices the shared frame.
+    /// A resync (live delivery to this node was interrupted) has the inbox read its log again.
     pub(super) fn deliver_live(&mut self, broadcast: &Arc<Broadcast>, ctx: &mut ChannelContext<'_>) -> bool {
         let protobuf = self.encoding == Encoding::Protobuf;
         match &broadcast.event {
@@ -288,6 +289,17 @@ impl UserChannel {
             }
             Event::Signal(signal) if protobuf => {
                 ctx.push(EVENT_SIGNAL, self.encoding.encode(signal));
+                false
+            }
+            Event::Resync => {
+                if self.inbox.resync() {
+                    tracing::debug!(
+                        user = self.origin.eid,
+                        after = self.inbox.delivered(),
+                        "re-reading the log after an interruption"
+                    );
+                    self.fetch_next(ctx);
+                }
                 false
             }
             Event::Receipt(_) | Event::Signal(_) | Event::PresenceDiff { .. } | Event::Raw { .. } => true,
