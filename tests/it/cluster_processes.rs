@@ -214,7 +214,7 @@ async fn three_processes(cluster: Option<ClusterConfig>, test: &str) {
     messages_reach_every_device_in_order(
         &mut users,
         "burst",
-        6,
+        15,
         &[("ana", "phone"), ("ana", "tablet"), ("ben", "phone")],
     )
     .await;
