@@ -676,7 +676,7 @@ async fn typing_reaches_the_receivers_devices_on_other_nodes(users: &mut Users) 
             assert_eq!(s["from"], json!({"eid": "ben", "connection_resource_id": "phone"}), "{on}: {s}");
         }
     }
-    // An explicit PAUSED ends the indicator: no expiry follows.
+    // Nothing more; the explicit PAUSED stopped ben's typing timer, so no expiry comes later.
     for h in &mut users.handsets {
         h.device.expect_silence(SETTLE_MS).await;
     }
