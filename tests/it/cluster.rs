@@ -488,9 +488,9 @@ async fn lists(server: &TestServer, topic: &str, keys: &BTreeSet<String>) {
 /// What a phoenix.js client knows of one topic: the refs per key, from `presence_state` and
 /// the `presence_diff`s after it, plus every diff as it came.
 #[derive(Default)]
-struct View {
+pub(crate) struct View {
     keys: BTreeMap<String, BTreeSet<String>>,
-    diffs: Vec<Value>,
+    pub(crate) diffs: Vec<Value>,
 }
 
 fn refs_by_key(state: &Value) -> impl Iterator<Item = (String, Vec<String>)> + '_ {
@@ -501,7 +501,7 @@ fn refs_by_key(state: &Value) -> impl Iterator<Item = (String, Vec<String>)> + '
 }
 
 impl View {
-    fn apply(&mut self, frame: &Value) {
+    pub(crate) fn apply(&mut self, frame: &Value) {
         match frame[3].as_str() {
             Some("presence_state") => {
                 self.keys = refs_by_key(&frame[4]).map(|(k, r)| (k, r.into_iter().collect())).collect();
@@ -524,13 +524,13 @@ impl View {
         }
     }
 
-    fn key_set(&self) -> BTreeSet<String> {
+    pub(crate) fn key_set(&self) -> BTreeSet<String> {
         self.keys.keys().cloned().collect()
     }
 }
 
 /// Reads `client`'s frames into `view` until it shows exactly `keys`, within a generous bound.
-async fn sees(client: &mut Client, view: &mut View, keys: &BTreeSet<String>) {
+pub(crate) async fn sees(client: &mut Client, view: &mut View, keys: &BTreeSet<String>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while view.key_set() != *keys {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -542,7 +542,7 @@ async fn sees(client: &mut Client, view: &mut View, keys: &BTreeSet<String>) {
 }
 
 /// The anonymous presence keys of the sockets of the node called `node` in `state`.
-fn keys_of(state: &BTreeSet<String>, node: &str) -> BTreeSet<String> {
+pub(crate) fn keys_of(state: &BTreeSet<String>, node: &str) -> BTreeSet<String> {
     state.iter().filter(|k| k.starts_with(&format!("anonymous:{node}/"))).cloned().collect()
 }
 
