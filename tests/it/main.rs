@@ -8,6 +8,7 @@ mod auth_limits;
 mod channel_lifecycle;
 mod cluster;
 mod cluster_order;
+mod cluster_presence;
 mod cluster_processes;
 mod connect;
 mod edge;
