@@ -1,5 +1,6 @@
 //! The single-node tracker: topics hashed over shard actors, each on its own thread, each
-//! owning the [`TopicPresence`] of its topics and broadcasting their diffs. A connection's lease
+//! owning the [`TopicPresence`] of its topics and broadcasting their diffs (under the cluster
+//! tracker, handing them to its replicator instead, with a delta for the other nodes). A connection's lease
 //! is a guard that, when dropped, tells every shard the connection is gone; each shard keeps
 //! which of its topics a connection is on, so a departure costs its own presences only.
 
