@@ -153,7 +153,13 @@ mod tests {
 
     #[actix::test]
     async fn the_cluster_tracker_keeps_the_contract() {
-        let config = PresenceConfig { shards: 2, diff_window_ms: 5, heartbeat_ms: 50, node_timeout_ms: 500 };
+        let config = PresenceConfig {
+            shards: 2,
+            diff_window_ms: 5,
+            heartbeat_ms: 50,
+            node_timeout_ms: 500,
+            ..PresenceConfig::default()
+        };
         check_tracker(&move |pubsub| {
             Arc::new(ClusterTracker::start(&config, pubsub, crate::clock::system())) as Arc<dyn Tracker>
         })

@@ -1,5 +1,6 @@
 //! The single-node tracker: topics hashed over shard actors, each on its own thread, each
-//! owning the [`TopicPresence`] of its topics and broadcasting their diffs. A connection's lease
+//! owning the [`TopicPresence`] of its topics and broadcasting their diffs (under the cluster
+//! tracker, handing them to its replicator instead, with a delta for the other nodes). A connection's lease
 //! is a guard that, when dropped, tells every shard the connection is gone; each shard keeps
 //! which of its topics a connection is on, so a departure costs its own presences only.
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message, Recipient};
 use futures_util::future::LocalBoxFuture;
 use tokio::sync::oneshot;
 
@@ -80,6 +81,18 @@ struct Replication {
     index: u32,
     /// Bumped at every delta; read by the heartbeat.
     version: Arc<AtomicU64>,
+    /// The most bytes one replication message may hold.
+    part_bytes: usize,
+    /// Announces this shard's diffs to this node's sockets, knowing the other nodes' presences.
+    replicator: Recipient<super::cluster::LocalDiffs>,
+}
+
+/// What a replicated shard needs from the cluster tracker that starts it.
+pub(super) struct Replicated {
+    /// The most bytes one replication message may hold.
+    pub part_bytes: usize,
+    /// Where the shards' diffs go instead of straight to the sockets.
+    pub replicator: Recipient<super::cluster::LocalDiffs>,
 }
 
 impl Actor for Shard {
@@ -120,39 +133,51 @@ impl Shard {
     fn flush(&mut self) {
         let at = self.clock.now_millis();
         let mut diffs = Vec::new();
-        let mut states = Vec::new();
         for topic in std::mem::take(&mut self.dirty) {
             let Some(presence) = self.topics.get_mut(&topic) else { continue };
             if let Some(diff) = presence.take_diff() {
-                let occupancy = Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at };
-                diffs.push(Broadcast::new(&*topic, Event::PresenceDiff { diff: diff.payload, occupancy }));
-                if self.replication.is_some() {
-                    states.push((topic.to_string(), presence.snapshot()));
-                }
+                diffs.push((topic.to_string(), diff));
             }
             if presence.is_idle() && self.topics.remove(&topic).is_some() {
                 crate::metrics::global().presence_topics.dec();
             }
         }
-        if let Some(replication) = &self.replication
-            && !states.is_empty()
-        {
-            // Before the diffs, through the same broker: a node that hands a joiner its replica
-            // after a diff went by has already applied the delta behind that diff.
-            let version = replication.version.fetch_add(1, Ordering::SeqCst) + 1;
-            super::cluster::publish_delta(&self.pubsub, replication.index, version, states);
+        let Some(replication) = &self.replication else {
+            for (topic, diff) in diffs {
+                let occupancy = Occupancy { was_occupied: diff.was_occupied, occupied: diff.occupied, at };
+                let event = Event::PresenceDiff { diff: diff.payload, occupancy };
+                self.pubsub.publish(Broadcast::new(topic, event), None);
+            }
+            return;
+        };
+        if diffs.is_empty() {
+            return;
         }
-        for broadcast in diffs {
-            self.pubsub.publish(broadcast, None);
-        }
+        // The other nodes learn the changes from the deltas and announce them to their own
+        // sockets; this node's sockets get the diffs from the replicator, which knows whether
+        // another node still holds a presence on the topic.
+        let changes: Vec<_> = diffs.iter().map(|(topic, diff)| (topic.as_str(), &diff.joins, &diff.leaves)).collect();
+        let (index, bound) = (replication.index, replication.part_bytes);
+        super::cluster::publish_deltas(&self.pubsub, index, &replication.version, bound, &changes);
+        let local = diffs
+            .into_iter()
+            .map(|(topic, diff)| super::cluster::LocalDiff { topic, diff: diff.payload, occupied: diff.occupied, at })
+            .collect();
+        replication.replicator.do_send(super::cluster::LocalDiffs(local));
     }
 
     /// Publishes every topic of this shard for the nodes that asked.
     fn resync(&mut self) {
+        if self.replication.is_none() {
+            return;
+        }
+        // What changed in the open window goes out first, so the full state is exactly the
+        // one its version names and the next delta starts from it.
+        self.flush();
         let Some(replication) = &self.replication else { return };
         let version = replication.version.load(Ordering::SeqCst);
-        let states = self.topics.iter_mut().map(|(topic, presence)| (topic.to_string(), presence.snapshot())).collect();
-        super::cluster::publish_full(&self.pubsub, replication.index, version, states);
+        let topics = self.topics.iter().map(|(topic, presence)| (&**topic, presence));
+        super::cluster::publish_full(&self.pubsub, replication.index, version, replication.part_bytes, topics);
     }
 }
 
@@ -251,28 +276,42 @@ impl LocalTracker {
     /// Starts the shards, each on its own arbiter, broadcasting diffs through `pubsub` stamped
     /// by `clock`.
     pub fn start(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
-        Self::start_shards(config, pubsub, clock, false)
+        Self::start_shards(config, pubsub, clock, None)
     }
 
     /// Starts the shards as [`start`](Self::start) does, each also publishing its presences
-    /// for other nodes' replicas (deltas at every diff, everything on [`resync`](Self::resync)).
-    pub(super) fn start_replicated(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>) -> Self {
-        Self::start_shards(config, pubsub, clock, true)
+    /// for other nodes' replicas (a delta of its changes at every diff window, its whole state
+    /// on [`resync`](Self::resync)) and handing its diffs to the cluster's replicator.
+    pub(super) fn start_replicated(
+        config: &PresenceConfig,
+        pubsub: PubSub,
+        clock: Arc<dyn Clock>,
+        replicated: Replicated,
+    ) -> Self {
+        Self::start_shards(config, pubsub, clock, Some(replicated))
     }
 
-    fn start_shards(config: &PresenceConfig, pubsub: PubSub, clock: Arc<dyn Clock>, replicated: bool) -> Self {
+    fn start_shards(
+        config: &PresenceConfig,
+        pubsub: PubSub,
+        clock: Arc<dyn Clock>,
+        replicated: Option<Replicated>,
+    ) -> Self {
         let count = config.shards.max(1);
         let versions: Vec<Arc<AtomicU64>> =
-            if replicated { (0..count).map(|_| Arc::new(AtomicU64::new(0))).collect() } else { Vec::new() };
+            if replicated.is_some() { (0..count).map(|_| Arc::new(AtomicU64::new(0))).collect() } else { Vec::new() };
         let (shards, arbiters): (Vec<Addr<Shard>>, Vec<ArbiterHandle>) = (0..count)
             .map(|index| {
                 let arbiter = actix::Arbiter::new().handle();
                 let (pubsub, window) = (pubsub.clone(), config.diff_window());
                 let clock = Arc::clone(&clock);
-                let replication = versions.get(index).map(|version| Replication {
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    version: Arc::clone(version),
-                });
+                let replication =
+                    versions.get(index).zip(replicated.as_ref()).map(|(version, replicated)| Replication {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        version: Arc::clone(version),
+                        part_bytes: replicated.part_bytes,
+                        replicator: replicated.replicator.clone(),
+                    });
                 let shard = Shard::start_in_arbiter(&arbiter, move |_| Shard {
                     topics: HashMap::new(),
                     dirty: HashSet::new(),

@@ -126,6 +126,11 @@ pub trait Tracker: Send + Sync + 'static {
     fn list(&self, topic: &str) -> LocalBoxFuture<'static, Result<Snapshot, PresenceError>>;
 }
 
+/// The smallest `replication_part_bytes`.
+const MIN_PART_BYTES: usize = 16 * 1024;
+/// The largest `replication_part_bytes`: NATS refuses messages over 1 MB unless told otherwise.
+const MAX_PART_BYTES: usize = 8 * 1024 * 1024;
+
 /// The `[presence]` config section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,11 +143,20 @@ pub struct PresenceConfig {
     pub heartbeat_ms: u64,
     /// With several nodes: a node not heard from for this long is down, its presences gone.
     pub node_timeout_ms: u64,
+    /// With several nodes: the most bytes one replication message may hold; a bigger delta or
+    /// full state goes out in parts (well below NATS's default 1 MB `max_payload`).
+    pub replication_part_bytes: usize,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        PresenceConfig { shards: 1, diff_window_ms: 25, heartbeat_ms: 1_500, node_timeout_ms: 10_000 }
+        PresenceConfig {
+            shards: 1,
+            diff_window_ms: 25,
+            heartbeat_ms: 1_500,
+            node_timeout_ms: 10_000,
+            replication_part_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -161,6 +175,10 @@ impl PresenceConfig {
         // Two missed heartbeats at least, so one late beat on a busy node is not a death.
         if self.node_timeout_ms < 3 * self.heartbeat_ms || self.node_timeout_ms > 600_000 {
             return Err("node_timeout_ms must be at least 3 × heartbeat_ms and at most 600000".into());
+        }
+        // A floor keeps a big state from going out as thousands of tiny parts.
+        if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&self.replication_part_bytes) {
+            return Err(format!("replication_part_bytes must be {MIN_PART_BYTES}..={MAX_PART_BYTES}"));
         }
         Ok(())
     }

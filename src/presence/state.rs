@@ -26,7 +26,7 @@ struct Tracked {
 }
 
 /// Metas grouped by key, keys in order of first appearance, metas in the order they happened.
-type Grouped = Vec<(String, Vec<Arc<RawValue>>)>;
+pub type Grouped = Vec<(String, Vec<Arc<RawValue>>)>;
 
 /// One side of a diff (joins or leaves) as it fills up during a window.
 ///
@@ -54,9 +54,10 @@ impl KeyedMetas {
         self.groups.is_empty()
     }
 
-    fn clear(&mut self) {
-        self.groups.clear();
+    /// Empties it, handing back the groups.
+    fn take(&mut self) -> Grouped {
         self.position.clear();
+        std::mem::take(&mut self.groups)
     }
 }
 
@@ -112,6 +113,10 @@ pub struct Diff {
     pub was_occupied: bool,
     /// Whether it has any now.
     pub occupied: bool,
+    /// The metas that joined, by key (what `payload` encodes as `joins`).
+    pub joins: Grouped,
+    /// The metas that left, by key.
+    pub leaves: Grouped,
 }
 
 /// The presences of one topic, plus what changed since the last diff.
@@ -233,13 +238,18 @@ impl TopicPresence {
             joins: PresenceMap(&self.joins.groups),
             leaves: PresenceMap(&self.leaves.groups),
         });
-        self.joins.clear();
-        self.leaves.clear();
+        let joins = self.joins.take();
+        let leaves = self.leaves.take();
         // A cached snapshot predates this diff; a client that subscribes after it goes out must
         // not get a state that the diff's changes are missing from.
         self.snapshot = None;
         let was_occupied = std::mem::replace(&mut self.occupied_at_last_diff, !self.keys.is_empty());
-        Some(Diff { payload, was_occupied, occupied: self.occupied_at_last_diff })
+        Some(Diff { payload, was_occupied, occupied: self.occupied_at_last_diff, joins, leaves })
+    }
+
+    /// Every present meta with its key, keys in order.
+    pub fn metas(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.keys.iter().flat_map(|(key, entries)| entries.iter().map(move |t| (key.as_str(), &*t.meta)))
     }
 
     /// The `presence_state` payload. A client that subscribed before asking gets every diff

@@ -441,11 +441,11 @@ impl Broker for Severable {
     }
 }
 
-const ADMIN_TOKEN: &str = "presence-admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "presence-admin-token";
 
 /// A node called `name` for the presence tests: fast heartbeats and a short node timeout, an
 /// admin token, and a broker that `cut` severs.
-async fn presence_node(db: &Arc<TestDb>, join: &Join, name: &str, cut: &Arc<AtomicBool>) -> TestServer {
+pub(crate) async fn presence_node(db: &Arc<TestDb>, join: &Join, name: &str, cut: &Arc<AtomicBool>) -> TestServer {
     let mut config = test_config();
     config.node = name.into();
     config.admin.token = Some(ADMIN_TOKEN.into());
@@ -463,7 +463,7 @@ async fn presence_node(db: &Arc<TestDb>, join: &Join, name: &str, cut: &Arc<Atom
 }
 
 /// A topic's `presence_state` on `server`, as the admin API lists it.
-async fn listed(server: &TestServer, topic: &str) -> BTreeSet<String> {
+pub(crate) async fn listed(server: &TestServer, topic: &str) -> BTreeSet<String> {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let path = format!("/admin/api/topics/{}/presence", topic.replace(':', "%3A"));
     let (status, body) = http(server.addr, "GET", &path, &[("Authorization", bearer.as_str())], "").await;

@@ -9,6 +9,7 @@ mod channel_lifecycle;
 mod cluster;
 mod cluster_order;
 mod cluster_outage;
+mod cluster_presence;
 mod cluster_processes;
 mod cluster_signals;
 mod connect;
