@@ -10,12 +10,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use courier::pubsub::{ClusterConfig, MemoryCluster};
 use serde_json::{Value, json};
 
-use crate::cluster::{ADMIN_TOKEN, Join, listed, nats, presence_node, ready};
+use crate::cluster::{ADMIN_TOKEN, Join, keys_of, listed, nats, presence_node, ready};
 use crate::on_both_backends;
 use crate::support::db::TestDb;
 use crate::support::devices::{Device, signup};
@@ -139,7 +139,7 @@ async fn a_room_state_over_a_megabyte_crosses_nats() {
 
     // Members leave a: b follows. The watcher on b is a member too, listed on a first, so a's
     // count only goes down from here.
-    let watcher_keys = keys_of_node(&listed(&b, topic).await, &name_b);
+    let watcher_keys = keys_of(&listed(&b, topic).await, &name_b);
     assert_eq!(watcher_keys.len(), 1);
     converges(&a, topic, &keys.union(&watcher_keys).cloned().collect()).await;
     drop(members.drain(..MEMBERS / 2).collect::<Vec<_>>());
@@ -151,14 +151,9 @@ async fn a_room_state_over_a_megabyte_crosses_nats() {
     b.shutdown().await;
 }
 
-/// The keys of the anonymous sockets of the node called `node` in `keys`.
-fn keys_of_node(keys: &BTreeSet<String>, node: &str) -> BTreeSet<String> {
-    keys.iter().filter(|k| k.starts_with(&format!("anonymous:{node}/"))).cloned().collect()
-}
-
 /// Milliseconds since the epoch, by this host's clock (the servers' too).
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    courier::clock::system().now_millis()
 }
 
 /// A watcher of `presence:alice`: the keys it was told of, from `presence_state` and diffs.
